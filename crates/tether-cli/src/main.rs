@@ -1,1 +1,42 @@
-//! tether\nfn main(){}
+//! `tether`: a ready-to-run WebSocket server, an echo server, a client and a
+//! load generator.
+
+mod echo;
+mod logging;
+mod shutdown;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Tether: WebSocket server, client and tools.
+#[derive(Parser, Debug)]
+#[command(name = "tether", version, about, long_about = None)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "TETHER_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a WebSocket echo server (text as text, binary as binary), the lean
+    /// accept path used by conformance tests and benchmarks.
+    Echo(echo::EchoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_json);
+    let result = match cli.command {
+        Command::Echo(args) => echo::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

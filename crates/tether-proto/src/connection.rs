@@ -642,6 +642,16 @@ impl Connection {
         }
     }
 
+    /// The role this connection was created for.
+    pub fn role(&self) -> Role {
+        self.tx.role
+    }
+
+    /// Whether pongs and close echoes are sent automatically: `(auto_pong, auto_close)`.
+    pub fn auto_replies(&self) -> (bool, bool) {
+        (self.auto_pong, self.auto_close)
+    }
+
     /// Split into the two halves.
     pub fn into_parts(self) -> (Receiver, Sender) {
         (self.rx, self.tx)

@@ -1,1 +1,58 @@
-//! placeholder
+//! # tether
+//!
+//! Async WebSocket client and server for tokio, on the sans-I/O protocol
+//! engine in [`tether_proto`].
+//!
+//! - Server, lean path: [`accept`] / [`accept_with`] on any stream.
+//! - Server sharing a port with an HTTP app: [`upgrade`] (hyper 1, feature
+//!   `hyper`) and [`axum::WebSocketUpgrade`] (feature `axum`).
+//! - Client: [`connect`] / [`ClientBuilder`] for `ws://` and `wss://`.
+//! - [`WebSocket`] implements `Stream` and `Sink`; [`WebSocket::split`] gives
+//!   halves for two tasks.
+//!
+//! ```no_run
+//! use tether::Message;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+//!     loop {
+//!         let (tcp, _) = listener.accept().await?;
+//!         tokio::spawn(async move {
+//!             let Ok(mut ws) = tether::accept(tcp).await else { return };
+//!             while let Some(Ok(msg)) = ws.recv().await {
+//!                 if msg.is_data() && ws.feed(msg).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         });
+//!     }
+//! }
+//! ```
+
+mod client;
+mod config;
+mod error;
+mod io;
+mod server;
+mod socket;
+pub mod split;
+mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(feature = "hyper")]
+pub mod upgrade;
+#[cfg(feature = "axum")]
+pub mod axum;
+
+pub use client::{client_handshake, connect, ClientBuilder};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::{accept, accept_with, Accept, Reject};
+pub use socket::WebSocket;
+pub use stream::MaybeTlsStream;
+pub use tether_proto::handshake::{ClientRequest, ExtensionOffer, Request, Response};
+pub use tether_proto::{CloseCode, CloseFrame, Message, Role, Utf8Bytes};
+#[cfg(feature = "hyper")]
+pub use upgrade::upgrade;
+pub use bytes::Bytes;

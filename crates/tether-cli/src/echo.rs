@@ -1,0 +1,116 @@
+//! `tether echo`: an echo server on the lean accept path.
+
+use crate::shutdown;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tether::{Accept, CloseCode, Config, Message};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(clap::Args, Debug)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001", env = "TETHER_LISTEN")]
+    listen: SocketAddr,
+    /// Largest message accepted, in bytes (larger ones close with 1009).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_message_size: usize,
+    /// Worker threads (default: the CPUs this process may run on; 1 uses a
+    /// single-threaded runtime).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: EchoArgs) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("listening on ws://{addr}");
+    tracing::info!(%addr, "echo server ready");
+    let config = Arc::new(Config { max_message_size: args.max_message_size, max_frame_size: args.max_message_size, ..Config::default() });
+    let (stop_tx, stop_rx) = shutdown::channel();
+    let live = Arc::new(AtomicUsize::new(0));
+    let signal = shutdown::signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    let config = config.clone();
+                    let stop = stop_rx.clone();
+                    let live = live.clone();
+                    live.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        connection(tcp, &config, stop).await;
+                        live.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut signal => break,
+        }
+    }
+    drop(listener);
+    let open = live.load(Ordering::Relaxed);
+    tracing::info!(open, "shutting down: closing connections with 1001");
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while live.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = live.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(left, "connections did not close in time");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connection(tcp: TcpStream, config: &Config, mut stop: watch::Receiver<bool>) {
+    let _ = tcp.set_nodelay(true);
+    let mut ws = match tether::accept_with(tcp, config, |_| Ok(Accept::default())).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            msg = ws.recv() => match msg {
+                Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
+                    // Queued; flushed when the reader next waits, so pipelined
+                    // messages go out in one write.
+                    if ws.feed(msg).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                    return;
+                }
+                None => return,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(3), ws.close(CloseCode::GOING_AWAY, "server shutting down")).await;
+}

@@ -1,0 +1,104 @@
+//! An axum extractor: `async fn handler(ws: WebSocketUpgrade) -> Response`.
+//!
+//! ```no_run
+//! use tether::axum::WebSocketUpgrade;
+//! async fn handler(ws: WebSocketUpgrade) -> axum_core::response::Response {
+//!     ws.on_upgrade(|mut socket| async move {
+//!         while let Some(Ok(msg)) = socket.recv().await {
+//!             if msg.is_data() && socket.send(msg).await.is_err() { break; }
+//!         }
+//!     })
+//! }
+//! ```
+
+use crate::config::Config;
+use crate::socket::WebSocket;
+use crate::upgrade::{switching_protocols, to_request, UpgradedIo};
+use axum_core::body::Body;
+use axum_core::extract::FromRequestParts;
+use axum_core::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use tether_proto::handshake::Request;
+use tether_proto::Role;
+
+/// Extracts a validated WebSocket upgrade request.
+pub struct WebSocketUpgrade {
+    request: Request,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    protocol: Option<String>,
+    config: Config,
+}
+
+/// Why a request could not be upgraded; answers with the matching status.
+#[derive(Debug)]
+pub struct UpgradeRejection(crate::Error);
+
+impl IntoResponse for UpgradeRejection {
+    fn into_response(self) -> Response {
+        let mut resp = Response::new(Body::from(format!("{}\n", self.0)));
+        let (status, extra) = match &self.0 {
+            crate::Error::Handshake(e) => (e.http_status(), e.http_status() == 426),
+            _ => (400, false),
+        };
+        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        if extra {
+            resp.headers_mut().insert("Sec-WebSocket-Version", http::HeaderValue::from_static("13"));
+        }
+        resp
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
+    type Rejection = UpgradeRejection;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let request = to_request(&parts.method, parts.version, &parts.uri, &parts.headers).map_err(UpgradeRejection)?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| UpgradeRejection(crate::Error::Io(std::io::Error::other("connection cannot be upgraded"))))?;
+        Ok(WebSocketUpgrade { request, on_upgrade, protocol: None, config: Config::default() })
+    }
+}
+
+impl WebSocketUpgrade {
+    /// The request: path, query, headers, Origin, offered subprotocols.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// Select the first of `protocols` that the client offered.
+    pub fn protocols<I: IntoIterator<Item = T>, T: AsRef<str>>(mut self, protocols: I) -> Self {
+        let offered = self.request.protocols();
+        self.protocol = protocols.into_iter().find(|p| offered.contains(&p.as_ref())).map(|p| p.as_ref().to_string());
+        self
+    }
+
+    /// Use these settings for the socket.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Answer 101 and run `callback` with the socket once hyper hands it over.
+    pub fn on_upgrade<F, Fut>(self, callback: F) -> Response
+    where
+        F: FnOnce(WebSocket<UpgradedIo>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let response = switching_protocols(&self.request, self.protocol.as_deref()).body(Body::empty()).expect("valid response");
+        let WebSocketUpgrade { on_upgrade, protocol, config, .. } = self;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let mut ws = WebSocket::from_raw(TokioIo::new(upgraded), Role::Server, &config, &[]);
+                    ws.set_protocol(protocol);
+                    callback(ws).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            }
+        });
+        response
+    }
+}

@@ -1,0 +1,214 @@
+//! Client side: `connect("ws://...")` / `connect("wss://...")`, or a
+//! [`ClientBuilder`] for headers, subprotocols, TLS and timeouts.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::socket::WebSocket;
+use crate::stream::MaybeTlsStream;
+use std::time::Duration;
+use tether_proto::handshake::{ClientHandshake, ClientRequest, Response};
+use tether_proto::Role;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Connect to a `ws://` or `wss://` URL with default settings.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tether::Error> {
+/// let mut ws = tether::connect("ws://127.0.0.1:8080/chat").await?;
+/// ws.send("hello").await?;
+/// if let Some(Ok(reply)) = ws.recv().await {
+///     println!("{reply:?}");
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<WebSocket<MaybeTlsStream>> {
+    ClientBuilder::new(url).connect().await.map(|(ws, _)| ws)
+}
+
+/// A configurable client connection.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    url: String,
+    headers: Vec<(String, String)>,
+    protocols: Vec<String>,
+    config: Config,
+    connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: crate::tls::TlsOptions,
+}
+
+impl ClientBuilder {
+    /// A client for `url` (`ws://` or `wss://`).
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientBuilder {
+            url: url.into(),
+            headers: Vec::new(),
+            protocols: Vec::new(),
+            config: Config::default(),
+            connect_timeout: Duration::from_secs(10),
+            #[cfg(feature = "tls")]
+            tls: Default::default(),
+        }
+    }
+
+    /// Add a request header (Origin, Authorization, Cookie...).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Offer a subprotocol (call several times to offer several, in order of preference).
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.protocols.push(protocol.into());
+        self
+    }
+
+    /// Use these WebSocket settings.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Bound the TCP (and TLS) connect. Default 10 s. The handshake itself is
+    /// bounded by `Config::handshake_timeout`.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// TLS settings for `wss://`.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Open the connection and perform the handshake. Returns the socket and
+    /// the server's response (selected subprotocol, headers).
+    pub async fn connect(&self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
+        let target = Target::parse(&self.url)?;
+        let addr = format!("{}:{}", target.host, target.port);
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&addr)).await {
+            Err(_) => return Err(Error::Timeout("connect")),
+            Ok(Err(e)) => return Err(Error::Io(std::io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))),
+            Ok(Ok(s)) => s,
+        };
+        let _ = tcp.set_nodelay(true);
+        let stream = if target.tls {
+            #[cfg(feature = "tls")]
+            {
+                let config = crate::tls::client_config(&self.tls)?;
+                let host = target.host.trim_start_matches('[').trim_end_matches(']').to_string();
+                let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| Error::InvalidUrl(format!("bad host name for TLS: {e}")))?;
+                let connector = tokio_rustls::TlsConnector::from(config);
+                let tls = match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
+                    Err(_) => return Err(Error::Timeout("TLS handshake")),
+                    Ok(Err(e)) => return Err(Error::Tls(e.to_string())),
+                    Ok(Ok(s)) => s,
+                };
+                MaybeTlsStream::Tls(Box::new(tls))
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(Error::InvalidUrl("wss:// needs the `tls` feature".into()));
+        } else {
+            MaybeTlsStream::Plain(tcp)
+        };
+        let request = ClientRequest {
+            host: target.host_header(),
+            target: target.resource.clone(),
+            protocols: self.protocols.clone(),
+            extensions: None,
+            headers: self.headers.clone(),
+        };
+        client_handshake(stream, &request, &self.config).await
+    }
+}
+
+/// Perform the client handshake over an already connected stream.
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &ClientRequest, config: &Config) -> Result<(WebSocket<S>, Response)> {
+    let (handshake, bytes) = ClientHandshake::new(request);
+    let exchange = async {
+        stream.write_all(&bytes).await?;
+        stream.flush().await?;
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 2048];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection during the handshake")));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some((response, len)) = handshake.parse_response(&buf)? {
+                return Ok((response, buf.split_off(len)));
+            }
+        }
+    };
+    let (response, rest) = match tokio::time::timeout(config.handshake_timeout, exchange).await {
+        Err(_) => return Err(Error::Timeout("handshake")),
+        Ok(r) => r?,
+    };
+    let mut ws = WebSocket::from_raw(stream, Role::Client, config, &rest);
+    ws.set_protocol(response.protocol.clone());
+    Ok((ws, response))
+}
+
+/// A parsed `ws://` / `wss://` URL.
+#[derive(Debug, Clone)]
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+    resource: String,
+}
+
+impl Target {
+    fn parse(raw: &str) -> Result<Target> {
+        let url = url::Url::parse(raw).map_err(|e| Error::InvalidUrl(format!("{raw}: {e}")))?;
+        let tls = match url.scheme() {
+            "ws" | "http" => false,
+            "wss" | "https" => true,
+            other => return Err(Error::InvalidUrl(format!("{raw}: scheme {other:?} is not ws:// or wss://"))),
+        };
+        let host = url.host_str().ok_or_else(|| Error::InvalidUrl(format!("{raw}: no host")))?.to_string();
+        if url.fragment().is_some() {
+            // RFC 6455 §3: fragment identifiers are meaningless in WebSocket URIs.
+            return Err(Error::InvalidUrl(format!("{raw}: a WebSocket URL has no #fragment")));
+        }
+        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+        let mut resource = url.path().to_string();
+        if let Some(q) = url.query() {
+            resource.push('?');
+            resource.push_str(q);
+        }
+        Ok(Target { tls, host, port, resource })
+    }
+
+    fn host_header(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        if self.port == default {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = Target::parse("ws://example.com/chat?x=1").unwrap();
+        assert_eq!((t.tls, t.host.as_str(), t.port, t.resource.as_str()), (false, "example.com", 80, "/chat?x=1"));
+        assert_eq!(t.host_header(), "example.com");
+        let t = Target::parse("wss://example.com:8443").unwrap();
+        assert_eq!((t.tls, t.port, t.resource.as_str(), t.host_header().as_str()), (true, 8443, "/", "example.com:8443"));
+        let t = Target::parse("ws://[::1]:9000/").unwrap();
+        assert_eq!(t.host_header(), "[::1]:9000");
+        assert!(matches!(Target::parse("ftp://x"), Err(Error::InvalidUrl(_))));
+        assert!(matches!(Target::parse("not a url"), Err(Error::InvalidUrl(_))));
+        assert!(matches!(Target::parse("ws://x/#frag"), Err(Error::InvalidUrl(_))));
+    }
+}

@@ -1,0 +1,97 @@
+//! Server side of the opening handshake over a raw stream (the lean path).
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::socket::WebSocket;
+use tether_proto::handshake::{error_response, parse_request, reject_response, Request};
+use tether_proto::Role;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How a server answers an upgrade request (see [`accept_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct Accept {
+    /// The subprotocol to select; must be one the client offered.
+    pub protocol: Option<String>,
+    /// Extra response headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A refusal: the HTTP status and body sent instead of 101.
+#[derive(Clone, Debug)]
+pub struct Reject {
+    /// HTTP status, e.g. 401, 403 or 503.
+    pub status: u16,
+    /// Plain-text body.
+    pub body: String,
+}
+
+impl Reject {
+    /// A refusal with `status` and `body`.
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        Reject { status, body: body.into() }
+    }
+}
+
+/// Accept a WebSocket on a stream whose first bytes are the client's upgrade
+/// request, with default settings and no subprotocol.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebSocket<S>> {
+    accept_with(stream, &Config::default(), |_| Ok(Accept::default())).await
+}
+
+/// Accept with `config`, letting `callback` inspect the request (path, query,
+/// headers, Origin, offered subprotocols) and accept (choosing a subprotocol)
+/// or reject it with a status.
+///
+/// Invalid requests are answered with the status the RFC asks for (400, 405,
+/// 426 with `Sec-WebSocket-Version: 13`, 431) and an error is returned. The
+/// whole handshake is bounded by `config.handshake_timeout`.
+pub async fn accept_with<S, F>(mut stream: S, config: &Config, callback: F) -> Result<WebSocket<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request) -> std::result::Result<Accept, Reject>,
+{
+    let read = tokio::time::timeout(config.handshake_timeout, read_request(&mut stream, config.max_handshake_size)).await;
+    let (request, buffered) = match read {
+        Err(_) => return Err(Error::Timeout("handshake")),
+        Ok(Err(Error::Handshake(e))) => {
+            let _ = stream.write_all(&error_response(&e)).await;
+            let _ = stream.shutdown().await;
+            return Err(Error::Handshake(e));
+        }
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(r)) => r,
+    };
+    match callback(&request) {
+        Ok(accept) => {
+            let headers: Vec<(&str, &str)> = accept.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let protocol = accept.protocol.filter(|p| request.protocols().contains(&p.as_str()));
+            let response = request.accept(protocol.as_deref(), None, &headers);
+            stream.write_all(&response).await?;
+            stream.flush().await?;
+            let mut ws = WebSocket::from_raw(stream, Role::Server, config, &buffered);
+            ws.set_protocol(protocol);
+            Ok(ws)
+        }
+        Err(reject) => {
+            let _ = stream.write_all(&reject_response(reject.status, &reject.body, &[])).await;
+            let _ = stream.shutdown().await;
+            Err(Error::Rejected { status: reject.status })
+        }
+    }
+}
+
+/// Read until a full request head has arrived. Returns it and any bytes after it.
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, max_size: usize) -> Result<(Request, Vec<u8>)> {
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 2048];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed during the handshake")));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some((request, len)) = parse_request(&buf, max_size)? {
+            return Ok((request, buf.split_off(len)));
+        }
+    }
+}

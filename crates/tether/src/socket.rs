@@ -1,0 +1,327 @@
+//! [`WebSocket`]: a [`Connection`] from tether-proto driven over an
+//! `AsyncRead + AsyncWrite` stream.
+//!
+//! Reads go through a stack buffer, so an idle socket holds no read buffer;
+//! only a frame that is partly received is kept on the heap. Writes are
+//! queued and flushed when the reader would wait for input, when the queue
+//! passes the high-water mark, or on `flush`/`send`: many small messages cost
+//! few syscalls, and large payloads go out with vectored writes without being
+//! copied.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_sink::Sink;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tether_proto::{CloseCode, CloseFrame, Connection, Event, Message, Role};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+
+/// A WebSocket over a stream `S` (TCP, TLS, an upgraded hyper connection,
+/// `tokio::io::duplex`...).
+///
+/// Receive with [`recv`](Self::recv) or as a [`Stream`]; send with
+/// [`send`](Self::send) (queue and flush), [`feed`](Self::feed) (queue; flushed
+/// when the reader waits, at the high-water mark, or on [`flush`](Self::flush)),
+/// or as a [`Sink`]. Pings are answered and closes echoed automatically
+/// (see [`Config`]).
+///
+/// # Cancel safety
+/// [`recv`](Self::recv) is cancel-safe: if it is dropped inside `tokio::select!`,
+/// no message is lost (bytes stay buffered in the connection). [`feed`](Self::feed)
+/// and [`send`](Self::send) are cancel-safe in the sense that a message is either
+/// queued whole or not at all; a cancelled `send` may leave it queued but not
+/// yet flushed. [`close`](Self::close) is not cancel-safe.
+pub struct WebSocket<S> {
+    io: S,
+    conn: Connection,
+    high_water: usize,
+    close_timeout: Duration,
+    close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    protocol: Option<Box<str>>,
+    role: Role,
+    finished: bool,
+    pending_error: Option<Error>,
+}
+
+impl<S> std::fmt::Debug for WebSocket<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket").field("role", &self.role).field("protocol", &self.protocol).field("finished", &self.finished).finish()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Wrap a stream on which the opening handshake already happened.
+    /// `buffered` holds any bytes read past the handshake.
+    pub fn from_raw(io: S, role: Role, config: &Config, buffered: &[u8]) -> Self {
+        let mut conn = Connection::new(role, config.proto());
+        if !buffered.is_empty() {
+            conn.receive_data(buffered);
+        }
+        WebSocket {
+            io,
+            conn,
+            high_water: config.write_buffer_high_water,
+            close_timeout: config.close_timeout,
+            close_deadline: None,
+            protocol: None,
+            role,
+            finished: false,
+            pending_error: None,
+        }
+    }
+
+    pub(crate) fn set_protocol(&mut self, protocol: Option<String>) {
+        self.protocol = protocol.map(String::into_boxed_str);
+    }
+
+    /// The subprotocol agreed in the handshake.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// Client or server.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The protocol state (close state, codes, failure).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Whether both close frames were exchanged.
+    pub fn was_clean(&self) -> bool {
+        self.conn.was_clean()
+    }
+
+    /// The close code to report (§7.1.5): the peer's, 1005 if it sent none,
+    /// 1006 if the connection ended without a close frame.
+    pub fn close_code(&self) -> CloseCode {
+        self.conn.close_code()
+    }
+
+    /// The next message; `None` once the connection is closed.
+    ///
+    /// A received [`Message::Close`] is returned once; the next call finishes
+    /// the closing handshake and returns `None`.
+    pub async fn recv(&mut self) -> Option<Result<Message>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Queue a message and flush it (and anything queued before it).
+    pub async fn send(&mut self, msg: impl Into<Message>) -> Result<()> {
+        self.feed(msg).await?;
+        self.flush().await
+    }
+
+    /// Queue a message without flushing, waiting first if the queue is over
+    /// the high-water mark. Queued bytes are written when the reader waits for
+    /// input, at the high-water mark, or on [`flush`](Self::flush).
+    pub async fn feed(&mut self, msg: impl Into<Message>) -> Result<()> {
+        poll_fn(|cx| self.poll_ready_to_send(cx)).await?;
+        self.conn.send(msg.into())?;
+        Ok(())
+    }
+
+    /// Queue a text message.
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        poll_fn(|cx| self.poll_ready_to_send(cx)).await?;
+        self.conn.send_text(text)?;
+        self.flush().await
+    }
+
+    /// Write everything queued.
+    pub async fn flush(&mut self) -> Result<()> {
+        poll_fn(|cx| self.poll_write_pending(cx)).await.map_err(Error::from)
+    }
+
+    /// Bytes queued for sending.
+    pub fn pending_len(&self) -> usize {
+        self.conn.pending_len()
+    }
+
+    /// Start the closing handshake with `code` and `reason`, then wait (up to
+    /// the close timeout) for the peer's close. Messages that arrive meanwhile
+    /// are discarded. Returns `Ok` when the handshake completed cleanly.
+    pub async fn close(&mut self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
+        self.conn.close(Some(CloseFrame::new(code, reason)))?;
+        loop {
+            match self.recv().await {
+                None => break,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(_)) => {}
+            }
+        }
+        if self.conn.was_clean() {
+            Ok(())
+        } else {
+            Err(Error::AbnormalClosure)
+        }
+    }
+
+    /// Whether more bytes can be queued (below the high-water mark); writes
+    /// until they can.
+    pub fn poll_ready_to_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.conn.is_closing() && self.conn.pending_len() == 0 && self.finished {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        while self.conn.pending_len() >= self.high_water {
+            ready!(self.poll_write_some(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Write until the queue is empty, then flush the stream.
+    pub fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        crate::io::poll_drain(&mut self.io, self.conn.sender(), cx)
+    }
+
+    fn poll_write_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        crate::io::poll_write_some(&mut self.io, self.conn.sender(), cx)
+    }
+
+    /// Poll for the next message (the body of [`recv`](Self::recv)).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
+        loop {
+            if let Some(e) = self.pending_error.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            match self.conn.next_event() {
+                Ok(Some(Event::Message(msg))) => {
+                    if self.conn.pending_len() > 0 {
+                        // Pongs and close echoes go out promptly; a write
+                        // error surfaces on the next call.
+                        if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
+                            self.pending_error = Some(e.into());
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(msg)));
+                }
+                Ok(Some(Event::Fragment { .. })) => unreachable!("next_event assembles messages"),
+                Ok(None) => {}
+                Err(e) => {
+                    // The close frame naming the failure is queued: write it,
+                    // then report; the next call closes the transport.
+                    let _ = self.poll_write_pending(cx);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            if self.conn.should_close_transport() {
+                return self.poll_finish(cx);
+            }
+            if self.conn.pending_len() > 0 {
+                if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
+                    self.finished = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            if self.conn.is_closing() {
+                let timeout = self.close_timeout;
+                let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    self.finished = true;
+                    let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+                    if self.conn.is_closed() {
+                        // Client: both closes exchanged, the server just never hung up.
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(Error::Timeout("close handshake"))));
+                }
+            }
+            match ready!(self.poll_read_into_conn(cx)) {
+                Ok(0) => {
+                    self.conn.receive_eof();
+                    if !self.conn.is_closing() {
+                        self.finished = true;
+                        return Poll::Ready(Some(Err(Error::AbnormalClosure)));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.finished = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    /// Flush what is queued, close the transport and end the stream.
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
+        let flushed = ready!(self.poll_write_pending(cx));
+        let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        self.finished = true;
+        self.close_deadline = None;
+        match flushed {
+            Err(e) if !self.conn.was_clean() => Poll::Ready(Some(Err(e.into()))),
+            _ => Poll::Ready(None),
+        }
+    }
+
+    fn poll_read_into_conn(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        crate::io::poll_read_into(&mut self.io, self.conn.receiver(), cx)
+    }
+
+    /// Split into a receiving and a sending half that can be used from two
+    /// tasks. See [`crate::split`].
+    pub fn split(self) -> (crate::split::WsReader<S>, crate::split::WsWriter<S>)
+    where
+        S: Send + 'static,
+    {
+        crate::split::split(self.io, self.conn, self.high_water, self.close_timeout, self.protocol)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
+    type Item = Result<Message>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
+    type Error = Error;
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().poll_ready_to_send(cx)
+    }
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
+        self.get_mut().conn.send(item).map_err(Error::from)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().poll_write_pending(cx).map_err(Error::from)
+    }
+    /// Sends a normal close (1000) if none was sent, and flushes. The closing
+    /// handshake completes on the receiving side (keep polling the stream).
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        if !this.conn.is_closing() {
+            this.conn.close(Some(CloseFrame::new(CloseCode::NORMAL, "")))?;
+        }
+        this.poll_write_pending(cx).map_err(Error::from)
+    }
+}
+
+/// Helpers to build messages without importing tether-proto.
+impl<S> WebSocket<S> {
+    /// A text message.
+    pub fn text(s: impl Into<String>) -> Message {
+        Message::Text(s.into().into())
+    }
+
+    /// A binary message.
+    pub fn binary(b: impl Into<Bytes>) -> Message {
+        Message::Binary(b.into())
+    }
+}
