@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Autobahn|Testsuite against `tether echo` (server) and the example client.
+# Cases 12.x/13.x (permessage-deflate) only with TETHER_AUTOBAHN_DEFLATE=1.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+conformance/setup.sh
+if [[ "${TETHER_AUTOBAHN_DEFLATE:-0}" == 1 ]]; then export AUTOBAHN_EXCLUDE=""; fi
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/release/tether echo --listen "127.0.0.1:$PORT" >/tmp/tether-autobahn-echo.log 2>&1 &
+ECHO_PID=$!
+trap 'kill $ECHO_PID 2>/dev/null || true' EXIT
+for _ in $(seq 50); do grep -q listening /tmp/tether-autobahn-echo.log 2>/dev/null && break; sleep 0.1; done
+
+status=0
+conformance/run.sh server "ws://127.0.0.1:$PORT" || status=1
+conformance/run.sh client ./target/release/examples/autobahn_client || status=1
+kill -INT $ECHO_PID 2>/dev/null || true
+wait $ECHO_PID 2>/dev/null || true
+exit $status

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run every test of the project, installing what the tests need first.
+#
+#   scripts/test.sh            everything (unit, integration, interop, Autobahn)
+#   TETHER_SKIP_AUTOBAHN=1     skip the Autobahn|Testsuite run
+#   TETHER_AUTOBAHN_DEFLATE=1  also run Autobahn 12.x/13.x (permessage-deflate)
+#
+# Exit status: 0 only if every step passed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+step() { printf '\n==> %s\n' "$*" >&2; }
+START=$(date +%s)
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step "dependencies for interop tests (python websockets)"
+scripts/deps.sh
+
+step "cargo test (workspace, all features)"
+cargo test --workspace --all-features --locked
+
+step "tether-proto does not depend on tokio"
+if cargo tree -p tether-proto -e normal --locked | grep -q tokio; then
+    echo "tether-proto pulls in tokio:" >&2
+    cargo tree -p tether-proto -e normal -i tokio >&2 || true
+    exit 1
+fi
+
+step "release build of the tether binary and the Autobahn client"
+cargo build --release --locked -p tether-cli -p tether --example autobahn_client
+
+if [[ "${TETHER_SKIP_AUTOBAHN:-0}" != 1 ]]; then
+    step "Autobahn|Testsuite"
+    scripts/autobahn.sh
+fi
+
+printf '\nall tests passed in %ss\n' "$(( $(date +%s) - START ))" >&2
