@@ -2,7 +2,9 @@
 
 use crate::shutdown;
 use anyhow::Context;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::task::{ready, Poll};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -53,10 +55,12 @@ async fn serve(args: EchoArgs) -> anyhow::Result<ExitCode> {
                     let stop = stop_rx.clone();
                     let live = live.clone();
                     live.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(async move {
+                    let task = async move {
                         connection(tcp, &config, stop).await;
                         live.fetch_sub(1, Ordering::Relaxed);
-                    });
+                    };
+                    tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task size");
+                    tokio::spawn(task);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -84,33 +88,48 @@ async fn serve(args: EchoArgs) -> anyhow::Result<ExitCode> {
 
 async fn connection(tcp: TcpStream, config: &Config, mut stop: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
-    let mut ws = match tether::accept_with(tcp, config, |_| Ok(Accept::default())).await {
+    // Boxed so the handshake's state is freed once it is done, instead of
+    // sizing this task for the connection's whole life.
+    let mut ws = match Box::pin(tether::accept_with(tcp, config, |_| Ok(Accept::default()))).await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(error = %e, "handshake failed");
             return;
         }
     };
-    loop {
-        tokio::select! {
-            biased;
-            msg = ws.recv() => match msg {
+    let stopped = {
+        let mut stop_signal = std::pin::pin!(stop.changed());
+        poll_fn(|cx| loop {
+            if stop_signal.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            // Backpressure: stop reading while the peer is not reading our echoes.
+            if ws.pending_len() >= ws.high_water() {
+                match ws.poll_write_pending(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // Echoes are queued; they are flushed when the reader next waits,
+            // so pipelined messages go out in one write.
+            match ready!(ws.poll_recv(cx)) {
                 Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
-                    // Queued; flushed when the reader next waits, so pipelined
-                    // messages go out in one write.
-                    if ws.feed(msg).await.is_err() {
-                        return;
+                    if ws.start_send(msg).is_err() {
+                        return Poll::Ready(false);
                     }
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "connection ended with an error");
-                    return;
+                    return Poll::Ready(false);
                 }
-                None => return,
-            },
-            _ = stop.changed() => break,
-        }
+                None => return Poll::Ready(false),
+            }
+        })
+        .await
+    };
+    if stopped {
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(3), ws.close(CloseCode::GOING_AWAY, "server shutting down"))).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(3), ws.close(CloseCode::GOING_AWAY, "server shutting down")).await;
 }

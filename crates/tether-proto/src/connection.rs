@@ -80,12 +80,17 @@ pub struct Receiver {
     max_message_size: usize,
     buf: BytesMut,
     fragmenting: Fragmenting,
+    /// Whether the fragmented message in progress comes out frame by frame.
+    /// Decided by the call that received its first frame, so that switching
+    /// between `next_event` and `next_fragment` mid-message neither loses the
+    /// assembled start nor delivers a message without it.
+    streaming: bool,
     assembly: BytesMut,
     /// Size of the message in progress (assembly may stay empty in streaming mode).
     message_len: u64,
     utf8: Utf8Validator,
     close_received: bool,
-    failed: Option<ProtocolError>,
+    failed: Option<Box<ProtocolError>>,
     eof: bool,
 }
 
@@ -98,6 +103,7 @@ impl Receiver {
             max_message_size: config.max_message_size,
             buf: BytesMut::new(),
             fragmenting: Fragmenting::None,
+            streaming: false,
             assembly: BytesMut::new(),
             message_len: 0,
             utf8: Utf8Validator::new(),
@@ -144,7 +150,7 @@ impl Receiver {
 
     /// The protocol error that failed this connection, if any.
     pub fn failure(&self) -> Option<&ProtocolError> {
-        self.failed.as_ref()
+        self.failed.as_deref()
     }
 
     /// Whether end of stream was seen.
@@ -181,6 +187,11 @@ impl Receiver {
     /// Like [`next_event`](Self::next_event), but data frames come out one by
     /// one as [`Event::Fragment`] instead of being assembled, so a large
     /// message can be streamed. Limits and UTF-8 rules apply all the same.
+    ///
+    /// The two calls may be mixed, but a fragmented message keeps the form in
+    /// which its first frame came out: once started as fragments, its later
+    /// frames are fragments even from `next_event`; once started assembled,
+    /// it comes out whole even from `next_fragment`.
     pub fn next_fragment(&mut self) -> Result<Option<(Event, Option<Reply>)>, ProtocolError> {
         self.poll_event(false)
     }
@@ -192,7 +203,7 @@ impl Receiver {
         match self.poll_event_inner(assemble) {
             Ok(ev) => Ok(ev),
             Err(e) => {
-                self.failed = Some(e.clone());
+                self.failed = Some(Box::new(e.clone()));
                 self.buf = BytesMut::new();
                 self.assembly = BytesMut::new();
                 Err(e)
@@ -230,6 +241,7 @@ impl Receiver {
                         return Ok(Some((Event::Fragment { text, first: true, fin: true, payload }, None)));
                     }
                     self.fragmenting = if text { Fragmenting::Text } else { Fragmenting::Binary };
+                    self.streaming = !assemble;
                     self.message_len = payload.len() as u64;
                     if text {
                         self.utf8.reset();
@@ -251,6 +263,8 @@ impl Receiver {
                         Fragmenting::Text => true,
                         Fragmenting::Binary => false,
                     };
+                    // The message continues in the form it started in (see next_fragment).
+                    let assemble = !self.streaming;
                     self.message_len += payload.len() as u64;
                     if text {
                         self.utf8.feed(&payload).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -626,7 +640,7 @@ pub struct Connection {
     auto_pong: bool,
     auto_close: bool,
     closed_by: Option<ClosedBy>,
-    received_close: Option<Option<CloseFrame>>,
+    received_close: Option<Box<Option<CloseFrame>>>,
 }
 
 impl Connection {
@@ -712,7 +726,7 @@ impl Connection {
                     }
                     Some(Reply::Close(echo)) => {
                         if let Event::Message(Message::Close(frame)) = &event {
-                            self.received_close = Some(frame.clone());
+                            self.received_close = Some(Box::new(frame.clone()));
                         }
                         if self.closed_by.is_none() {
                             self.closed_by = Some(ClosedBy::Remote);
@@ -829,13 +843,13 @@ impl Connection {
     /// The close frame received from the peer: `Some(None)` for a close
     /// without status code, `None` if none was received.
     pub fn received_close(&self) -> Option<&Option<CloseFrame>> {
-        self.received_close.as_ref()
+        self.received_close.as_deref()
     }
 
     /// The close code to report to the application (§7.1.5): the peer's code,
     /// 1005 if its close had none, 1006 if the connection ended without one.
     pub fn close_code(&self) -> CloseCode {
-        match &self.received_close {
+        match self.received_close.as_deref() {
             Some(Some(frame)) => frame.code,
             Some(None) => CloseCode::NO_STATUS,
             None => CloseCode::ABNORMAL,

@@ -133,13 +133,12 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, 
         stream.flush().await?;
         let mut buf = Vec::new();
         loop {
-            let mut chunk = [0u8; 2048];
-            let n = stream.read(&mut chunk).await?;
+            buf.reserve(1024);
+            let n = stream.read_buf(&mut buf).await?;
             if n == 0 {
                 return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection during the handshake")));
             }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some((response, len)) = handshake.parse_response(&buf)? {
+                if let Some((response, len)) = handshake.parse_response(&buf)? {
                 return Ok((response, buf.split_off(len)));
             }
         }

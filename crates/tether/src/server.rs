@@ -84,12 +84,13 @@ where
 async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, max_size: usize) -> Result<(Request, Vec<u8>)> {
     let mut buf = Vec::new();
     loop {
-        let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk).await?;
+        // Read into the heap buffer, not a stack array: an array held across
+        // `.await` would live in the connection's future for its whole life.
+        buf.reserve(1024);
+        let n = stream.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed during the handshake")));
         }
-        buf.extend_from_slice(&chunk[..n]);
         if let Some((request, len)) = parse_request(&buf, max_size)? {
             return Ok((request, buf.split_off(len)));
         }

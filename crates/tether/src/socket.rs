@@ -45,7 +45,7 @@ pub struct WebSocket<S> {
     protocol: Option<Box<str>>,
     role: Role,
     finished: bool,
-    pending_error: Option<Error>,
+    pending_error: Option<Box<Error>>,
 }
 
 impl<S> std::fmt::Debug for WebSocket<S> {
@@ -133,6 +133,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Ok(())
     }
 
+    /// Queue a message now, without waiting for the high-water mark (the
+    /// caller applies backpressure, e.g. by not reading while
+    /// [`pending_len`](Self::pending_len) is high).
+    pub fn start_send(&mut self, msg: Message) -> Result<()> {
+        self.conn.send(msg).map_err(Error::from)
+    }
+
+    /// The write-buffer high-water mark from the [`Config`].
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+
     /// Queue a text message.
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
         poll_fn(|cx| self.poll_ready_to_send(cx)).await?;
@@ -194,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
         loop {
             if let Some(e) = self.pending_error.take() {
-                return Poll::Ready(Some(Err(e)));
+                return Poll::Ready(Some(Err(*e)));
             }
             if self.finished {
                 return Poll::Ready(None);
@@ -205,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                         // Pongs and close echoes go out promptly; a write
                         // error surfaces on the next call.
                         if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
-                            self.pending_error = Some(e.into());
+                            self.pending_error = Some(Box::new(e.into()));
                         }
                     }
                     return Poll::Ready(Some(Ok(msg)));

@@ -343,3 +343,12 @@ async fn send_waits_at_the_high_water_mark_instead_of_growing() {
     };
     assert!(stalled, "feed never applied backpressure");
 }
+
+#[test]
+fn sizes_stay_small() {
+    // The per-connection footprint: these live for the whole connection.
+    let ws = std::mem::size_of::<WebSocket<TcpStream>>();
+    let conn = std::mem::size_of::<tether_proto::Connection>();
+    println!("WebSocket<TcpStream> = {ws} bytes, Connection = {conn} bytes");
+    assert!(ws <= 512, "WebSocket<TcpStream> grew to {ws} bytes");
+}
