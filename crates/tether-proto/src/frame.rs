@@ -173,6 +173,58 @@ impl FrameHeader {
     }
 }
 
+/// A complete server-to-client frame, encoded once so it can be sent to many
+/// connections (broadcast) without re-encoding. Server frames are never
+/// masked (§5.1), so the same bytes are valid on every connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedFrame(bytes::Bytes);
+
+impl EncodedFrame {
+    /// Encode a text message as one final frame.
+    pub fn text(text: &str) -> Self {
+        Self::encode(OpCode::Text, text.as_bytes())
+    }
+
+    /// Encode a binary message as one final frame.
+    pub fn binary(data: &[u8]) -> Self {
+        Self::encode(OpCode::Binary, data)
+    }
+
+    /// Encode a ping (payload of at most 125 bytes; longer payloads are truncated).
+    pub fn ping(data: &[u8]) -> Self {
+        Self::encode(OpCode::Ping, &data[..data.len().min(125)])
+    }
+
+    fn encode(opcode: OpCode, payload: &[u8]) -> Self {
+        let h = FrameHeader { fin: true, rsv1: false, rsv23: false, opcode, mask: None, payload_len: payload.len() as u64 };
+        let mut hdr = [0u8; MAX_HEADER_LEN];
+        let n = h.encode(&mut hdr);
+        let mut buf = Vec::with_capacity(n + payload.len());
+        buf.extend_from_slice(&hdr[..n]);
+        buf.extend_from_slice(payload);
+        EncodedFrame(buf.into())
+    }
+
+    /// The frame's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Total length on the wire.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: a frame has at least a 2-byte header.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn into_bytes(self) -> bytes::Bytes {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,5 +38,5 @@ pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
 pub use connection::{Connection, Event, Receiver, Role, Sender};
 pub use error::{Error, HandshakeError, ProtocolError};
-pub use frame::{FrameHeader, OpCode};
+pub use frame::{EncodedFrame, FrameHeader, OpCode};
 pub use message::{Message, Utf8Bytes};

@@ -460,3 +460,22 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+mod broadcast_frames {
+    use super::*;
+    use tether_proto::EncodedFrame;
+
+    #[test]
+    fn encoded_frames_decode_on_any_client_and_are_refused_by_client_senders() {
+        let frame = EncodedFrame::text("to everyone");
+        for _ in 0..3 {
+            let mut s = Connection::new(Role::Server, Config::default());
+            s.sender().send_encoded(frame.clone()).unwrap();
+            let mut c = client();
+            c.receive_data(&s.take_data_to_send());
+            assert_eq!(events(&mut c).unwrap(), vec![Message::text("to everyone")]);
+        }
+        let mut c = client();
+        assert!(c.sender().send_encoded(EncodedFrame::binary(b"x")).is_err());
+    }
+}

@@ -52,7 +52,7 @@ pub use server::{accept, accept_with, Accept, Reject};
 pub use socket::WebSocket;
 pub use stream::MaybeTlsStream;
 pub use tether_proto::handshake::{ClientRequest, ExtensionOffer, Request, Response};
-pub use tether_proto::{CloseCode, CloseFrame, Message, Role, Utf8Bytes};
+pub use tether_proto::{CloseCode, CloseFrame, EncodedFrame, Message, Role, Utf8Bytes};
 #[cfg(feature = "hyper")]
 pub use upgrade::upgrade;
 pub use bytes::Bytes;

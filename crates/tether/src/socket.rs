@@ -140,6 +140,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.conn.send(msg).map_err(Error::from)
     }
 
+    /// Queue a frame encoded once for many sockets (broadcast), without
+    /// waiting for the high-water mark. Server role only.
+    pub fn start_send_encoded(&mut self, frame: tether_proto::EncodedFrame) -> Result<()> {
+        self.conn.sender().send_encoded(frame).map_err(Error::from)
+    }
+
     /// The write-buffer high-water mark from the [`Config`].
     pub fn high_water(&self) -> usize {
         self.high_water
