@@ -534,6 +534,29 @@ impl Sender {
         self.pending += n + payload.len();
     }
 
+    /// Queue a frame encoded once for many connections (broadcast). Only a
+    /// server may do this: a client must mask each frame with a fresh key.
+    pub fn send_encoded(&mut self, frame: crate::frame::EncodedFrame) -> Result<(), Error> {
+        self.check_open()?;
+        if self.role == Role::Client {
+            return Err(Error::InvalidFragment("a client cannot send pre-encoded (unmasked) frames"));
+        }
+        if self.fragmenting {
+            return Err(Error::InvalidFragment("a fragmented message is in progress"));
+        }
+        let bytes = frame.into_bytes();
+        self.pending += bytes.len();
+        if bytes.len() >= ZERO_COPY_THRESHOLD {
+            if !self.tail.is_empty() {
+                self.chunks.push_back(self.tail.split().freeze());
+            }
+            self.chunks.push_back(bytes);
+        } else {
+            self.tail.extend_from_slice(&bytes);
+        }
+        Ok(())
+    }
+
     fn write_frame_bytes(&mut self, opcode: OpCode, fin: bool, payload: Bytes) {
         if self.role == Role::Server && payload.len() >= ZERO_COPY_THRESHOLD {
             let (_, hdr, n) = self.header(opcode, fin, payload.len());
