@@ -7,10 +7,16 @@ conformance/setup.sh
 if [[ "${TETHER_AUTOBAHN_DEFLATE:-0}" == 1 ]]; then export AUTOBAHN_EXCLUDE=""; fi
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/tether echo --listen "127.0.0.1:$PORT" >/tmp/tether-autobahn-echo.log 2>&1 &
+LOG=$(mktemp /tmp/tether-autobahn-echo.XXXXXX)
+./target/release/tether echo --listen "127.0.0.1:$PORT" >"$LOG" 2>&1 &
 ECHO_PID=$!
-trap 'kill $ECHO_PID 2>/dev/null || true' EXIT
-for _ in $(seq 50); do grep -q listening /tmp/tether-autobahn-echo.log 2>/dev/null && break; sleep 0.1; done
+trap 'kill $ECHO_PID 2>/dev/null || true; rm -f "$LOG"' EXIT
+for _ in $(seq 100); do grep -q listening "$LOG" 2>/dev/null && break; sleep 0.1; done
+if ! grep -q listening "$LOG"; then
+    echo "tether echo did not start:" >&2
+    cat "$LOG" >&2
+    exit 1
+fi
 
 status=0
 conformance/run.sh server "ws://127.0.0.1:$PORT" || status=1

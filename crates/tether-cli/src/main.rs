@@ -3,6 +3,8 @@
 
 mod echo;
 mod logging;
+mod serve;
+mod settings;
 mod shutdown;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the real-time server: HTTP and WebSocket on one port, a chat page
+    /// at /, broadcast to rooms and topics, heartbeats, /health and /metrics.
+    Serve(settings::ServeArgs),
     /// Run a WebSocket echo server (text as text, binary as binary), the lean
     /// accept path used by conformance tests and benchmarks.
     Echo(echo::EchoArgs),
@@ -30,6 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_json);
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Echo(args) => echo::run(args),
     };
     match result {

@@ -1,0 +1,206 @@
+//! `tether serve`: HTTP and WebSocket on one port. `/` is the chat page,
+//! `/tether.js` the browser client, `/health` and `/metrics` for operators;
+//! a WebSocket upgrade on any other path joins the room named by the path.
+
+use crate::settings::{ServeArgs, Settings};
+use crate::shutdown;
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+use tether::axum::WebSocketUpgrade;
+use tether_hub::{ConnInfo, Hub, HubConfig, MemoryBroker};
+use tokio::net::TcpListener;
+
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
+const TETHER_JS: &str = include_str!("../../../web/tether.js");
+
+struct App {
+    hub: Arc<Hub>,
+    settings: Settings,
+    started: Instant,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+    let broker: Arc<dyn tether_hub::Broker> = match settings.broker.as_str() {
+        "memory" => Arc::new(MemoryBroker::new()),
+        other => anyhow::bail!("unknown broker {other:?} (supported: memory)"),
+    };
+    let tls = match &settings.tls {
+        None => None,
+        Some((cert, key)) => {
+            let cert_pem = std::fs::read(cert).with_context(|| format!("cannot read --tls-cert {}", cert.display()))?;
+            let key_pem = std::fs::read(key).with_context(|| format!("cannot read --tls-key {}", key.display()))?;
+            Some(tether::tls::acceptor(&cert_pem, &key_pem).context("invalid TLS certificate or key")?)
+        }
+    };
+    let hub_config = HubConfig {
+        heartbeat_interval: settings.heartbeat_interval,
+        queue_max_messages: settings.queue_max_messages,
+        queue_max_bytes: settings.queue_max_bytes,
+        slow_consumer: settings.slow_consumer,
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(hub_config, broker);
+    let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
+    tracing::info!(%addr, tls = tls.is_some(), broker = hub.broker().name(), heartbeat = ?settings.heartbeat_interval, "tether serve ready");
+
+    let app = Arc::new(App { hub: hub.clone(), settings: settings.clone(), started: Instant::now() });
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/tether.js", get(script))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(websocket)
+        .with_state(app.clone());
+
+    let signal = shutdown::signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let router = router.clone();
+                let tls = tls.clone();
+                let timeout = settings.handshake_timeout;
+                let metrics = hub.metrics().clone();
+                tokio::spawn(async move {
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(TokioTimer::new()).header_read_timeout(timeout);
+                    let result = match tls {
+                        None => http.serve_connection(TokioIo::new(tcp), service).with_upgrades().await,
+                        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), service).with_upgrades().await,
+                            Ok(Err(e)) => {
+                                tether_hub::Metrics::add(&metrics.handshake_failures, 1);
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tether_hub::Metrics::add(&metrics.handshake_failures, 1);
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut signal => break,
+        }
+    }
+    drop(listener);
+    let open = hub.connection_count();
+    tracing::info!(open, "shutting down: closing WebSocket connections with 1001");
+    hub.shutdown();
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let left = hub.connection_count();
+    if left > 0 {
+        tracing::warn!(left, "connections still open at the shutdown deadline");
+    } else {
+        tracing::info!("all connections closed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn index() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML)
+}
+
+async fn script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], TETHER_JS)
+}
+
+async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let broker = app.hub.broker().health();
+    let body = serde_json::json!({
+        "status": if broker.ok { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "connections": app.hub.connection_count(),
+        "topics": app.hub.topic_count(),
+        "broker": { "name": app.hub.broker().name(), "ok": broker.ok, "detail": broker.detail },
+    });
+    let status = if broker.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let broker_ok = if app.hub.broker().health().ok { 1.0 } else { 0.0 };
+    let text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+fn refuse(app: &App, status: StatusCode, message: &str) -> Response {
+    tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], format!("{message}\n")).into_response()
+}
+
+/// Any other path: a WebSocket upgrade joins the room named by the path.
+async fn websocket(State(app): State<Arc<App>>, req: Request) -> Response {
+    if !tether::upgrade::is_upgrade_request(&req) {
+        return (StatusCode::NOT_FOUND, "not found; WebSocket clients connect to any path with an Upgrade request\n").into_response();
+    }
+    let (mut parts, _body) = req.into_parts();
+    let s = &app.settings;
+    if !s.allowed_origins.is_empty() {
+        let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !s.allowed_origins.iter().any(|o| o == origin) {
+            tracing::info!(origin, "refused upgrade: origin not allowed");
+            return refuse(&app, StatusCode::FORBIDDEN, "origin not allowed");
+        }
+    }
+    if let Some(token) = &s.token {
+        let bearer = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let query = parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+        if bearer != Some(token.as_str()) && query != Some(token.as_str()) {
+            return refuse(&app, StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    if app.hub.connection_count() >= s.max_connections {
+        tracing::warn!(max = s.max_connections, "refused upgrade: connection limit reached");
+        return refuse(&app, StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later");
+    }
+    let upgrade = match <WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &()).await {
+        Ok(u) => u,
+        Err(rejection) => {
+            tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+            return rejection.into_response();
+        }
+    };
+    let config = tether::Config { max_message_size: s.max_message_size, max_frame_size: s.max_message_size, ..tether::Config::default() };
+    let room = parts.uri.path().to_string();
+    let hub = app.hub.clone();
+    upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
+        hub.run_connection(ws, ConnInfo { room }).await;
+    })
+}

@@ -1,0 +1,213 @@
+//! `tether serve` settings: flags, then `TETHER_*` environment variables,
+//! then an optional TOML file, then defaults (in that order of precedence).
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tether_hub::SlowConsumerPolicy;
+
+/// Parse `500ms`, `30s`, `5m`, `1h` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 30s, 5m)"))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// How to treat a client that cannot keep up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumer {
+    /// Drop the oldest queued messages, count them, and tell tether.v1 clients.
+    DropOldest,
+    /// Close with 1013 (try again later).
+    Close,
+    /// Close with 1008 (policy violation).
+    ClosePolicy,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Address for HTTP and WebSocket (same port) [default: 0.0.0.0:8080]
+    #[arg(long, env = "TETHER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TOML file with any of these settings (flags and TETHER_* variables win).
+    #[arg(long, env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Ping every client this often; clients that miss a ping are terminated
+    /// (e.g. 30s, 500ms) [default: 30s]
+    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Most open WebSocket connections; more get HTTP 503 [default: 10000]
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Largest message a client may send, in bytes; larger ones close with 1009
+    /// [default: 1048576]
+    #[arg(long, env = "TETHER_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Time allowed for the HTTP request head and TLS handshake [default: 10s]
+    #[arg(long, env = "TETHER_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Accept WebSocket upgrades only from these Origins (repeat or comma-separate);
+    /// others get HTTP 403 [default: any]
+    #[arg(long = "allowed-origin", env = "TETHER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Require this bearer token (`Authorization: Bearer T` or `?token=T`);
+    /// others get HTTP 401 [default: none]
+    #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM certificate chain: serve HTTPS and WSS on the same port (with --tls-key)
+    #[arg(long, env = "TETHER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, env = "TETHER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Most messages queued for one client [default: 1024]
+    #[arg(long, env = "TETHER_QUEUE_MAX_MESSAGES")]
+    pub queue_max_messages: Option<usize>,
+    /// Most bytes queued for one client [default: 4194304]
+    #[arg(long, env = "TETHER_QUEUE_MAX_BYTES")]
+    pub queue_max_bytes: Option<usize>,
+    /// What to do with a client whose queue is full [default: drop-oldest]
+    #[arg(long, env = "TETHER_SLOW_CONSUMER", value_enum)]
+    pub slow_consumer: Option<SlowConsumer>,
+    /// How long shutdown waits for clients to answer the 1001 close [default: 5s]
+    #[arg(long, env = "TETHER_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Message broker: `memory` (one process) [default: memory]
+    #[arg(long, env = "TETHER_BROKER")]
+    pub broker: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    heartbeat_interval: Option<String>,
+    max_connections: Option<usize>,
+    max_message_size: Option<usize>,
+    handshake_timeout: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    token: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    queue_max_messages: Option<usize>,
+    queue_max_bytes: Option<usize>,
+    slow_consumer: Option<SlowConsumer>,
+    shutdown_timeout: Option<String>,
+    broker: Option<String>,
+}
+
+/// The settings `tether serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub heartbeat_interval: Duration,
+    pub max_connections: usize,
+    pub max_message_size: usize,
+    pub handshake_timeout: Duration,
+    pub allowed_origins: Vec<String>,
+    pub token: Option<String>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub queue_max_messages: usize,
+    pub queue_max_bytes: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    pub shutdown_timeout: Duration,
+    pub broker: String,
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Settings> {
+        let file: FileConfig = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?
+            }
+        };
+        let dur = |flag: Option<Duration>, file: Option<String>, name: &str, default: Duration| -> anyhow::Result<Duration> {
+            match (flag, file) {
+                (Some(d), _) => Ok(d),
+                (None, Some(s)) => parse_duration(&s).map_err(|e| anyhow::anyhow!("config file, {name}: {e}")),
+                (None, None) => Ok(default),
+            }
+        };
+        let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
+        let slow = args.slow_consumer.or(file.slow_consumer).unwrap_or(SlowConsumer::DropOldest);
+        let settings = Settings {
+            listen: args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:8080".parse().unwrap()),
+            heartbeat_interval: dur(args.heartbeat_interval, file.heartbeat_interval, "heartbeat-interval", Duration::from_secs(30))?,
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000),
+            max_message_size: args.max_message_size.or(file.max_message_size).unwrap_or(1 << 20),
+            handshake_timeout: dur(args.handshake_timeout, file.handshake_timeout, "handshake-timeout", Duration::from_secs(10))?,
+            allowed_origins: if args.allowed_origins.is_empty() { file.allowed_origins.unwrap_or_default() } else { args.allowed_origins },
+            token: args.token.or(file.token),
+            tls,
+            queue_max_messages: args.queue_max_messages.or(file.queue_max_messages).unwrap_or(1024),
+            queue_max_bytes: args.queue_max_bytes.or(file.queue_max_bytes).unwrap_or(4 << 20),
+            slow_consumer: match slow {
+                SlowConsumer::DropOldest => SlowConsumerPolicy::DropOldest,
+                SlowConsumer::Close => SlowConsumerPolicy::Close(1013),
+                SlowConsumer::ClosePolicy => SlowConsumerPolicy::Close(1008),
+            },
+            shutdown_timeout: dur(args.shutdown_timeout, file.shutdown_timeout, "shutdown-timeout", Duration::from_secs(5))?,
+            broker: args.broker.or(file.broker).unwrap_or_else(|| "memory".into()),
+        };
+        if settings.heartbeat_interval.is_zero() {
+            bail!("--heartbeat-interval must be greater than zero");
+        }
+        if settings.max_connections == 0 || settings.queue_max_messages == 0 {
+            bail!("--max-connections and --queue-max-messages must be at least 1");
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("tether-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tether.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9999\"\nheartbeat-interval = \"2s\"\nmax-connections = 5\n").unwrap();
+        let args = ServeArgs { config: Some(path.clone()), max_connections: Some(7), ..Default::default() };
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(s.max_connections, 7);
+        assert_eq!(s.max_message_size, 1 << 20);
+        std::fs::write(&path, "no-such-setting = 1\n").unwrap();
+        let err = Settings::resolve(ServeArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("no-such-setting"), "{err:#}");
+    }
+}

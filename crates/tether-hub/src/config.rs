@@ -1,0 +1,45 @@
+//! Hub settings, with defaults suited to a public chat or dashboard server.
+
+use std::time::Duration;
+
+/// What to do with a connection whose outbound queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Drop the oldest queued messages to make room, count them, and tell a
+    /// `tether.v1` client how many it missed (an `error` envelope with code
+    /// `lagged`). The connection stays open.
+    DropOldest,
+    /// Close the connection with this code (1013 "try again later" or 1008
+    /// "policy violation") and a reason.
+    Close(u16),
+}
+
+/// Settings of a [`Hub`](crate::Hub).
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Ping every client this often; a client that has not answered the
+    /// previous ping by the next one is terminated. Default 30 s.
+    pub heartbeat_interval: Duration,
+    /// Most messages queued for one client. Default 1024.
+    pub queue_max_messages: usize,
+    /// Most bytes queued for one client (frames are shared between clients,
+    /// so this bounds what one client can pin). Default 4 MiB.
+    pub queue_max_bytes: usize,
+    /// What happens when a queue is full. Default: drop oldest.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Text sent to a plain (no subprotocol) client when it connects.
+    /// `{session}` and `{room}` are replaced. Default: a welcome line.
+    pub welcome: String,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            heartbeat_interval: Duration::from_secs(30),
+            queue_max_messages: 1024,
+            queue_max_bytes: 4 << 20,
+            slow_consumer: SlowConsumerPolicy::DropOldest,
+            welcome: "Welcome to tether! You are {session} in room {room}.".into(),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! One client connection: read, dispatch, drain the outbound queue, and the
+//! ways a connection ends (closed, heartbeat missed, too slow, shutdown).
+
+use crate::broker::{AckTarget, Body, Publish};
+use crate::config::SlowConsumerPolicy;
+use crate::envelope::{self, ClientMessage};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::queue::{flag, ConnShared};
+use std::future::poll_fn;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tether::{CloseCode, Message, WebSocket};
+use tether_proto::EncodedFrame;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// What the HTTP layer knows about a connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The default room: the URL path of the upgrade request.
+    pub room: String,
+}
+
+/// Most topics one connection may subscribe to (bounds memory per client).
+const MAX_SUBSCRIPTIONS: usize = 256;
+
+enum End {
+    Closed,
+    Terminated,
+    Slow,
+    Shutdown,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Hub {
+    /// Run one accepted WebSocket until it ends. Plain clients (no
+    /// subprotocol) get the tutorial behaviour: a welcome line, and every text
+    /// message broadcast to the room; `tether.v1` clients speak JSON envelopes.
+    pub async fn run_connection<S: AsyncRead + AsyncWrite + Unpin>(self: &Arc<Self>, mut ws: WebSocket<S>, info: ConnInfo) {
+        let json = ws.protocol() == Some(crate::PROTOCOL_V1);
+        let conn = self.register(json);
+        let room: Arc<str> = Arc::from(info.room.as_str());
+        let mut topics: Vec<Arc<str>> = Vec::new();
+        let welcome = if json {
+            envelope::welcome(&conn.session, &room)
+        } else {
+            self.config.welcome.replace("{session}", &conn.session).replace("{room}", &room)
+        };
+        conn.push_unbounded(EncodedFrame::text(&welcome));
+        self.subscribe(&conn, &room);
+        topics.push(room.clone());
+        tracing::debug!(session = %conn.session, room = %room, json, "connected");
+
+        let end = poll_fn(|cx| loop {
+            let flags = conn.flags.load(Ordering::Acquire);
+            if flags & flag::TERMINATE != 0 {
+                return Poll::Ready(End::Terminated);
+            }
+            if flags & flag::SLOW_CLOSE != 0 {
+                return Poll::Ready(End::Slow);
+            }
+            if flags & flag::SHUTDOWN != 0 {
+                return Poll::Ready(End::Shutdown);
+            }
+            conn.waker.register(cx.waker());
+            // Move queued frames to the socket while under its high-water mark.
+            while ws.pending_len() < ws.high_water() {
+                let Some(frame) = conn.pop() else { break };
+                if ws.start_send_encoded(frame).is_err() {
+                    return Poll::Ready(End::Closed);
+                }
+            }
+            if json {
+                let dropped = conn.dropped_unreported.swap(0, Ordering::Relaxed);
+                if dropped > 0 {
+                    let text = envelope::error("lagged", &format!("{dropped} messages were dropped because this connection fell behind"), None);
+                    let _ = ws.start_send_encoded(EncodedFrame::text(&text));
+                }
+            }
+            match ws.poll_recv(cx) {
+                Poll::Pending => {
+                    // poll_recv flushed what it could before waiting; if the
+                    // socket is still full, wait for it (the waker is set).
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => return Poll::Ready(End::Closed),
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!(session = %conn.session, error = %e, "connection error");
+                    return Poll::Ready(End::Closed);
+                }
+                Poll::Ready(Some(Ok(msg))) => self.handle(&conn, &room, &mut topics, msg),
+            }
+        })
+        .await;
+
+        self.unregister(&conn, &topics);
+        match end {
+            End::Closed => tracing::debug!(session = %conn.session, code = %ws.close_code(), "disconnected"),
+            End::Terminated => {
+                Metrics::add(&self.metrics.terminated_connections, 1);
+                tracing::info!(session = %conn.session, "terminated: no answer to the previous heartbeat ping");
+                // Dropping the socket closes TCP without a close handshake:
+                // the peer is not answering anyway.
+            }
+            End::Slow => {
+                Metrics::add(&self.metrics.slow_consumer_closes, 1);
+                let code = match self.config.slow_consumer {
+                    SlowConsumerPolicy::Close(code) => code,
+                    SlowConsumerPolicy::DropOldest => CloseCode::TRY_AGAIN_LATER.0,
+                };
+                tracing::info!(session = %conn.session, code, "closing a client that fell behind");
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), ws.close(code, "too slow: outbound queue full"))).await;
+            }
+            End::Shutdown => {
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(3), ws.close(CloseCode::GOING_AWAY, "server shutting down"))).await;
+            }
+        }
+    }
+
+    fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Vec<Arc<str>>, msg: Message) {
+        match &msg {
+            Message::Pong(_) => {
+                conn.clear(flag::AWAITING_PONG);
+                return;
+            }
+            Message::Ping(_) | Message::Close(_) => return,
+            Message::Text(_) | Message::Binary(_) => {}
+        }
+        Metrics::add(&self.metrics.messages_in, 1);
+        Metrics::add(&self.metrics.bytes_in, msg.len() as u64);
+        if !conn.json {
+            let body = match msg {
+                Message::Text(t) => Body::Text(Arc::from(t.as_str())),
+                Message::Binary(b) => Body::Binary(b),
+                _ => return,
+            };
+            self.publish(conn, room.clone(), body, None);
+            return;
+        }
+        let text = match &msg {
+            Message::Text(t) => t.as_str(),
+            _ => {
+                self.reply_error(conn, "binary_not_supported", "tether.v1 messages are JSON text; binary messages are not accepted", None);
+                return;
+            }
+        };
+        match envelope::parse(text) {
+            Err(e) => self.reply_error(conn, e.code, &e.message, e.id.as_ref()),
+            Ok(ClientMessage::Chat { content, id }) => self.publish(conn, room.clone(), Body::Json(Arc::from(content)), id),
+            Ok(ClientMessage::Publish { topic, content, id }) => self.publish(conn, Arc::from(topic), Body::Json(Arc::from(content)), id),
+            Ok(ClientMessage::Subscribe { topic, since, id }) => {
+                if since.is_some() {
+                    self.reply_error(conn, "history_unavailable", "this server keeps no history; subscribed without resume", id.as_ref());
+                }
+                let topic: Arc<str> = Arc::from(topic);
+                if !topics.contains(&topic) {
+                    if topics.len() >= MAX_SUBSCRIPTIONS {
+                        self.reply_error(conn, "too_many_subscriptions", &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), id.as_ref());
+                        return;
+                    }
+                    topics.push(topic.clone());
+                    self.subscribe(conn, &topic);
+                }
+                if let Some(id) = id {
+                    conn.push_unbounded(EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
+                }
+            }
+            Ok(ClientMessage::Unsubscribe { topic, id }) => {
+                if let Some(pos) = topics.iter().position(|t| **t == *topic) {
+                    topics.swap_remove(pos);
+                    self.unsubscribe(conn, &topic);
+                    if let Some(id) = id {
+                        conn.push_unbounded(EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
+                    }
+                } else {
+                    self.reply_error(conn, "not_subscribed", &format!("not subscribed to {topic:?}"), id.as_ref());
+                }
+            }
+            Ok(ClientMessage::Ping { id }) => {
+                let id = id.unwrap_or(serde_json::Value::Null);
+                conn.push_unbounded(EncodedFrame::text(&envelope::ack(&id, None, None)));
+            }
+        }
+    }
+
+    fn publish(&self, conn: &Arc<ConnShared>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>) {
+        Metrics::add(&self.metrics.broadcasts, 1);
+        let ack = id.map(|id| AckTarget { conn: conn.id, id });
+        let ack_id = ack.as_ref().map(|a| a.id.clone());
+        let msg = Publish { topic, sender: Arc::from(&*conn.session), timestamp_ms: now_ms(), body, ack };
+        if let Err(e) = self.broker.publish(msg) {
+            self.reply_error(conn, "unavailable", &format!("message not published: {e}"), ack_id.as_ref());
+        }
+    }
+
+    fn reply_error(&self, conn: &Arc<ConnShared>, code: &str, message: &str, id: Option<&serde_json::Value>) {
+        Metrics::add(&self.metrics.client_errors, 1);
+        if conn.json {
+            conn.push_unbounded(EncodedFrame::text(&envelope::error(code, message, id)));
+        }
+    }
+}

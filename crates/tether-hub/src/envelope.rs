@@ -1,0 +1,182 @@
+//! The `tether.v1` JSON envelope (docs/protocol.md): parsing what clients
+//! send, with errors that say what is wrong, and building what the server sends.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// A request from a client. Field meanings are those of docs/protocol.md.
+#[derive(Debug)]
+#[allow(missing_docs)]
+pub enum ClientMessage {
+    /// `{"type":"chat","content":...}`: a message to the connection's room.
+    Chat { content: Box<RawValue>, id: Option<Value> },
+    /// `{"type":"publish","topic":"...","content":...}`.
+    Publish { topic: String, content: Box<RawValue>, id: Option<Value> },
+    /// `{"type":"subscribe","topic":"...","since"?:N}`.
+    Subscribe { topic: String, since: Option<u64>, id: Option<Value> },
+    /// `{"type":"unsubscribe","topic":"..."}`.
+    Unsubscribe { topic: String, id: Option<Value> },
+    /// `{"type":"ping"}`: answered with an ack (an application-level heartbeat).
+    Ping { id: Option<Value> },
+}
+
+/// Why a client message was refused; sent back as an `error` envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvelopeError {
+    /// Machine-readable code: `bad_json`, `not_an_object`, `missing_type`,
+    /// `unknown_type`, `missing_field`, `invalid_field`.
+    pub code: &'static str,
+    /// What was wrong, for humans.
+    pub message: String,
+    /// The request's `id`, if it could be read.
+    pub id: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    id: Option<Value>,
+    topic: Option<Value>,
+    content: Option<Box<RawValue>>,
+    since: Option<Value>,
+}
+
+/// Longest topic name accepted.
+pub const MAX_TOPIC_LEN: usize = 200;
+
+/// Parse one text message from a `tether.v1` client.
+pub fn parse(text: &str) -> Result<ClientMessage, EnvelopeError> {
+    let err = |code, message: String, id: Option<Value>| EnvelopeError { code, message, id };
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') {
+        return Err(if serde_json::from_str::<Value>(text).is_ok() {
+            err("not_an_object", "a message must be a JSON object like {\"type\":\"chat\",\"content\":\"hi\"}".into(), None)
+        } else {
+            err("bad_json", "message is not valid JSON".into(), None)
+        });
+    }
+    let raw: Raw = serde_json::from_str(text).map_err(|e| err("bad_json", format!("message is not valid JSON: {e}"), None))?;
+    let id = raw.id.clone();
+    if let Some(v) = &id {
+        if !(v.is_string() || v.is_number()) {
+            return Err(err("invalid_field", "\"id\" must be a string or a number".into(), None));
+        }
+    }
+    let kind = raw.kind.ok_or_else(|| err("missing_type", "missing field \"type\" (chat, publish, subscribe, unsubscribe, ping)".into(), id.clone()))?;
+    let topic = |raw: &Raw| -> Result<String, EnvelopeError> {
+        match &raw.topic {
+            None => Err(err("missing_field", format!("\"{kind}\" needs a \"topic\""), id.clone())),
+            Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_TOPIC_LEN => Ok(t.clone()),
+            Some(_) => Err(err("invalid_field", format!("\"topic\" must be a non-empty string of at most {MAX_TOPIC_LEN} bytes"), id.clone())),
+        }
+    };
+    let content = |raw: Raw| -> Result<Box<RawValue>, EnvelopeError> {
+        raw.content.ok_or_else(|| err("missing_field", format!("\"{kind}\" needs a \"content\""), id.clone()))
+    };
+    match kind {
+        "chat" => Ok(ClientMessage::Chat { content: content(raw)?, id }),
+        "publish" => {
+            let topic = topic(&raw)?;
+            Ok(ClientMessage::Publish { topic, content: content(raw)?, id })
+        }
+        "subscribe" => {
+            let topic = topic(&raw)?;
+            let since = match &raw.since {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| err("invalid_field", "\"since\" must be a non-negative integer sequence number".into(), id.clone()))?),
+            };
+            Ok(ClientMessage::Subscribe { topic, since, id })
+        }
+        "unsubscribe" => Ok(ClientMessage::Unsubscribe { topic: topic(&raw)?, id }),
+        "ping" => Ok(ClientMessage::Ping { id }),
+        other => Err(err("unknown_type", format!("unknown message type {other:?} (expected chat, publish, subscribe, unsubscribe or ping)"), id)),
+    }
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+/// `{"type":"welcome",...}`.
+pub fn welcome(session: &str, room: &str) -> String {
+    format!(r#"{{"type":"welcome","session":{},"room":{},"protocol":"tether.v1"}}"#, quote(session), quote(room))
+}
+
+/// `{"type":"message",...}`: `content_json` must be valid JSON.
+pub fn message(topic: &str, seq: u64, sender: &str, timestamp_ms: u64, content_json: &str) -> String {
+    format!(
+        r#"{{"type":"message","topic":{},"seq":{seq},"sender":{},"ts":{timestamp_ms},"content":{content_json}}}"#,
+        quote(topic),
+        quote(sender)
+    )
+}
+
+/// `{"type":"ack",...}`.
+pub fn ack(id: &Value, topic: Option<&str>, seq: Option<u64>) -> String {
+    let mut out = format!(r#"{{"type":"ack","id":{id}"#);
+    if let Some(t) = topic {
+        out.push_str(&format!(r#","topic":{}"#, quote(t)));
+    }
+    if let Some(s) = seq {
+        out.push_str(&format!(r#","seq":{s}"#));
+    }
+    out.push('}');
+    out
+}
+
+/// `{"type":"error",...}`.
+pub fn error(code: &str, message: &str, id: Option<&Value>) -> String {
+    let id = id.map_or("null".to_string(), |v| v.to_string());
+    format!(r#"{{"type":"error","code":{},"message":{},"id":{id}}}"#, quote(code), quote(message))
+}
+
+/// `{"type":"presence",...}`.
+pub fn presence(topic: &str, event: &str, session: &str, count: usize) -> String {
+    format!(r#"{{"type":"presence","topic":{},"event":{},"session":{},"count":{count}}}"#, quote(topic), quote(event), quote(session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_type() {
+        assert!(matches!(parse(r#"{"type":"chat","content":"Hello"}"#), Ok(ClientMessage::Chat { .. })));
+        assert!(matches!(parse(r#"{"type":"publish","topic":"news","content":{"a":1},"id":7}"#), Ok(ClientMessage::Publish { ref topic, id: Some(_), .. }) if topic == "news"));
+        assert!(matches!(parse(r#"{"type":"subscribe","topic":"news","since":3}"#), Ok(ClientMessage::Subscribe { since: Some(3), .. })));
+        assert!(matches!(parse(r#"{"type":"unsubscribe","topic":"news"}"#), Ok(ClientMessage::Unsubscribe { .. })));
+        assert!(matches!(parse(r#"{"type":"ping","id":"x"}"#), Ok(ClientMessage::Ping { .. })));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let code = |s: &str| parse(s).unwrap_err().code;
+        assert_eq!(code("{not json"), "bad_json");
+        assert_eq!(code("hello"), "bad_json");
+        assert_eq!(code("[1,2]"), "not_an_object");
+        assert_eq!(code(r#"{"content":"x"}"#), "missing_type");
+        assert_eq!(code(r#"{"type":"dance"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":"chat"}"#), "missing_field");
+        assert_eq!(code(r#"{"type":"publish","content":1}"#), "missing_field");
+        assert_eq!(code(r#"{"type":"publish","topic":5,"content":1}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"subscribe","topic":"t","since":-1}"#), "invalid_field");
+        let e = parse(r#"{"type":"dance","id":42}"#).unwrap_err();
+        assert_eq!(e.id, Some(serde_json::json!(42)));
+    }
+
+    #[test]
+    fn built_envelopes_are_valid_json() {
+        for s in [
+            welcome("s-1", "/room \"x\""),
+            message("news", 3, "s-1", 1700000000000, r#"{"a":[1,2]}"#),
+            ack(&serde_json::json!("req-1"), Some("news"), Some(3)),
+            error("bad_json", "message is not \"valid\" JSON", None),
+            presence("news", "join", "s-1", 2),
+        ] {
+            let v: Value = serde_json::from_str(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert!(v["type"].is_string());
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Counters for `/metrics` (Prometheus text format) and `/health`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Server-wide counters. All updates are relaxed atomics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: AtomicI64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Messages queued to clients (deliveries).
+    pub messages_out: AtomicU64,
+    /// Payload bytes received.
+    pub bytes_in: AtomicU64,
+    /// Frame bytes queued to clients.
+    pub bytes_out: AtomicU64,
+    /// Messages published to a topic or room.
+    pub broadcasts: AtomicU64,
+    /// Messages dropped because a client fell behind.
+    pub dropped_messages: AtomicU64,
+    /// Connections closed because they fell behind.
+    pub slow_consumer_closes: AtomicU64,
+    /// Connections terminated because they missed a heartbeat.
+    pub terminated_connections: AtomicU64,
+    /// Upgrade requests refused (bad handshake, limits, auth, origin).
+    pub handshake_failures: AtomicU64,
+    /// `error` envelopes sent for bad client messages.
+    pub client_errors: AtomicU64,
+}
+
+impl Metrics {
+    /// Add `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render_prometheus(&self, extra: &[(&str, &str, f64)]) -> String {
+        let mut out = String::with_capacity(2048);
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        let rows: [(&str, &str, &str, f64); 12] = [
+            ("tether_connections", "gauge", "Open WebSocket connections.", self.connections.load(Ordering::Relaxed) as f64),
+            ("tether_connections_total", "counter", "WebSocket connections accepted.", g(&self.connections_total)),
+            ("tether_messages_in_total", "counter", "Messages received from clients.", g(&self.messages_in)),
+            ("tether_messages_out_total", "counter", "Messages queued to clients.", g(&self.messages_out)),
+            ("tether_bytes_in_total", "counter", "Payload bytes received from clients.", g(&self.bytes_in)),
+            ("tether_bytes_out_total", "counter", "Frame bytes queued to clients.", g(&self.bytes_out)),
+            ("tether_broadcasts_total", "counter", "Messages published to a topic or room.", g(&self.broadcasts)),
+            ("tether_dropped_messages_total", "counter", "Messages dropped because a client fell behind.", g(&self.dropped_messages)),
+            ("tether_slow_consumer_closes_total", "counter", "Connections closed because they fell behind.", g(&self.slow_consumer_closes)),
+            ("tether_terminated_connections_total", "counter", "Connections terminated after a missed heartbeat.", g(&self.terminated_connections)),
+            ("tether_handshake_failures_total", "counter", "Upgrade requests refused.", g(&self.handshake_failures)),
+            ("tether_client_errors_total", "counter", "Error envelopes sent for bad client messages.", g(&self.client_errors)),
+        ];
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        for (name, help, value) in extra {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        out
+    }
+}
