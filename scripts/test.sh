@@ -28,7 +28,8 @@ if cargo tree -p tether-proto -e normal --locked | grep -q tokio; then
 fi
 
 step "release build of the tether binary and the Autobahn client"
-cargo build --release --locked -p tether-cli -p tether --example autobahn_client
+cargo build --release --locked -p tether-cli
+cargo build --release --locked -p tether --example autobahn_client
 
 if [[ "${TETHER_SKIP_AUTOBAHN:-0}" != 1 ]]; then
     step "Autobahn|Testsuite"

@@ -1,1 +1,285 @@
-// tether.js
+/*! tether.js: a small, dependency-free WebSocket client for tether serve.
+ *
+ * Wraps the browser's WebSocket with the events of the classic tutorial
+ * (open, message, close {wasClean, code, reason}, error) plus what real clients
+ * need: reconnect with exponential backoff and jitter, sends queued while
+ * disconnected (bounded), a heartbeat that notices a dead server, and helpers
+ * for the tether.v1 JSON envelope (subscribe, publish and chat, with acks as
+ * promises; topics are re-subscribed after a reconnect).
+ *
+ *   const client = new TetherClient("ws://localhost:8080/lobby", { json: true });
+ *   client.on("open", () => console.log("connected"));
+ *   client.on("message", (msg) => console.log(msg));     // parsed envelope when json
+ *   client.on("close", ({ wasClean, code, reason }) => {});
+ *   client.on("reconnecting", ({ attempt, delay }) => {});
+ *   await client.subscribe("news");
+ *   const { seq } = await client.publish("news", { headline: "hi" });
+ *
+ * Event order per connection: (reconnecting) -> open -> message* -> close
+ * [-> error before close when the connection failed].
+ */
+(function (global) {
+  "use strict";
+
+  var DEFAULTS = {
+    protocols: [],
+    json: false,              // speak tether.v1 (JSON envelopes)
+    minDelay: 500,            // first reconnect delay, ms
+    maxDelay: 30000,          // cap on the reconnect delay, ms
+    factor: 2,                // backoff growth per attempt
+    jitter: 0.5,              // +-50% randomisation, so restarts are not stampeded
+    maxAttempts: Infinity,    // give up after this many failed attempts in a row
+    stableAfter: 5000,        // a connection open this long resets the attempt counter
+    reconnect: true,
+    queueLimit: 1000,         // messages kept while disconnected
+    queueFull: "reject",      // "reject" (send returns false) or "drop-oldest"
+    heartbeatInterval: 25000, // tether.v1: send {"type":"ping"} this often
+    heartbeatTimeout: 10000,  // no traffic this long after a ping: reconnect
+    ackTimeout: 10000         // reject an ack promise after this long
+  };
+
+  /** The delay before reconnect attempt `attempt` (1-based), in ms. */
+  function backoffDelay(attempt, opts) {
+    var o = Object.assign({}, DEFAULTS, opts || {});
+    var base = Math.min(o.maxDelay, o.minDelay * Math.pow(o.factor, Math.max(0, attempt - 1)));
+    var spread = base * o.jitter;
+    return Math.max(0, Math.round(base - spread + Math.random() * 2 * spread));
+  }
+
+  function TetherClient(url, options) {
+    this.url = url;
+    this.options = Object.assign({}, DEFAULTS, options || {});
+    if (this.options.json && this.options.protocols.indexOf("tether.v1") < 0) {
+      this.options.protocols = this.options.protocols.concat(["tether.v1"]);
+    }
+    this.handlers = {};
+    this.queue = [];
+    this.attempt = 0;
+    this.topics = new Set();
+    this.pending = new Map();
+    this.nextId = 1;
+    this.session = null;
+    this.closedByUser = false;
+    this.ws = null;
+    this.timers = {};
+    this.state = "connecting";
+    this._connect();
+  }
+
+  TetherClient.backoffDelay = backoffDelay;
+  TetherClient.DEFAULTS = DEFAULTS;
+
+  TetherClient.prototype.on = function (event, fn) {
+    (this.handlers[event] = this.handlers[event] || []).push(fn);
+    return this;
+  };
+
+  TetherClient.prototype.off = function (event, fn) {
+    var list = this.handlers[event] || [];
+    var i = list.indexOf(fn);
+    if (i >= 0) list.splice(i, 1);
+    return this;
+  };
+
+  TetherClient.prototype._emit = function (event, payload) {
+    (this.handlers[event] || []).slice().forEach(function (fn) {
+      try { fn(payload); } catch (e) { setTimeout(function () { throw e; }); }
+    });
+  };
+
+  TetherClient.prototype._setState = function (state) {
+    if (this.state !== state) {
+      this.state = state;
+      this._emit("state", state);
+    }
+  };
+
+  TetherClient.prototype._connect = function () {
+    var self = this;
+    this._setState(this.attempt === 0 ? "connecting" : "reconnecting");
+    var ws;
+    try {
+      ws = new WebSocket(this.url, this.options.protocols);
+    } catch (e) {
+      this._emit("error", e);
+      this._scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    var failed = false;
+    ws.onopen = function () {
+      self._setState("open");
+      clearTimeout(self.timers.stable);
+      self.timers.stable = setTimeout(function () { self.attempt = 0; }, self.options.stableAfter);
+      self._emit("open", { protocol: ws.protocol, attempt: self.attempt });
+      // Re-subscribe, then flush what was queued while down.
+      if (self.options.json) {
+        self.topics.forEach(function (topic) { self._request({ type: "subscribe", topic: topic }, true); });
+      }
+      var queued = self.queue;
+      self.queue = [];
+      queued.forEach(function (data) { ws.send(data); });
+      self._startHeartbeat();
+    };
+    ws.onmessage = function (ev) {
+      self._sawTraffic();
+      var data = ev.data;
+      if (self.options.json && typeof data === "string") {
+        var msg;
+        try { msg = JSON.parse(data); } catch (e) { self._emit("error", e); return; }
+        self._handleEnvelope(msg);
+        if (msg.type === "ack" && msg.id !== undefined && msg.id !== null && String(msg.id).indexOf("hb-") === 0) return;
+        self._emit("message", msg);
+      } else {
+        self._emit("message", data);
+      }
+    };
+    ws.onerror = function (ev) {
+      failed = true;
+      self._emit("error", ev);
+    };
+    ws.onclose = function (ev) {
+      self._stopHeartbeat();
+      clearTimeout(self.timers.stable);
+      if (self.ws === ws) self.ws = null;
+      self._emit("close", { wasClean: ev.wasClean, code: ev.code, reason: ev.reason, failed: failed });
+      self._failPending(new Error("connection closed (" + ev.code + ")"));
+      if (self.closedByUser || !self.options.reconnect) {
+        self._setState("closed");
+      } else {
+        self._scheduleReconnect();
+      }
+    };
+  };
+
+  TetherClient.prototype._scheduleReconnect = function () {
+    var self = this;
+    this.attempt += 1;
+    if (this.attempt > this.options.maxAttempts) {
+      this._setState("closed");
+      this._emit("giveup", { attempts: this.attempt - 1 });
+      return;
+    }
+    var delay = backoffDelay(this.attempt, this.options);
+    this._setState("reconnecting");
+    this._emit("reconnecting", { attempt: this.attempt, delay: delay });
+    this.timers.reconnect = setTimeout(function () { self._connect(); }, delay);
+  };
+
+  TetherClient.prototype._startHeartbeat = function () {
+    var self = this;
+    this._stopHeartbeat();
+    if (!this.options.heartbeatInterval) return;
+    this.timers.heartbeat = setInterval(function () {
+      if (!self.ws || self.ws.readyState !== 1) return;
+      if (self.options.json) {
+        self.ws.send(JSON.stringify({ type: "ping", id: "hb-" + self.nextId++ }));
+      }
+      clearTimeout(self.timers.dead);
+      self.timers.dead = setTimeout(function () {
+        // No traffic since the ping: the server (or the path to it) is gone.
+        self._emit("error", new Error("heartbeat timeout"));
+        if (self.ws) self.ws.close(4000, "heartbeat timeout");
+      }, self.options.heartbeatTimeout);
+    }, this.options.heartbeatInterval);
+  };
+
+  TetherClient.prototype._sawTraffic = function () {
+    clearTimeout(this.timers.dead);
+  };
+
+  TetherClient.prototype._stopHeartbeat = function () {
+    clearInterval(this.timers.heartbeat);
+    clearTimeout(this.timers.dead);
+  };
+
+  TetherClient.prototype._handleEnvelope = function (msg) {
+    if (msg.type === "welcome") this.session = msg.session;
+    if ((msg.type === "ack" || msg.type === "error") && msg.id !== undefined && msg.id !== null) {
+      var p = this.pending.get(msg.id);
+      if (p) {
+        this.pending.delete(msg.id);
+        clearTimeout(p.timer);
+        if (msg.type === "ack") p.resolve(msg);
+        else p.reject(Object.assign(new Error(msg.message), { code: msg.code }));
+      }
+    }
+  };
+
+  TetherClient.prototype._failPending = function (err) {
+    this.pending.forEach(function (p) { clearTimeout(p.timer); p.reject(err); });
+    this.pending.clear();
+  };
+
+  /** Send raw data (string, Blob, ArrayBuffer). Queued while disconnected;
+   * returns false when the queue is full and queueFull is "reject". */
+  TetherClient.prototype.send = function (data) {
+    if (this.ws && this.ws.readyState === 1) {
+      this.ws.send(data);
+      return true;
+    }
+    if (this.closedByUser) return false;
+    if (this.queue.length >= this.options.queueLimit) {
+      if (this.options.queueFull !== "drop-oldest") return false;
+      this.queue.shift();
+    }
+    this.queue.push(data);
+    return true;
+  };
+
+  TetherClient.prototype._request = function (envelope, fireAndForget) {
+    var self = this;
+    var id = "r" + this.nextId++;
+    envelope.id = id;
+    var text = JSON.stringify(envelope);
+    if (fireAndForget) {
+      if (this.ws && this.ws.readyState === 1) this.ws.send(text);
+      return Promise.resolve();
+    }
+    return new Promise(function (resolve, reject) {
+      var timer = setTimeout(function () {
+        self.pending.delete(id);
+        reject(new Error("no ack within " + self.options.ackTimeout + " ms"));
+      }, self.options.ackTimeout);
+      self.pending.set(id, { resolve: resolve, reject: reject, timer: timer });
+      if (!self.send(text)) {
+        clearTimeout(timer);
+        self.pending.delete(id);
+        reject(new Error("send queue full"));
+      }
+    });
+  };
+
+  /** tether.v1: subscribe to a topic (kept across reconnects). Resolves on ack. */
+  TetherClient.prototype.subscribe = function (topic) {
+    this.topics.add(topic);
+    return this._request({ type: "subscribe", topic: topic });
+  };
+
+  /** tether.v1: stop receiving a topic. */
+  TetherClient.prototype.unsubscribe = function (topic) {
+    this.topics.delete(topic);
+    return this._request({ type: "unsubscribe", topic: topic });
+  };
+
+  /** tether.v1: publish content (any JSON) to a topic. Resolves with the ack ({seq}). */
+  TetherClient.prototype.publish = function (topic, content) {
+    return this._request({ type: "publish", topic: topic, content: content });
+  };
+
+  /** tether.v1: send a chat message to this connection's room. */
+  TetherClient.prototype.chat = function (content) {
+    return this._request({ type: "chat", content: content });
+  };
+
+  /** Close for good (no reconnect). */
+  TetherClient.prototype.close = function (code, reason) {
+    this.closedByUser = true;
+    clearTimeout(this.timers.reconnect);
+    if (this.ws) this.ws.close(code || 1000, reason || "");
+    else this._setState("closed");
+  };
+
+  global.TetherClient = TetherClient;
+  if (typeof module !== "undefined" && module.exports) module.exports = TetherClient;
+})(typeof window !== "undefined" ? window : globalThis);

@@ -8,7 +8,6 @@ use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::process::ExitCode;
@@ -61,13 +60,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, tls = tls.is_some(), broker = hub.broker().name(), heartbeat = ?settings.heartbeat_interval, "tether serve ready");
 
     let app = Arc::new(App { hub: hub.clone(), settings: settings.clone(), started: Instant::now() });
-    let router = Router::new()
-        .route("/", get(index))
-        .route("/tether.js", get(script))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .fallback(websocket)
-        .with_state(app.clone());
+    // One handler: a WebSocket upgrade on any path (including "/") joins the
+    // room named by the path; everything else is a plain HTTP route.
+    let router = Router::new().fallback(dispatch).with_state(app.clone());
 
     let signal = shutdown::signal();
     tokio::pin!(signal);
@@ -132,6 +127,22 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+    if tether::upgrade::is_upgrade_request(&req) {
+        return websocket(app, req).await;
+    }
+    if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, "only GET\n").into_response();
+    }
+    match req.uri().path() {
+        "/" => index().await.into_response(),
+        "/tether.js" => script().await.into_response(),
+        "/health" => health(app).await.into_response(),
+        "/metrics" => metrics(app).await.into_response(),
+        _ => (StatusCode::NOT_FOUND, "not found; WebSocket clients connect to any path with an Upgrade request\n").into_response(),
+    }
+}
+
 async fn index() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML)
 }
@@ -140,7 +151,7 @@ async fn script() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], TETHER_JS)
 }
 
-async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn health(app: Arc<App>) -> impl IntoResponse {
     let broker = app.hub.broker().health();
     let body = serde_json::json!({
         "status": if broker.ok { "ok" } else { "degraded" },
@@ -154,7 +165,7 @@ async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn metrics(app: Arc<App>) -> impl IntoResponse {
     let broker_ok = if app.hub.broker().health().ok { 1.0 } else { 0.0 };
     let text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
@@ -166,10 +177,7 @@ fn refuse(app: &App, status: StatusCode, message: &str) -> Response {
 }
 
 /// Any other path: a WebSocket upgrade joins the room named by the path.
-async fn websocket(State(app): State<Arc<App>>, req: Request) -> Response {
-    if !tether::upgrade::is_upgrade_request(&req) {
-        return (StatusCode::NOT_FOUND, "not found; WebSocket clients connect to any path with an Upgrade request\n").into_response();
-    }
+async fn websocket(app: Arc<App>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let s = &app.settings;
     if !s.allowed_origins.is_empty() {

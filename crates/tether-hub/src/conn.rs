@@ -75,12 +75,12 @@ impl Hub {
                     return Poll::Ready(End::Closed);
                 }
             }
-            if json {
-                let dropped = conn.dropped_unreported.swap(0, Ordering::Relaxed);
-                if dropped > 0 {
-                    let text = envelope::error("lagged", &format!("{dropped} messages were dropped because this connection fell behind"), None);
-                    let _ = ws.start_send_encoded(EncodedFrame::text(&text));
-                }
+            let dropped = conn.dropped_unreported.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                // Never silent: the client learns how much it missed.
+                let notice = format!("{dropped} messages were dropped because this connection fell behind");
+                let text = if json { envelope::error("lagged", &notice, None) } else { format!("[tether] {notice}") };
+                let _ = ws.start_send_encoded(EncodedFrame::text(&text));
             }
             match ws.poll_recv(cx) {
                 Poll::Pending => {
