@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
-# Install what the tests need beyond Rust: Python's websockets package (the
-# interop peer). Idempotent and quick when everything is present.
+# Install what the tests need beyond Rust, idempotently (quick when present):
+#   - Python's websockets package: the interop peer we did not write;
+#   - Debian's Chromium and playwright-core: the browser tests;
+#   - Autobahn|Testsuite is installed by conformance/setup.sh.
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SUDO=""
+if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then SUDO=sudo; fi
+APT_UPDATED=0
+apt_install() {
+    if [[ $APT_UPDATED == 0 ]]; then
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 PY=${TETHER_PYTHON:-python3}
 if ! "$PY" -c 'import websockets' 2>/dev/null; then
     echo "installing python websockets for interop tests" >&2
@@ -9,3 +23,18 @@ if ! "$PY" -c 'import websockets' 2>/dev/null; then
         || "$PY" -m pip install --quiet --break-system-packages 'websockets>=13'
 fi
 "$PY" -c 'import websockets; print("python websockets", websockets.__version__)' >&2
+
+if [[ "${TETHER_SKIP_BROWSER:-0}" != 1 ]]; then
+    if [[ ! -x /usr/bin/chromium ]]; then
+        echo "installing Debian's chromium for browser tests" >&2
+        apt_install chromium
+    fi
+    if ! command -v node >/dev/null; then
+        echo "installing nodejs and npm for browser tests" >&2
+        apt_install nodejs npm
+    fi
+    if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+        (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    echo "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo missing)" >&2
+fi

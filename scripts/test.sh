@@ -3,6 +3,7 @@
 #
 #   scripts/test.sh            everything (unit, integration, interop, Autobahn)
 #   TETHER_SKIP_AUTOBAHN=1     skip the Autobahn|Testsuite run
+#   TETHER_SKIP_BROWSER=1      skip the headless-Chromium tests
 #   TETHER_AUTOBAHN_DEFLATE=1  also run Autobahn 12.x/13.x (permessage-deflate)
 #
 # Exit status: 0 only if every step passed.
@@ -14,7 +15,7 @@ START=$(date +%s)
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
-step "dependencies for interop tests (python websockets)"
+step "dependencies (python websockets, chromium, playwright-core)"
 scripts/deps.sh
 
 step "cargo test (workspace, all features)"
@@ -30,6 +31,12 @@ fi
 step "release build of the tether binary and the Autobahn client"
 cargo build --release --locked -p tether-cli
 cargo build --release --locked -p tether --example autobahn_client
+
+if [[ "${TETHER_SKIP_BROWSER:-0}" != 1 ]]; then
+    step "browser tests (headless Chromium + playwright-core)"
+    (cd tests/browser && TETHER_BIN="$ROOT/target/release/tether" TETHER_SCREENSHOTS="$ROOT/target/browser-screenshots" \
+        node --test --test-concurrency=1)
+fi
 
 if [[ "${TETHER_SKIP_AUTOBAHN:-0}" != 1 ]]; then
     step "Autobahn|Testsuite"

@@ -139,6 +139,7 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         "/tether.js" => script().await.into_response(),
         "/health" => health(app).await.into_response(),
         "/metrics" => metrics(app).await.into_response(),
+        "/favicon.ico" => StatusCode::NO_CONTENT.into_response(),
         _ => (StatusCode::NOT_FOUND, "not found; WebSocket clients connect to any path with an Upgrade request\n").into_response(),
     }
 }
