@@ -1,6 +1,7 @@
 //! `tether`: a ready-to-run WebSocket server, an echo server, a client and a
 //! load generator.
 
+mod bench;
 mod echo;
 mod logging;
 mod serve;
@@ -26,6 +27,8 @@ enum Command {
     /// Run the real-time server: HTTP and WebSocket on one port, a chat page
     /// at /, broadcast to rooms and topics, heartbeats, /health and /metrics.
     Serve(settings::ServeArgs),
+    /// Load-generate against a WebSocket server (echo, broadcast, idle connections).
+    Bench(bench::BenchArgs),
     /// Run a WebSocket echo server (text as text, binary as binary), the lean
     /// accept path used by conformance tests and benchmarks.
     Echo(echo::EchoArgs),
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Echo(args) => echo::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
