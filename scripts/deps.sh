@@ -2,6 +2,7 @@
 # Install what the tests need beyond Rust, idempotently (quick when present):
 #   - Python's websockets package: the interop peer we did not write;
 #   - Debian's Chromium and playwright-core: the browser tests;
+#   - tmux: drives `tether connect` through a pseudo-terminal;
 #   - Autobahn|Testsuite is installed by conformance/setup.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,6 +24,11 @@ if ! "$PY" -c 'import websockets' 2>/dev/null; then
         || "$PY" -m pip install --quiet --break-system-packages 'websockets>=13'
 fi
 "$PY" -c 'import websockets; print("python websockets", websockets.__version__)' >&2
+
+if ! command -v tmux >/dev/null; then
+    echo "installing tmux for the interactive tether connect test" >&2
+    apt_install tmux
+fi
 
 if [[ "${TETHER_SKIP_BROWSER:-0}" != 1 ]]; then
     if [[ ! -x /usr/bin/chromium ]]; then

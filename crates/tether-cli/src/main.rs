@@ -2,7 +2,9 @@
 //! load generator.
 
 mod bench;
+mod connect;
 mod echo;
+mod front;
 mod logging;
 mod serve;
 mod settings;
@@ -32,6 +34,10 @@ enum Command {
     /// Run a WebSocket echo server (text as text, binary as binary), the lean
     /// accept path used by conformance tests and benchmarks.
     Echo(echo::EchoArgs),
+    /// Connect to a WebSocket server and chat with it, like wscat: lines from
+    /// stdin are sent, messages received are printed; --reconnect survives
+    /// drops. Works at a terminal and in a pipe.
+    Connect(connect::ConnectArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Echo(args) => echo::run(args),
+        Command::Connect(args) => connect::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

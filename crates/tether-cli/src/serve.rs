@@ -3,6 +3,7 @@
 //! a WebSocket upgrade on any other path joins the room named by the path.
 
 use crate::settings::{ServeArgs, Settings};
+use crate::front::{self, FirstRequest, Prefixed};
 use crate::shutdown;
 use anyhow::Context;
 use axum::extract::{Request, State};
@@ -82,28 +83,26 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 let tls = tls.clone();
                 let timeout = settings.handshake_timeout;
                 let metrics = hub.metrics().clone();
+                let app = app.clone();
                 tokio::spawn(async move {
-                    let service = hyper_util::service::TowerToHyperService::new(router);
-                    let mut http = hyper::server::conn::http1::Builder::new();
-                    http.timer(TokioTimer::new()).header_read_timeout(timeout);
-                    let result = match tls {
-                        None => http.serve_connection(TokioIo::new(tcp), service).with_upgrades().await,
-                        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), service).with_upgrades().await,
-                            Ok(Err(e)) => {
-                                tether_hub::Metrics::add(&metrics.handshake_failures, 1);
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
+                    match tls {
+                        None => serve_stream(tcp, app, router, peer).await,
+                        // Boxed: a TLS session is several KiB, and the plain
+                        // path should not pay for it in every connection task.
+                        Some(acceptor) => Box::pin(async move {
+                            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) => serve_stream(stream, app, router, peer).await,
+                                Ok(Err(e)) => {
+                                    tether_hub::Metrics::add(&metrics.handshake_failures, 1);
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    tether_hub::Metrics::add(&metrics.handshake_failures, 1);
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                }
                             }
-                            Err(_) => {
-                                tether_hub::Metrics::add(&metrics.handshake_failures, 1);
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        },
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                        })
+                        .await,
                     }
                 });
             }
@@ -125,6 +124,106 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         tracing::info!("all connections closed");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One accepted connection (TCP or TLS): WebSocket upgrades take the lean
+/// path; other requests go to hyper.
+async fn serve_stream<S>(mut stream: S, app: Arc<App>, router: Router, peer: std::net::SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = app.settings.handshake_timeout;
+    let (head, kind) = match tokio::time::timeout(timeout, front::read_first_request(&mut stream, 16 * 1024)).await {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection failed before a request arrived");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no request within the handshake timeout");
+            return;
+        }
+    };
+    let stream = Prefixed::new(head, stream);
+    match kind {
+        FirstRequest::Upgrade => lean_websocket(stream, app).await,
+        FirstRequest::Http => {
+            let http = Box::pin(async move {
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new()).header_read_timeout(timeout);
+                http.serve_connection(TokioIo::new(stream), service).with_upgrades().await
+            });
+            if let Err(e) = http.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+    }
+}
+
+/// The WebSocket settings for client connections.
+fn socket_config(s: &Settings) -> tether::Config {
+    tether::Config {
+        max_message_size: s.max_message_size,
+        max_frame_size: s.max_message_size,
+        handshake_timeout: s.handshake_timeout,
+        ..tether::Config::default()
+    }
+}
+
+/// Origin allowlist, bearer token (header or `?token=`), connection limit.
+/// A refusal is counted before it is answered.
+fn admit(app: &App, origin: Option<&str>, authorization: Option<&str>, query: Option<&str>) -> Result<(), (StatusCode, &'static str)> {
+    let refused = check_admission(app, origin, authorization, query);
+    if refused.is_err() {
+        tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+    }
+    refused
+}
+
+fn check_admission(app: &App, origin: Option<&str>, authorization: Option<&str>, query: Option<&str>) -> Result<(), (StatusCode, &'static str)> {
+    let s = &app.settings;
+    if !s.allowed_origins.is_empty() && !s.allowed_origins.iter().any(|o| Some(o.as_str()) == origin) {
+        tracing::info!(origin = origin.unwrap_or(""), "refused upgrade: origin not allowed");
+        return Err((StatusCode::FORBIDDEN, "origin not allowed"));
+    }
+    if let Some(token) = &s.token {
+        let bearer = authorization.and_then(|v| v.strip_prefix("Bearer "));
+        let in_query = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+        if bearer != Some(token.as_str()) && in_query != Some(token.as_str()) {
+            return Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+        }
+    }
+    if app.hub.connection_count() >= s.max_connections {
+        tracing::warn!(max = s.max_connections, "refused upgrade: connection limit reached");
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later"));
+    }
+    Ok(())
+}
+
+/// The lean WebSocket path: handshake straight on the stream.
+async fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S, app: Arc<App>) {
+    let mut room = String::new();
+    // Scoped so the config and the handshake state are gone before the
+    // connection runs: this task lives as long as the client stays.
+    let accepted = {
+        let config = socket_config(&app.settings);
+        Box::pin(tether::accept_with(stream, &config, |req| {
+            admit(&app, req.origin(), req.header_str("authorization"), req.query()).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?;
+            room = req.path().to_string();
+            let protocol = req.protocols().contains(&tether_hub::PROTOCOL_V1).then(|| tether_hub::PROTOCOL_V1.to_string());
+            Ok(tether::Accept { protocol, headers: Vec::new() })
+        }))
+        .await
+    };
+    match accepted {
+        Ok(ws) => app.hub.run_connection(ws, ConnInfo { room }).await,
+        Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
+        Err(e) => {
+            tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+            tracing::debug!(error = %e, "WebSocket handshake failed");
+        }
+    }
 }
 
 async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -172,32 +271,16 @@ async fn metrics(app: Arc<App>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-fn refuse(app: &App, status: StatusCode, message: &str) -> Response {
-    tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+fn refuse(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], format!("{message}\n")).into_response()
 }
 
 /// Any other path: a WebSocket upgrade joins the room named by the path.
 async fn websocket(app: Arc<App>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let s = &app.settings;
-    if !s.allowed_origins.is_empty() {
-        let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !s.allowed_origins.iter().any(|o| o == origin) {
-            tracing::info!(origin, "refused upgrade: origin not allowed");
-            return refuse(&app, StatusCode::FORBIDDEN, "origin not allowed");
-        }
-    }
-    if let Some(token) = &s.token {
-        let bearer = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        let query = parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-        if bearer != Some(token.as_str()) && query != Some(token.as_str()) {
-            return refuse(&app, StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        }
-    }
-    if app.hub.connection_count() >= s.max_connections {
-        tracing::warn!(max = s.max_connections, "refused upgrade: connection limit reached");
-        return refuse(&app, StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later");
+    let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if let Err((status, message)) = admit(&app, header(header::ORIGIN), header(header::AUTHORIZATION), parts.uri.query()) {
+        return refuse(status, message);
     }
     let upgrade = match <WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &()).await {
         Ok(u) => u,
@@ -206,7 +289,7 @@ async fn websocket(app: Arc<App>, req: Request) -> Response {
             return rejection.into_response();
         }
     };
-    let config = tether::Config { max_message_size: s.max_message_size, max_frame_size: s.max_message_size, ..tether::Config::default() };
+    let config = socket_config(&app.settings);
     let room = parts.uri.path().to_string();
     let hub = app.hub.clone();
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {

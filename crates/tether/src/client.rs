@@ -64,6 +64,11 @@ impl ClientBuilder {
         self
     }
 
+    /// The subprotocols offered so far, in order of preference.
+    pub fn protocols(&self) -> &[String] {
+        &self.protocols
+    }
+
     /// Use these WebSocket settings.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;

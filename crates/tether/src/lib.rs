@@ -7,6 +7,8 @@
 //! - Server sharing a port with an HTTP app: [`upgrade`] (hyper 1, feature
 //!   `hyper`) and [`axum::WebSocketUpgrade`] (feature `axum`).
 //! - Client: [`connect`] / [`ClientBuilder`] for `ws://` and `wss://`.
+//! - Client that reconnects, queues while down and keeps a heartbeat:
+//!   [`ReconnectingClient`] (see [`reconnect`]).
 //! - [`WebSocket`] implements `Stream` and `Sink`; [`WebSocket::split`] gives
 //!   halves for two tasks.
 //!
@@ -36,6 +38,7 @@ mod error;
 mod io;
 mod server;
 mod socket;
+pub mod reconnect;
 pub mod split;
 mod stream;
 #[cfg(feature = "tls")]
@@ -49,6 +52,7 @@ pub use client::{client_handshake, connect, ClientBuilder};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use server::{accept, accept_with, Accept, Reject};
+pub use reconnect::ReconnectingClient;
 pub use socket::WebSocket;
 pub use stream::MaybeTlsStream;
 pub use tether_proto::handshake::{ClientRequest, ExtensionOffer, Request, Response};

@@ -1,0 +1,475 @@
+//! `tether connect URL`: a WebSocket client for people and scripts, like
+//! wscat or websocat, on [`tether::ReconnectingClient`].
+//!
+//! Each line read from stdin is sent as a text message; each message received
+//! is printed on stdout (text as is, binary as hex or base64, JSON pretty
+//! printed on request). At a terminal, received messages are prefixed with
+//! `< ` and a `> ` prompt is shown. In a pipe, when stdin ends the client
+//! closes with 1000, waits for the closing handshake and exits.
+//!
+//! Commands: `/ping [data]`, `/close [code] [reason]`, `/quit`; a line that
+//! starts with `//` is sent with one `/` removed.
+//!
+//! Exit status: 0 after a clean close (both close frames exchanged, whatever
+//! the code), 1 after an unclean close or an error, 2 for usage errors
+//! (including a URL that is not `ws://` or `wss://`). Close codes, reasons and
+//! errors go to stderr.
+
+use crate::settings::parse_duration;
+use anyhow::Context;
+use base64::Engine;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tether::reconnect::{ClientSender, Event, ReconnectOptions, ReconnectingClient};
+use tether::tls::TlsOptions;
+use tether::{ClientBuilder, CloseCode, Error, Message};
+use tokio::sync::mpsc;
+
+#[derive(clap::Args, Debug)]
+pub struct ConnectArgs {
+    /// The server's URL: ws://host:port/path or wss://...
+    url: String,
+    /// Add a request header, as "Name: value" (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Offer a subprotocol, e.g. tether.v1 (repeatable, in order of preference).
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    subprotocols: Vec<String>,
+    /// Also trust this CA certificate (PEM) for wss://.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate. For development only: anyone on the
+    /// path can read and change the traffic.
+    #[arg(long)]
+    insecure: bool,
+    /// Reconnect with backoff when the connection drops; lines typed while
+    /// disconnected are sent after reconnecting.
+    #[arg(long)]
+    reconnect: bool,
+    /// Send a ping this often (e.g. 30s); without an answer within 10 s the
+    /// connection is considered dead. Default: off, or 25s with --reconnect.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    ping_interval: Option<Duration>,
+    /// How binary messages are printed.
+    #[arg(long, value_enum, default_value_t = BinaryFormat::Hex)]
+    binary_format: BinaryFormat,
+    /// Pretty-print text messages that are JSON.
+    #[arg(long)]
+    json_pretty: bool,
+}
+
+/// How binary messages are printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BinaryFormat {
+    /// Lowercase hexadecimal.
+    Hex,
+    /// Standard base64 with padding.
+    Base64,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once(':').ok_or_else(|| format!("{s:?} is not a header: use \"Name: value\""))?;
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{name:?} is not a valid header name"));
+    }
+    Ok((name.to_string(), value.trim().to_string()))
+}
+
+pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(session(args));
+    // The stdin reader may be blocked in read(2): do not wait for it.
+    runtime.shutdown_background();
+    result
+}
+
+fn builder(args: &ConnectArgs) -> anyhow::Result<ClientBuilder> {
+    let mut builder = ClientBuilder::new(&args.url);
+    for (name, value) in &args.headers {
+        builder = builder.header(name, value);
+    }
+    for protocol in &args.subprotocols {
+        builder = builder.protocol(protocol);
+    }
+    let ca_pem = match &args.ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?),
+        None => None,
+    };
+    Ok(builder.tls(TlsOptions { ca_pem, native_roots: true, insecure: args.insecure }))
+}
+
+/// What the input side asks of the session.
+enum Control {
+    /// Close with this code and reason (as soon as a connection is open).
+    Close(CloseCode, String),
+}
+
+async fn session(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let options = ReconnectOptions {
+        reconnect: args.reconnect,
+        heartbeat_interval: args.ping_interval.or(if args.reconnect { ReconnectOptions::default().heartbeat_interval } else { None }),
+        ..ReconnectOptions::default()
+    };
+    let mut client = ReconnectingClient::new(builder(&args)?, options);
+    let printer = Printer { interactive, binary: args.binary_format, json_pretty: args.json_pretty };
+
+    let (lines_tx, lines) = mpsc::channel(64);
+    std::thread::Builder::new().name("stdin".into()).spawn(move || read_lines(lines_tx))?;
+    let (control_tx, mut control) = mpsc::channel(4);
+    tokio::spawn(forward_input(lines, client.sender(), control_tx, interactive));
+
+    let mut open = false;
+    // Close wanted before a connection was open: applied on open, so that
+    // what was piped in is sent first.
+    let mut close_wanted: Option<(CloseCode, String)> = None;
+    let mut status = ExitCode::from(1);
+    let mut interrupted = false;
+    // A close was asked for (/close, /quit, end of input, Ctrl-C).
+    let mut closing = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            event = client.next_event() => {
+                let Some(event) = event else { break };
+                match event {
+                    Event::Open { protocol, attempt } => {
+                        open = true;
+                        tracing::debug!(url = %args.url, ?protocol, attempt, "connected");
+                        if interactive {
+                            let protocol = protocol.map(|p| format!(" (subprotocol {p})")).unwrap_or_default();
+                            printer.note(&format!("connected to {}{protocol}; /ping [data], /close [code] [reason], /quit", args.url), true);
+                        }
+                        if let Some((code, reason)) = close_wanted.take() {
+                            let _ = client.close(code, &reason);
+                        }
+                    }
+                    Event::Message(msg) => printer.message(&msg),
+                    Event::Close { was_clean, code, reason } => {
+                        open = false;
+                        status = ExitCode::from(if was_clean { 0 } else { 1 });
+                        printer.note(&describe_close(was_clean, code, &reason), args.reconnect && !closing);
+                    }
+                    Event::Error(e) => {
+                        status = ExitCode::from(if matches!(e, Error::InvalidUrl(_)) { 2 } else { 1 });
+                        printer.note(&format!("error: {}", explain(&e)), false);
+                    }
+                    Event::Reconnecting { attempt, delay } => {
+                        status = ExitCode::from(1);
+                        printer.note(&format!("reconnecting in {delay:.1?} (attempt {attempt})"), true);
+                    }
+                    Event::GaveUp { attempts } => {
+                        status = ExitCode::from(1);
+                        printer.note(&format!("giving up after {attempts} failed attempts"), false);
+                    }
+                    _ => {}
+                }
+            }
+            Some(Control::Close(code, reason)) = control.recv() => {
+                closing = true;
+                if open {
+                    let _ = client.close(code, &reason);
+                } else {
+                    close_wanted = Some((code, reason));
+                }
+            }
+            _ = &mut ctrl_c => {
+                // The stream may not end on its own if no connection is open.
+                if interrupted || !open {
+                    break;
+                }
+                interrupted = true;
+                closing = true;
+                printer.note("interrupted: closing (press Ctrl-C again to quit at once)", false);
+                let _ = client.close(CloseCode::NORMAL, "");
+                ctrl_c.set(tokio::signal::ctrl_c());
+            }
+        }
+    }
+    Ok(status)
+}
+
+/// Read stdin line by line on a plain thread (stdin reads block).
+fn read_lines(tx: mpsc::Sender<String>) {
+    let stdin = std::io::stdin();
+    let mut stdin = stdin.lock();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match stdin.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                    buf.pop();
+                }
+                if tx.blocking_send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What one line of input means.
+#[derive(Debug, PartialEq)]
+enum Input {
+    Text(String),
+    Ping(String),
+    Close(CloseCode, String),
+    Quit,
+    Invalid(String),
+}
+
+const HELP: &str = "commands: /ping [data], /close [code] [reason], /quit; start a line with // to send one that begins with /";
+
+fn parse_input(line: &str) -> Input {
+    let Some(command) = line.strip_prefix('/') else { return Input::Text(line.to_string()) };
+    if command.starts_with('/') {
+        return Input::Text(command.to_string());
+    }
+    let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
+    match name {
+        "ping" => Input::Ping(rest.to_string()),
+        "quit" | "exit" => Input::Quit,
+        "close" => {
+            let rest = rest.trim_start();
+            if rest.is_empty() {
+                return Input::Close(CloseCode::NORMAL, String::new());
+            }
+            let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+            match code.parse::<u16>() {
+                Ok(code) if CloseCode(code).is_allowed_on_wire() => Input::Close(CloseCode(code), reason.to_string()),
+                _ => Input::Invalid(format!("{code:?} is not a close code that may be sent (1000-1003, 1007-1014, 3000-4999)")),
+            }
+        }
+        _ => Input::Invalid(format!("unknown command /{name}; {HELP}")),
+    }
+}
+
+/// Send what is typed; turn commands and the end of input into controls.
+async fn forward_input(mut lines: mpsc::Receiver<String>, sender: ClientSender, control: mpsc::Sender<Control>, interactive: bool) {
+    let prompt = || {
+        if interactive {
+            print!("> ");
+            let _ = std::io::stdout().flush();
+        }
+    };
+    while let Some(line) = lines.recv().await {
+        let result = match parse_input(&line) {
+            // Wait for room rather than drop input that is piped in fast.
+            Input::Text(text) => sender.send_wait(text).await,
+            Input::Ping(data) => sender.send(Message::Ping(data.into_bytes().into())),
+            Input::Close(code, reason) => {
+                let _ = control.send(Control::Close(code, reason)).await;
+                return;
+            }
+            Input::Quit => break,
+            Input::Invalid(why) => {
+                eprintln!("{why}");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            eprintln!("not sent: {e}");
+            if matches!(e, tether::reconnect::ClientError::Closed) {
+                return;
+            }
+        }
+        prompt();
+    }
+    // End of input, or /quit.
+    let _ = control.send(Control::Close(CloseCode::NORMAL, String::new())).await;
+}
+
+fn describe_close(was_clean: bool, code: CloseCode, reason: &str) -> String {
+    let reason = if reason.is_empty() { String::new() } else { format!(" {reason}") };
+    if was_clean {
+        format!("closed: {}{reason}", code.0)
+    } else if code == CloseCode::ABNORMAL {
+        "connection lost: 1006 (closed without a close frame)".to_string()
+    } else {
+        format!("connection closed uncleanly: {}{reason}", code.0)
+    }
+}
+
+/// The error, with a hint when there is an obvious next step.
+fn explain(e: &Error) -> String {
+    match e {
+        Error::Tls(_) => format!("{e} (pass --ca FILE to trust the server's CA, or --insecure for development)"),
+        _ => e.to_string(),
+    }
+}
+
+/// Prints received messages on stdout, and notes on stderr.
+struct Printer {
+    interactive: bool,
+    binary: BinaryFormat,
+    json_pretty: bool,
+}
+
+impl Printer {
+    fn message(&self, msg: &Message) {
+        let (body, note) = match msg {
+            Message::Text(t) => (self.text(t), false),
+            Message::Binary(b) => (self.bytes(b), false),
+            Message::Pong(p) => (format!("[pong] {}", String::from_utf8_lossy(p)), true),
+            Message::Ping(p) => {
+                tracing::debug!(payload = %String::from_utf8_lossy(p), "ping from the server (answered)");
+                return;
+            }
+            Message::Close(_) => return,
+        };
+        let mut out = std::io::stdout().lock();
+        if self.interactive {
+            // Clear the prompt, print, then show the prompt again.
+            let _ = write!(out, "\r\x1b[2K");
+            for (i, line) in body.lines().enumerate() {
+                let _ = writeln!(out, "{}{line}", if i == 0 { "< " } else { "  " });
+            }
+            let _ = write!(out, "> ");
+            let _ = out.flush();
+        } else if note {
+            drop(out);
+            eprintln!("{body}");
+        } else {
+            let _ = writeln!(out, "{body}");
+        }
+    }
+
+    /// A line for people (stderr): connection state, close codes, errors.
+    /// At a terminal, `prompt` shows the prompt again after it.
+    fn note(&self, text: &str, prompt: bool) {
+        if self.interactive {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "\r\x1b[2K");
+            let _ = out.flush();
+            eprintln!("{text}");
+            if prompt {
+                let _ = write!(out, "> ");
+                let _ = out.flush();
+            }
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    fn text(&self, text: &str) -> String {
+        if self.json_pretty && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+            return pretty_json(text);
+        }
+        text.to_string()
+    }
+
+    fn bytes(&self, bytes: &[u8]) -> String {
+        let encoded = match self.binary {
+            BinaryFormat::Hex => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            BinaryFormat::Base64 => base64::engine::general_purpose::STANDARD.encode(bytes),
+        };
+        if self.interactive {
+            format!("[binary {} bytes] {encoded}", bytes.len())
+        } else {
+            encoded
+        }
+    }
+}
+
+/// Re-indent valid JSON text, two spaces a level, keeping the order of keys
+/// as sent (parsing into a `serde_json::Value` would sort them).
+fn pretty_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = json.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+                    chars.next();
+                }
+                if matches!(chars.peek(), Some('}' | ']')) {
+                    out.push(chars.next().unwrap_or_default());
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_ascii_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        assert_eq!(parse_input("hello"), Input::Text("hello".into()));
+        assert_eq!(parse_input("//etc"), Input::Text("/etc".into()));
+        assert_eq!(parse_input("/ping"), Input::Ping(String::new()));
+        assert_eq!(parse_input("/ping are you there"), Input::Ping("are you there".into()));
+        assert_eq!(parse_input("/close"), Input::Close(CloseCode::NORMAL, String::new()));
+        assert_eq!(parse_input("/close 4000 bye now"), Input::Close(CloseCode(4000), "bye now".into()));
+        assert!(matches!(parse_input("/close 1006"), Input::Invalid(_)));
+        assert!(matches!(parse_input("/close soon"), Input::Invalid(_)));
+        assert_eq!(parse_input("/quit"), Input::Quit);
+        assert!(matches!(parse_input("/dance"), Input::Invalid(m) if m.contains("/ping")));
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(parse_header("Authorization: Bearer x:y"), Ok(("Authorization".into(), "Bearer x:y".into())));
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header(": empty").is_err());
+    }
+
+    #[test]
+    fn pretty_json_keeps_key_order() {
+        assert_eq!(pretty_json(r#"{"z":1,"a":[1, {}],"s":"x,\"{y}\"","e":[ ]}"#), "{\n  \"z\": 1,\n  \"a\": [\n    1,\n    {}\n  ],\n  \"s\": \"x,\\\"{y}\\\"\",\n  \"e\": []\n}");
+        assert_eq!(pretty_json("42"), "42");
+    }
+
+    #[test]
+    fn binary_formats() {
+        let p = Printer { interactive: false, binary: BinaryFormat::Hex, json_pretty: false };
+        assert_eq!(p.bytes(&[0, 0xff, 0x10]), "00ff10");
+        let p = Printer { binary: BinaryFormat::Base64, ..p };
+        assert_eq!(p.bytes(b"hi!"), "aGkh");
+    }
+}

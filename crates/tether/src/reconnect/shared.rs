@@ -1,0 +1,166 @@
+//! State shared by the handles of a [`ReconnectingClient`](super::ReconnectingClient)
+//! and its background task: the send queue, the subscribed topics and the
+//! requests waiting for an ack. Handles only touch this (under a short-lived
+//! lock) and wake the task; the task alone touches the socket.
+
+use super::{Ack, ClientError, QueueFullPolicy};
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tether_proto::{CloseFrame, Message};
+use tokio::sync::{oneshot, watch, Notify};
+
+/// A message waiting for the socket.
+pub(super) struct Outgoing {
+    pub(super) msg: Message,
+    /// The id of the `tether.v1` request it carries, if any.
+    pub(super) request: Option<String>,
+}
+
+/// A request waiting for its `ack`.
+pub(super) struct Pending {
+    pub(super) reply: oneshot::Sender<Result<Ack, ClientError>>,
+    /// Handed to a socket: a disconnect now fails it (the answer is lost).
+    pub(super) sent: bool,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) queue: VecDeque<Outgoing>,
+    /// Subscribed through the helpers, in order; renewed after reconnects.
+    pub(super) topics: Vec<String>,
+    pub(super) pending: HashMap<String, Pending>,
+    pub(super) next_id: u64,
+    pub(super) connected: bool,
+    pub(super) finished: bool,
+}
+
+/// What the handles and the background task share.
+pub(super) struct Shared {
+    pub(super) state: Mutex<State>,
+    /// Something was queued: the task should move it to the socket.
+    pub(super) queued: Notify,
+    /// Room was made in the queue, or the client finished.
+    pub(super) room: Notify,
+    /// `Some` once a close was requested.
+    pub(super) close: watch::Sender<Option<CloseFrame>>,
+    pub(super) queue_limit: usize,
+    pub(super) queue_full: QueueFullPolicy,
+    pub(super) json: bool,
+    pub(super) ack_timeout: Duration,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn closing(&self) -> bool {
+        self.close.borrow().is_some()
+    }
+
+    /// Queue `out`, applying the queue-full policy. `Err` gives it back.
+    pub(super) fn enqueue(&self, out: Outgoing, policy: QueueFullPolicy) -> Result<(), (Outgoing, ClientError)> {
+        {
+            let mut st = self.lock();
+            if st.finished || self.closing() {
+                return Err((out, ClientError::Closed));
+            }
+            if st.queue.len() >= self.queue_limit {
+                match policy {
+                    QueueFullPolicy::Reject => return Err((out, ClientError::QueueFull { limit: self.queue_limit })),
+                    QueueFullPolicy::DropOldest => {
+                        let dropped = st.queue.pop_front();
+                        if let Some(id) = dropped.and_then(|d| d.request) {
+                            if let Some(p) = st.pending.remove(&id) {
+                                let _ = p.reply.send(Err(ClientError::QueueFull { limit: self.queue_limit }));
+                            }
+                        }
+                    }
+                }
+            }
+            st.queue.push_back(out);
+        }
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Send a `tether.v1` request and wait for its ack.
+    pub(super) async fn request(&self, kind: &str, topic: Option<&str>, content: Option<Value>) -> Result<Ack, ClientError> {
+        if !self.json {
+            return Err(ClientError::NotJson);
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = self.lock();
+            st.next_id += 1;
+            let id = format!("r{}", st.next_id);
+            st.pending.insert(id.clone(), Pending { reply: tx, sent: false });
+            id
+        };
+        let msg = Message::text(envelope(kind, topic, content, Some(&id)));
+        if let Err((_, e)) = self.enqueue(Outgoing { msg, request: Some(id.clone()) }, self.queue_full) {
+            self.lock().pending.remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.ack_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => {
+                self.lock().pending.remove(&id);
+                Err(ClientError::AckTimeout(self.ack_timeout))
+            }
+        }
+    }
+
+    /// If `text` answers a pending request, resolve it.
+    pub(super) fn resolve(&self, text: &str) {
+        let mut st = self.lock();
+        if st.pending.is_empty() || !text.contains("\"id\"") {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(text) else { return };
+        let Some(id) = v.get("id").and_then(Value::as_str) else { return };
+        let result = match v.get("type").and_then(Value::as_str) {
+            Some("ack") => Ok(Ack {
+                topic: v.get("topic").and_then(Value::as_str).map(str::to_owned),
+                seq: v.get("seq").and_then(Value::as_u64),
+            }),
+            Some("error") => Err(ClientError::Refused {
+                code: v.get("code").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                message: v.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            }),
+            _ => return,
+        };
+        if let Some(p) = st.pending.remove(id) {
+            let _ = p.reply.send(result);
+        }
+    }
+}
+
+/// Refuse, at the call, what the socket would refuse later.
+pub(super) fn checked(msg: Message) -> Result<Message, ClientError> {
+    match &msg {
+        Message::Close(_) => Err(ClientError::InvalidMessage("a close frame is sent with close(), which also stops reconnecting".into())),
+        // RFC 6455 §5.5: control frames carry at most 125 bytes.
+        Message::Ping(p) | Message::Pong(p) if p.len() > 125 => Err(ClientError::InvalidMessage(format!("ping or pong payload of {} bytes (max 125)", p.len()))),
+        _ => Ok(msg),
+    }
+}
+
+/// A `tether.v1` request envelope (docs/protocol.md).
+pub(super) fn envelope(kind: &str, topic: Option<&str>, content: Option<Value>, id: Option<&str>) -> String {
+    let mut map = serde_json::Map::new();
+    map.insert("type".into(), kind.into());
+    if let Some(t) = topic {
+        map.insert("topic".into(), t.into());
+    }
+    if let Some(c) = content {
+        map.insert("content".into(), c);
+    }
+    if let Some(id) = id {
+        map.insert("id".into(), id.into());
+    }
+    Value::Object(map).to_string()
+}

@@ -1,0 +1,336 @@
+//! The background task of a [`ReconnectingClient`](super::ReconnectingClient):
+//! connect, run the connection until it ends, wait out the backoff, repeat.
+//!
+//! One task owns the socket, so no lock is held across I/O: handles only
+//! touch the shared queue and wake the task. While connected the task waits
+//! on everything at once (socket, queue, close request, heartbeat, stable
+//! timer) and reads the socket only when the application has room for one
+//! more event, so a slow consumer applies TCP backpressure to the server.
+
+use super::{envelope, ClientError, Event, ReconnectOptions, Shared, TETHER_V1};
+use crate::client::ClientBuilder;
+use crate::error::{Error, Result};
+use crate::socket::WebSocket;
+use crate::stream::MaybeTlsStream;
+use bytes::Bytes;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tether_proto::{CloseCode, CloseFrame, Message};
+use tokio::sync::mpsc::{self, Permit};
+use tokio::sync::watch;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+type Socket = WebSocket<MaybeTlsStream>;
+
+/// Payload of heartbeat pings; the pongs that echo it are not reported.
+const HEARTBEAT: &[u8] = b"tether-heartbeat";
+
+/// How a connection ended.
+enum Ended {
+    /// Dropped or closed by the server: reconnect (if enabled).
+    Lost,
+    /// Closed on request, or nobody listens any more: stop.
+    Stop,
+}
+
+pub(super) async fn run(builder: ClientBuilder, options: ReconnectOptions, shared: Arc<Shared>, events: mpsc::Sender<Event>) {
+    let mut driver = Driver { builder, options, shared, events, attempt: 0 };
+    driver.run().await;
+    driver.shared.finish();
+}
+
+struct Driver {
+    builder: ClientBuilder,
+    options: ReconnectOptions,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event>,
+    /// Failed attempts since the last stable connection.
+    attempt: u32,
+}
+
+impl Driver {
+    async fn run(&mut self) {
+        let mut close = self.shared.close.subscribe();
+        loop {
+            let connected = tokio::select! {
+                biased;
+                _ = close_requested(&mut close) => return,
+                _ = self.events.closed() => return,
+                result = self.builder.connect() => result,
+            };
+            match connected {
+                Ok((ws, _response)) => {
+                    let ended = self.connected(ws).await;
+                    self.shared.disconnected();
+                    if let Ended::Stop = ended {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt = self.attempt, "connection attempt failed");
+                    // A malformed URL does not get better by retrying.
+                    let permanent = matches!(e, Error::InvalidUrl(_));
+                    if self.events.send(Event::Error(e)).await.is_err() || permanent {
+                        return;
+                    }
+                }
+            }
+            if !self.options.reconnect {
+                return;
+            }
+            self.attempt = self.attempt.saturating_add(1);
+            if self.options.max_attempts.is_some_and(|max| self.attempt > max) {
+                let _ = self.events.send(Event::GaveUp { attempts: self.attempt - 1 }).await;
+                return;
+            }
+            let delay = self.options.backoff.delay(self.attempt);
+            if self.events.send(Event::Reconnecting { attempt: self.attempt, delay }).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = close_requested(&mut close) => return,
+                _ = self.events.closed() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Run one open connection until it ends.
+    async fn connected(&mut self, mut ws: Socket) -> Ended {
+        let protocol = ws.protocol().map(str::to_owned);
+        if self.shared.json && protocol.as_deref() != Some(TETHER_V1) {
+            tracing::warn!(?protocol, "the server did not select tether.v1: it may not understand the envelopes");
+        }
+        // tether.v1 subscriptions belong to a connection: renew them, ahead
+        // of anything queued while disconnected.
+        let topics = self.shared.lock().topics.clone();
+        for topic in topics {
+            let _ = ws.start_send(Message::text(envelope("subscribe", Some(&topic), None, None)));
+        }
+        self.shared.lock().connected = true;
+        if self.events.send(Event::Open { protocol, attempt: self.attempt }).await.is_err() {
+            return abandon(ws).await;
+        }
+
+        let events = self.events.clone();
+        let mut close = self.shared.close.subscribe();
+        // Room for one event, reserved before reading so that a message read
+        // is never held back.
+        let mut permit: Option<Permit<'_, Event>> = None;
+        let heartbeat_timeout = self.options.heartbeat_timeout;
+        let mut heartbeat = self.options.heartbeat_interval.filter(|every| !every.is_zero()).map(|every| {
+            let mut interval = tokio::time::interval_at(Instant::now() + every, every);
+            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            interval
+        });
+        // Set when a heartbeat ping goes out, cleared by anything received.
+        let mut dead_at: Option<Instant> = None;
+        let stable = tokio::time::sleep(self.options.stable_after);
+        tokio::pin!(stable);
+        let mut stable_reached = false;
+        // close() was called: drain the queue, then send the close frame.
+        let mut close_wanted = false;
+        let mut close_sent = false;
+        let ended = |close_wanted: bool| if close_wanted { Ended::Stop } else { Ended::Lost };
+
+        loop {
+            let queued = !close_sent && self.shared.pump(&mut ws);
+            if close_wanted && !close_sent && !queued {
+                close_sent = true;
+                // The close handshake has its own timeout (Config::close_timeout).
+                heartbeat = None;
+                dead_at = None;
+                let frame = self.shared.close.borrow().clone();
+                if let Err(e) = ws.start_send(Message::Close(frame)) {
+                    tracing::debug!(error = %e, "close frame not queued");
+                }
+            }
+            let reading = permit.is_some();
+            tokio::select! {
+                biased;
+                _ = close_requested(&mut close), if !close_wanted => close_wanted = true,
+                _ = events.closed() => return abandon(ws).await,
+                step = poll_fn(|cx| drive(&mut ws, cx, reading, queued)) => match step {
+                    Step::Drained => {}
+                    Step::Received(Some(Ok(msg))) => {
+                        dead_at = None;
+                        match msg {
+                            // Reported as Event::Close once the handshake completes.
+                            Message::Close(_) => {}
+                            Message::Pong(ref payload) if payload.as_ref() == HEARTBEAT => {}
+                            msg => {
+                                if let (true, Message::Text(text)) = (self.shared.json, &msg) {
+                                    self.shared.resolve(text);
+                                }
+                                emit(&events, &mut permit, Event::Message(msg)).await;
+                            }
+                        }
+                    }
+                    Step::Received(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "connection failed");
+                        let close = Event::Close { was_clean: false, code: ws.close_code(), reason: peer_reason(&ws) };
+                        emit(&events, &mut permit, Event::Error(e)).await;
+                        emit(&events, &mut permit, close).await;
+                        return ended(close_wanted);
+                    }
+                    Step::Received(None) => {
+                        let close = Event::Close { was_clean: ws.was_clean(), code: ws.close_code(), reason: peer_reason(&ws) };
+                        emit(&events, &mut permit, close).await;
+                        return ended(close_wanted);
+                    }
+                },
+                reserved = events.reserve(), if !reading => match reserved {
+                    Ok(p) => {
+                        permit = Some(p);
+                        // The socket was not read while the application was
+                        // busy: that silence is not the server's.
+                        if let Some(deadline) = dead_at.as_mut() {
+                            *deadline = Instant::now() + heartbeat_timeout;
+                        }
+                    }
+                    Err(_) => return abandon(ws).await,
+                },
+                _ = self.shared.queued.notified(), if !close_sent => {}
+                _ = tick(&mut heartbeat) => {
+                    if dead_at.is_none() && reading && ws.start_send(Message::Ping(Bytes::from_static(HEARTBEAT))).is_ok() {
+                        dead_at = Some(Instant::now() + heartbeat_timeout);
+                    }
+                }
+                _ = tokio::time::sleep_until(dead_at.unwrap_or_else(Instant::now)), if dead_at.is_some() => {
+                    // Nothing received since the ping: the server, or the
+                    // path to it, is gone. Drop the TCP connection at once;
+                    // a close handshake would only wait for the same silence.
+                    tracing::debug!(timeout = ?heartbeat_timeout, "no answer to the heartbeat: dropping the connection");
+                    emit(&events, &mut permit, Event::Error(Error::Timeout("heartbeat"))).await;
+                    emit(&events, &mut permit, Event::Close { was_clean: false, code: CloseCode::ABNORMAL, reason: String::new() }).await;
+                    return ended(close_wanted);
+                }
+                _ = &mut stable, if !stable_reached => {
+                    stable_reached = true;
+                    self.attempt = 0;
+                }
+            }
+        }
+    }
+}
+
+/// What [`drive`] made progress on.
+enum Step {
+    /// The socket's write buffer drained while messages wait in the queue.
+    Drained,
+    /// What [`WebSocket::recv`] returned.
+    Received(Option<Result<Message>>),
+}
+
+/// Write what the socket has buffered and, when `reading`, receive. Returns
+/// [`Step::Drained`] when the buffer emptied and `queued` messages can follow.
+fn drive(ws: &mut Socket, cx: &mut Context<'_>, reading: bool, queued: bool) -> Poll<Step> {
+    if ws.pending_len() > 0 {
+        match ws.poll_write_pending(cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Step::Received(Some(Err(e.into())))),
+            Poll::Ready(Ok(())) if queued => return Poll::Ready(Step::Drained),
+            _ => {}
+        }
+    }
+    if reading {
+        ws.poll_recv(cx).map(Step::Received)
+    } else {
+        Poll::Pending
+    }
+}
+
+/// Deliver `event`, through the reserved slot when there is one.
+async fn emit(events: &mpsc::Sender<Event>, permit: &mut Option<Permit<'_, Event>>, event: Event) {
+    match permit.take() {
+        Some(p) => p.send(event),
+        None => {
+            let _ = events.send(event).await;
+        }
+    }
+}
+
+/// Close a connection nobody listens to any more (bounded by the close timeout).
+async fn abandon(mut ws: Socket) -> Ended {
+    let _ = ws.close(CloseCode::NORMAL, "").await;
+    Ended::Stop
+}
+
+/// Resolves once a close was requested (without holding the watch's lock).
+async fn close_requested(close: &mut watch::Receiver<Option<CloseFrame>>) {
+    let _ = close.wait_for(Option::is_some).await;
+}
+
+async fn tick(heartbeat: &mut Option<Interval>) {
+    match heartbeat {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn peer_reason(ws: &Socket) -> String {
+    match ws.connection().received_close() {
+        Some(Some(frame)) => frame.reason.to_string(),
+        _ => String::new(),
+    }
+}
+
+impl Shared {
+    /// Move queued messages into the socket while it is below its high-water
+    /// mark. Returns whether messages remain queued.
+    fn pump(&self, ws: &mut Socket) -> bool {
+        let mut st = self.lock();
+        if ws.connection().is_closing() {
+            // The server is closing: keep them for the next connection.
+            return !st.queue.is_empty();
+        }
+        let mut moved = false;
+        while ws.pending_len() < ws.high_water() {
+            let Some(out) = st.queue.pop_front() else { break };
+            moved = true;
+            if let Some(p) = out.request.as_ref().and_then(|id| st.pending.get_mut(id)) {
+                p.sent = true;
+            }
+            if let Err(e) = ws.start_send(out.msg) {
+                tracing::debug!(error = %e, "queued message dropped");
+            }
+        }
+        let remaining = !st.queue.is_empty();
+        drop(st);
+        if moved {
+            self.room.notify_waiters();
+        }
+        remaining
+    }
+
+    /// A connection ended: requests it carried will get no answer.
+    fn disconnected(&self) {
+        let mut st = self.lock();
+        st.connected = false;
+        let lost: Vec<String> = st.pending.iter().filter(|(_, p)| p.sent).map(|(id, _)| id.clone()).collect();
+        for id in lost {
+            if let Some(p) = st.pending.remove(&id) {
+                let _ = p.reply.send(Err(ClientError::Disconnected));
+            }
+        }
+    }
+
+    /// The task is done: everything still waiting fails with `Closed`.
+    fn finish(&self) {
+        let mut st = self.lock();
+        st.finished = true;
+        st.connected = false;
+        if !st.queue.is_empty() {
+            tracing::debug!(dropped = st.queue.len(), "client stopped with messages still queued");
+            st.queue.clear();
+        }
+        for (_, p) in st.pending.drain() {
+            let _ = p.reply.send(Err(ClientError::Closed));
+        }
+        drop(st);
+        self.room.notify_waiters();
+    }
+}
