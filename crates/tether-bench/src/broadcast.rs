@@ -10,7 +10,7 @@
 use crate::args::{at_least, seconds, BroadcastArgs, BroadcastMode};
 use crate::engine::{Engine, EngineOptions, Pace, Workload, DEFAULT_CONCURRENCY};
 use crate::net::{self, UsageWatch};
-use crate::progress::Progress;
+use crate::progress::{phase_label, Progress};
 use crate::report::{BroadcastReport, ConnectSummary, ErrorCounts, Report};
 use crate::stats::{per_sec, round1, LatencyRecorder};
 use crate::wire::FrameWriter;
@@ -285,6 +285,7 @@ pub fn run_broadcast(args: &BroadcastArgs) -> Result<Report> {
     let start = engine.now();
     // Stagger senders across one interval so they do not publish in bursts.
     let mut next_send: Vec<u64> = (0..senders as u64).map(|i| start + interval * i / senders as u64).collect();
+    let warmup_from = start;
     let measure_from = start + warmup.as_nanos() as u64;
     let measure_until = measure_from + duration.as_nanos() as u64;
     let drain_until = measure_until + drain.as_nanos() as u64;
@@ -314,8 +315,7 @@ pub fn run_broadcast(args: &BroadcastArgs) -> Result<Report> {
         progress.update(|| {
             let rate = per_sec(received - last_received, last_at.elapsed().as_secs_f64());
             (last_received, last_at) = (received, Instant::now());
-            let phase = if measuring { "measuring" } else { "warming up" };
-            format!("{phase} {:.1}s: {rate:.0} deliveries/s, {open} connections, {lost} dropped", clock.elapsed().as_secs_f64())
+            format!("{}: {rate:.0} deliveries/s, {open} connections, {lost} dropped", phase_label(now, warmup_from, measure_from, measure_until))
         });
     }
     let measured_secs = (measure_until - measure_from) as f64 / 1e9;

@@ -12,7 +12,7 @@
 use crate::args::{at_least, seconds, EchoArgs};
 use crate::engine::{Engine, EngineOptions, Pace, Workload, DEFAULT_CONCURRENCY};
 use crate::net::{self, UsageWatch};
-use crate::progress::Progress;
+use crate::progress::{phase_label, Progress};
 use crate::report::{ConnectSummary, EchoReport, ErrorCounts, Report};
 use crate::stats::{mb_per_sec, per_sec, LatencyRecorder};
 use crate::wire::FrameWriter;
@@ -207,7 +207,8 @@ pub fn run_echo(args: &EchoArgs) -> Result<Report> {
             }
         });
     }
-    let measure_from = engine.now() + warmup.as_nanos() as u64;
+    let warmup_from = engine.now();
+    let measure_from = warmup_from + warmup.as_nanos() as u64;
     let measure_until = measure_from + duration.as_nanos() as u64;
     load.window = (measure_from, measure_until);
     let mut measuring = false;
@@ -225,11 +226,11 @@ pub fn run_echo(args: &EchoArgs) -> Result<Report> {
         let wait = Duration::from_nanos(next_edge - now).min(Duration::from_millis(100));
         engine.poll_once(wait, &mut load)?;
         let (replies, open, errors) = (load.replies, engine.open_count(), load.mismatched + engine.stats.unexpected_closes);
+        let now = engine.now();
         progress.update(|| {
             let rate = per_sec(replies - last_replies, last_at.elapsed().as_secs_f64());
             (last_replies, last_at) = (replies, Instant::now());
-            let phase = if measuring { "measuring" } else { "warming up" };
-            format!("{phase} {:.1}s: {rate:.0} msg/s, {open} connections, {errors} errors", clock.elapsed().as_secs_f64())
+            format!("{}: {rate:.0} msg/s, {open} connections, {errors} errors", phase_label(now, warmup_from, measure_from, measure_until))
         });
     }
     let measured_secs = if measuring { (engine.now().min(measure_until) - measure_from) as f64 / 1e9 } else { 0.0 };

@@ -20,7 +20,7 @@ impl Progress {
         let visible = !quiet && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
         let bar = visible.then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("static template is valid"));
+            bar.set_style(ProgressStyle::with_template("{msg}").expect("static template is valid"));
             bar
         });
         Progress { bar, last: Instant::now() - REFRESH }
@@ -33,7 +33,6 @@ impl Progress {
             if self.last.elapsed() >= REFRESH {
                 self.last = Instant::now();
                 bar.set_message(message());
-                bar.tick();
             }
         }
     }
@@ -46,8 +45,28 @@ impl Progress {
     }
 }
 
+/// "warming up 0.4/1.0s" or "measuring 2.5/10.0s", from times in ns since
+/// the run began: warmup runs from `warmup_from` to `measure_from`.
+pub(crate) fn phase_label(now: u64, warmup_from: u64, measure_from: u64, measure_until: u64) -> String {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    if now < measure_from {
+        format!("warming up {:.1}/{:.1}s", secs(now.saturating_sub(warmup_from)), secs(measure_from - warmup_from))
+    } else {
+        format!("measuring {:.1}/{:.1}s", secs(now.min(measure_until) - measure_from), secs(measure_until - measure_from))
+    }
+}
+
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn phase_labels() {
+        assert_eq!(super::phase_label(1_400_000_000, 1_000_000_000, 2_000_000_000, 12_000_000_000), "warming up 0.4/1.0s");
+        assert_eq!(super::phase_label(4_500_000_000, 1_000_000_000, 2_000_000_000, 12_000_000_000), "measuring 2.5/10.0s");
     }
 }

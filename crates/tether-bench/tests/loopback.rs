@@ -154,7 +154,7 @@ fn broadcast_all_to_all() {
     assert!(!report.had_errors(), "{report:?}");
     assert_eq!((r.senders, r.receivers_per_message), (6, 6));
     // 6 senders x 50/s x 1 s, give or take the edges of the window.
-    assert!((280..=320).contains(&r.published), "{r:?}");
+    assert!((240..=330).contains(&r.published), "{r:?}");
     assert_eq!(r.expected_deliveries, r.published * 6);
     assert_eq!(r.deliveries, r.expected_deliveries);
     assert_eq!(r.delivery_latency.count, r.deliveries);

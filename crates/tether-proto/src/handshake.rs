@@ -377,6 +377,8 @@ impl ClientHandshake {
         let len = match status {
             httparse::Status::Partial if buf.len() > self.max_size => return Err(HandshakeError::HeadersTooLarge(self.max_size)),
             httparse::Status::Partial => return Ok(None),
+            // The same limit whether the headers arrived in one read or many.
+            httparse::Status::Complete(len) if len > self.max_size => return Err(HandshakeError::HeadersTooLarge(self.max_size)),
             httparse::Status::Complete(len) => len,
         };
         let code = resp.code.unwrap_or(0);

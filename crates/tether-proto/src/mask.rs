@@ -1,8 +1,10 @@
 //! Payload masking (RFC 6455 §5.3): `transformed[i] = original[i] ^ key[i % 4]`.
 //!
 //! [`apply_mask`] works eight bytes at a time (the compiler turns the loop into
-//! SIMD where the target has it); [`apply_mask_scalar`] is the plain loop that
-//! tests and benchmarks compare it against.
+//! SIMD where the target has it), then four, then byte by byte for the last
+//! 0-3 bytes (and for payloads under 8 bytes); [`apply_mask_scalar`] is the
+//! plain loop that tests and benchmarks compare it against (`benches/proto.rs`,
+//! group `mask`).
 
 /// XOR `buf` with the 4-byte `key`, starting at key position 0.
 #[inline]
@@ -15,9 +17,14 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
 #[inline]
 pub fn apply_mask_offset(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotate(key, offset);
-    if buf.len() < 16 {
+    // Below 8 bytes the byte loop is quicker than setting up words; from 8 on,
+    // words win (an 8-31 byte tail takes at most three u64s, one u32 and three
+    // bytes). Measured in BENCHMARKS-proto.md.
+    if buf.len() < 8 {
         return apply_mask_scalar(buf, key);
     }
+    // Native byte order on both sides: word byte i is XORed with key[i % 4].
+    let key32 = u32::from_ne_bytes(key);
     let key64 = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
     let mut chunks = buf.chunks_exact_mut(32);
     for chunk in &mut chunks {
@@ -32,8 +39,15 @@ pub fn apply_mask_offset(buf: &mut [u8], key: [u8; 4], offset: usize) {
         let v = u64::from_ne_bytes(word.try_into().unwrap()) ^ key64;
         word.copy_from_slice(&v.to_ne_bytes());
     }
-    // Every chunk so far was a multiple of 4 bytes long, so the key phase is unchanged.
-    apply_mask_scalar(words.into_remainder(), key);
+    let mut rest = words.into_remainder();
+    if rest.len() >= 4 {
+        let (word, tail) = rest.split_at_mut(4);
+        let v = u32::from_ne_bytes(word.try_into().unwrap()) ^ key32;
+        word.copy_from_slice(&v.to_ne_bytes());
+        rest = tail;
+    }
+    // Every piece so far was a multiple of 4 bytes long, so the key phase is unchanged.
+    apply_mask_scalar(rest, key);
 }
 
 /// The reference implementation: one byte at a time.

@@ -2,6 +2,9 @@
 //! tether-proto's server side: a real listener on 127.0.0.1 and one thread
 //! per connection.
 
+// Each test binary uses some of the behaviours.
+#![allow(dead_code)]
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
