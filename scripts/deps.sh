@@ -3,6 +3,8 @@
 #   - Python's websockets package: the interop peer we did not write;
 #   - Debian's Chromium and playwright-core: the browser tests;
 #   - tmux: drives `tether connect` through a pseudo-terminal;
+#   - Debian's redis-server and nginx: the cluster tests (tether-cli/tests/cluster.rs
+#     starts its own instances on free ports; the system services are not used);
 #   - Autobahn|Testsuite is installed by conformance/setup.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,4 +45,15 @@ if [[ "${TETHER_SKIP_BROWSER:-0}" != 1 ]]; then
         (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
     fi
     echo "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo missing)" >&2
+fi
+
+if [[ "${TETHER_SKIP_CLUSTER:-0}" != 1 ]]; then
+    missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "installing ${missing[*]} for the cluster tests" >&2
+        apt_install "${missing[@]}"
+    fi
+    echo "redis: $(redis-server --version 2>/dev/null | cut -d' ' -f3 || echo missing), nginx: $( (nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1) | cut -d/ -f2)" >&2
 fi

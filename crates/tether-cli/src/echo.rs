@@ -25,6 +25,8 @@ pub struct EchoArgs {
     /// single-threaded runtime).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    deflate: crate::settings::DeflateArgs,
 }
 
 pub fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
@@ -42,7 +44,15 @@ async fn serve(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     println!("listening on ws://{addr}");
     tracing::info!(%addr, "echo server ready");
-    let config = Arc::new(Config { max_message_size: args.max_message_size, max_frame_size: args.max_message_size, ..Config::default() });
+    let config = Arc::new(Config {
+        max_message_size: args.max_message_size,
+        max_frame_size: args.max_message_size,
+        deflate: args.deflate.config(),
+        ..Config::default()
+    });
+    if let Some(d) = &config.deflate {
+        tracing::info!(threshold = d.threshold, context_takeover = d.context_takeover, window_bits = d.max_window_bits, "permessage-deflate on");
+    }
     let (stop_tx, stop_rx) = shutdown::channel();
     let live = Arc::new(AtomicUsize::new(0));
     let signal = shutdown::signal();
@@ -86,7 +96,11 @@ async fn serve(args: EchoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn connection(tcp: TcpStream, config: &Config, mut stop: watch::Receiver<bool>) {
+/// A plain `fn` returning `async move`: `async fn` arguments are stored twice
+/// in the future (rust-lang/rust#62958), and this future is the memory of an
+/// idle connection.
+fn connection(tcp: TcpStream, config: &Config, mut stop: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + '_ {
+    async move {
     let _ = tcp.set_nodelay(true);
     // Boxed so the handshake's state is freed once it is done, instead of
     // sizing this task for the connection's whole life.
@@ -131,5 +145,6 @@ async fn connection(tcp: TcpStream, config: &Config, mut stop: watch::Receiver<b
     };
     if stopped {
         let _ = Box::pin(tokio::time::timeout(Duration::from_secs(3), ws.close(CloseCode::GOING_AWAY, "server shutting down"))).await;
+    }
     }
 }

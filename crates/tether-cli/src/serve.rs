@@ -35,8 +35,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let broker: Arc<dyn tether_hub::Broker> = match settings.broker.as_str() {
-        "memory" => Arc::new(MemoryBroker::new()),
-        other => anyhow::bail!("unknown broker {other:?} (supported: memory)"),
+        "memory" => Arc::new(MemoryBroker::with_history(settings.history.clone())),
+        url if url.starts_with("redis://") => Arc::new(tether_hub::RedisBroker::new(url, settings.history.clone())?),
+        other => anyhow::bail!("unknown broker {other:?} (supported: memory, redis://HOST:PORT)"),
     };
     let tls = match &settings.tls {
         None => None,
@@ -128,10 +129,15 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 
 /// One accepted connection (TCP or TLS): WebSocket upgrades take the lean
 /// path; other requests go to hyper.
-async fn serve_stream<S>(mut stream: S, app: Arc<App>, router: Router, peer: std::net::SocketAddr)
+///
+/// A plain `fn` returning `async move` (not an `async fn`): arguments of an
+/// `async fn` are stored twice in its future (rust-lang/rust#62958), and this
+/// future lives as long as the client.
+fn serve_stream<S>(mut stream: S, app: Arc<App>, router: Router, peer: std::net::SocketAddr) -> impl std::future::Future<Output = ()> + Send
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    async move {
     let timeout = app.settings.handshake_timeout;
     let (head, kind) = match tokio::time::timeout(timeout, front::read_first_request(&mut stream, 16 * 1024)).await {
         Ok(Ok(first)) => first,
@@ -159,6 +165,7 @@ where
             }
         }
     }
+    }
 }
 
 /// The WebSocket settings for client connections.
@@ -167,6 +174,7 @@ fn socket_config(s: &Settings) -> tether::Config {
         max_message_size: s.max_message_size,
         max_frame_size: s.max_message_size,
         handshake_timeout: s.handshake_timeout,
+        deflate: s.deflate.clone(),
         ..tether::Config::default()
     }
 }
@@ -202,7 +210,8 @@ fn check_admission(app: &App, origin: Option<&str>, authorization: Option<&str>,
 }
 
 /// The lean WebSocket path: handshake straight on the stream.
-async fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S, app: Arc<App>) {
+fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(stream: S, app: Arc<App>) -> impl std::future::Future<Output = ()> + Send {
+    async move {
     let mut room = String::new();
     // Scoped so the config and the handshake state are gone before the
     // connection runs: this task lives as long as the client stays.
@@ -223,6 +232,7 @@ async fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
             tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
             tracing::debug!(error = %e, "WebSocket handshake failed");
         }
+    }
     }
 }
 

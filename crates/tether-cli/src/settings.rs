@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_hub::SlowConsumerPolicy;
+use tether_hub::{HistoryConfig, SlowConsumerPolicy};
 
 /// Parse `500ms`, `30s`, `5m`, `1h` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -37,6 +37,60 @@ pub enum SlowConsumer {
     Close,
     /// Close with 1008 (policy violation).
     ClosePolicy,
+}
+
+/// permessage-deflate (RFC 7692) flags, shared by `tether echo` and
+/// `tether serve` (and fit for a client: it offers what a server accepts).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct DeflateArgs {
+    /// Compress messages with permessage-deflate (RFC 7692) when the peer
+    /// agrees. Without context takeover an idle connection holds no
+    /// compression memory [default: off]
+    #[arg(long, env = "TETHER_DEFLATE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub deflate: bool,
+    /// With --deflate: messages smaller than this many bytes are sent
+    /// uncompressed [default: 256]
+    #[arg(long, env = "TETHER_DEFLATE_THRESHOLD")]
+    pub deflate_threshold: Option<usize>,
+    /// With --deflate: keep compression state between messages; small
+    /// messages shrink 2-3x more, for ~200-330 KiB more per connection
+    /// [default: off]
+    #[arg(long, env = "TETHER_DEFLATE_CONTEXT_TAKEOVER", value_parser = clap::builder::FalseyValueParser::new())]
+    pub deflate_context_takeover: bool,
+    /// With --deflate: largest LZ77 window, as a power of two (9-15); with
+    /// context takeover, 9 saves ~125 KiB per connection [default: 15]
+    #[arg(long, env = "TETHER_DEFLATE_WINDOW_BITS", value_parser = clap::value_parser!(u8).range(9..=15))]
+    pub deflate_window_bits: Option<u8>,
+}
+
+impl DeflateArgs {
+    /// The compression settings, or `None` when --deflate is off.
+    pub fn config(&self) -> Option<tether::DeflateConfig> {
+        self.merge(&DeflateFile::default())
+    }
+
+    /// Flags and variables first, then the config file, then defaults.
+    fn merge(&self, file: &DeflateFile) -> Option<tether::DeflateConfig> {
+        if !(self.deflate || file.deflate.unwrap_or(false)) {
+            return None;
+        }
+        let d = tether::DeflateConfig::default();
+        Some(tether::DeflateConfig {
+            threshold: self.deflate_threshold.or(file.deflate_threshold).unwrap_or(d.threshold),
+            context_takeover: self.deflate_context_takeover || file.deflate_context_takeover.unwrap_or(d.context_takeover),
+            max_window_bits: self.deflate_window_bits.or(file.deflate_window_bits).unwrap_or(d.max_window_bits),
+            ..d
+        })
+    }
+}
+
+/// The permessage-deflate keys of the config file.
+#[derive(Default, Debug)]
+struct DeflateFile {
+    deflate: Option<bool>,
+    deflate_threshold: Option<usize>,
+    deflate_context_takeover: Option<bool>,
+    deflate_window_bits: Option<u8>,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -87,9 +141,27 @@ pub struct ServeArgs {
     /// How long shutdown waits for clients to answer the 1001 close [default: 5s]
     #[arg(long, env = "TETHER_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
     pub shutdown_timeout: Option<Duration>,
-    /// Message broker: `memory` (one process) [default: memory]
+    /// Message broker: `memory` (one process) or `redis://HOST:PORT` (several
+    /// nodes sharing topics, history and presence) [default: memory]
     #[arg(long, env = "TETHER_BROKER")]
     pub broker: Option<String>,
+    #[command(flatten)]
+    pub deflate: DeflateArgs,
+    /// Messages kept per topic for clients that resume (`since`); 0 keeps
+    /// none [default: 1000]
+    #[arg(long, env = "TETHER_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// Kept messages older than this are not replayed (e.g. 5m) [default: 5m]
+    #[arg(long, env = "TETHER_HISTORY_TTL", value_parser = parse_duration)]
+    pub history_ttl: Option<Duration>,
+    /// (memory broker) Most topics whose sequence and history are kept; the
+    /// least recently used goes first [default: 10000]
+    #[arg(long, env = "TETHER_HISTORY_TOPICS")]
+    pub history_topics: Option<usize>,
+    /// (memory broker) Most payload bytes of history over all topics
+    /// [default: 67108864]
+    #[arg(long, env = "TETHER_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -109,6 +181,14 @@ struct FileConfig {
     slow_consumer: Option<SlowConsumer>,
     shutdown_timeout: Option<String>,
     broker: Option<String>,
+    deflate: Option<bool>,
+    deflate_threshold: Option<usize>,
+    deflate_context_takeover: Option<bool>,
+    deflate_window_bits: Option<u8>,
+    history_size: Option<usize>,
+    history_ttl: Option<String>,
+    history_topics: Option<usize>,
+    history_max_bytes: Option<usize>,
 }
 
 /// The settings `tether serve` runs with.
@@ -127,6 +207,9 @@ pub struct Settings {
     pub slow_consumer: SlowConsumerPolicy,
     pub shutdown_timeout: Duration,
     pub broker: String,
+    /// permessage-deflate for client connections; `None` is off.
+    pub deflate: Option<tether::DeflateConfig>,
+    pub history: HistoryConfig,
 }
 
 impl Settings {
@@ -169,6 +252,21 @@ impl Settings {
             },
             shutdown_timeout: dur(args.shutdown_timeout, file.shutdown_timeout, "shutdown-timeout", Duration::from_secs(5))?,
             broker: args.broker.or(file.broker).unwrap_or_else(|| "memory".into()),
+            deflate: args.deflate.merge(&DeflateFile {
+                deflate: file.deflate,
+                deflate_threshold: file.deflate_threshold,
+                deflate_context_takeover: file.deflate_context_takeover,
+                deflate_window_bits: file.deflate_window_bits,
+            }),
+            history: {
+                let d = HistoryConfig::default();
+                HistoryConfig {
+                    max_messages: args.history_size.or(file.history_size).unwrap_or(d.max_messages),
+                    max_age: dur(args.history_ttl, file.history_ttl, "history-ttl", d.max_age)?,
+                    max_topics: args.history_topics.or(file.history_topics).unwrap_or(d.max_topics),
+                    max_bytes: args.history_max_bytes.or(file.history_max_bytes).unwrap_or(d.max_bytes),
+                }
+            },
         };
         if settings.heartbeat_interval.is_zero() {
             bail!("--heartbeat-interval must be greater than zero");
@@ -209,5 +307,22 @@ mod tests {
         std::fs::write(&path, "no-such-setting = 1\n").unwrap();
         let err = Settings::resolve(ServeArgs { config: Some(path), ..Default::default() }).unwrap_err();
         assert!(format!("{err:#}").contains("no-such-setting"), "{err:#}");
+    }
+
+    #[test]
+    fn deflate_is_off_unless_asked_for() {
+        assert!(Settings::resolve(ServeArgs::default()).unwrap().deflate.is_none());
+        let dir = std::env::temp_dir().join(format!("tether-settings-deflate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tether.toml");
+        std::fs::write(&path, "deflate = true\ndeflate-window-bits = 10\ndeflate-threshold = 64\n").unwrap();
+        // The file turns it on; a flag beats the file's threshold.
+        let deflate = DeflateArgs { deflate_threshold: Some(1024), ..Default::default() };
+        let s = Settings::resolve(ServeArgs { config: Some(path), deflate, ..Default::default() }).unwrap();
+        let d = s.deflate.expect("deflate on");
+        assert_eq!((d.threshold, d.max_window_bits, d.context_takeover), (1024, 10, false));
+        // The flag alone gives the library's defaults.
+        let d = DeflateArgs { deflate: true, ..Default::default() }.config().unwrap();
+        assert_eq!(d, tether::DeflateConfig::default());
     }
 }

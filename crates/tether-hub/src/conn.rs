@@ -1,7 +1,7 @@
 //! One client connection: read, dispatch, drain the outbound queue, and the
 //! ways a connection ends (closed, heartbeat missed, too slow, shutdown).
 
-use crate::broker::{AckTarget, Body, Publish};
+use crate::broker::{Body, Origin, Publish, Resume};
 use crate::config::SlowConsumerPolicy;
 use crate::envelope::{self, ClientMessage};
 use crate::hub::Hub;
@@ -41,20 +41,14 @@ impl Hub {
     /// Run one accepted WebSocket until it ends. Plain clients (no
     /// subprotocol) get the tutorial behaviour: a welcome line, and every text
     /// message broadcast to the room; `tether.v1` clients speak JSON envelopes.
-    pub async fn run_connection<S: AsyncRead + AsyncWrite + Unpin>(self: &Arc<Self>, mut ws: WebSocket<S>, info: ConnInfo) {
-        let json = ws.protocol() == Some(crate::PROTOCOL_V1);
-        let conn = self.register(json);
-        let room: Arc<str> = Arc::from(info.room.as_str());
-        let mut topics: Vec<Arc<str>> = Vec::new();
-        let welcome = if json {
-            envelope::welcome(&conn.session, &room)
-        } else {
-            self.config.welcome.replace("{session}", &conn.session).replace("{room}", &room)
-        };
-        conn.push_unbounded(EncodedFrame::text(&welcome));
-        self.subscribe(&conn, &room);
-        topics.push(room.clone());
-        tracing::debug!(session = %conn.session, room = %room, json, "connected");
+    ///
+    /// The returned future lives as long as the client, so it is kept small:
+    /// a plain `fn` returning an `async move` block stores the socket once
+    /// (an `async fn` argument is stored twice, rust-lang/rust#62958), setup
+    /// temporaries live in a synchronous helper, and the closing path is boxed.
+    pub fn run_connection<'a, S: AsyncRead + AsyncWrite + Unpin + 'a>(self: &'a Arc<Self>, mut ws: WebSocket<S>, info: ConnInfo) -> impl std::future::Future<Output = ()> + 'a {
+        async move {
+        let (conn, room, mut topics, json) = self.open_connection(ws.protocol() == Some(crate::PROTOCOL_V1), info);
 
         let end = poll_fn(|cx| loop {
             let flags = conn.flags.load(Ordering::Acquire);
@@ -99,6 +93,13 @@ impl Hub {
         .await;
 
         self.unregister(&conn, &topics);
+        Box::pin(self.finish(&mut ws, &conn, end)).await;
+        }
+    }
+
+    /// How a connection ends (boxed by the caller: rarely reached, and its
+    /// close futures would otherwise be sized into every connection's task).
+    async fn finish<S: AsyncRead + AsyncWrite + Unpin>(&self, ws: &mut WebSocket<S>, conn: &Arc<ConnShared>, end: End) {
         match end {
             End::Closed => tracing::debug!(session = %conn.session, code = %ws.close_code(), "disconnected"),
             End::Terminated => {
@@ -114,12 +115,28 @@ impl Hub {
                     SlowConsumerPolicy::DropOldest => CloseCode::TRY_AGAIN_LATER.0,
                 };
                 tracing::info!(session = %conn.session, code, "closing a client that fell behind");
-                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), ws.close(code, "too slow: outbound queue full"))).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(code, "too slow: outbound queue full")).await;
             }
             End::Shutdown => {
-                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(3), ws.close(CloseCode::GOING_AWAY, "server shutting down"))).await;
+                let _ = tokio::time::timeout(Duration::from_secs(3), ws.close(CloseCode::GOING_AWAY, "server shutting down")).await;
             }
         }
+    }
+
+    fn open_connection(self: &Arc<Self>, json: bool, info: ConnInfo) -> (Arc<ConnShared>, Arc<str>, Vec<Arc<str>>, bool) {
+        let conn = self.register(json);
+        let room: Arc<str> = Arc::from(info.room.as_str());
+        let mut topics: Vec<Arc<str>> = Vec::new();
+        let welcome = if json {
+            envelope::welcome(&conn.session, &room)
+        } else {
+            self.config.welcome.replace("{session}", &conn.session).replace("{room}", &room)
+        };
+        conn.push_unbounded(EncodedFrame::text(&welcome));
+        self.subscribe(&conn, &room, None, None);
+        topics.push(room.clone());
+        tracing::debug!(session = %conn.session, room = %room, json, "connected");
+        (conn, room, topics, json)
     }
 
     fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Vec<Arc<str>>, msg: Message) {
@@ -153,26 +170,27 @@ impl Hub {
             Err(e) => self.reply_error(conn, e.code, &e.message, e.id.as_ref()),
             Ok(ClientMessage::Chat { content, id }) => self.publish(conn, room.clone(), Body::Json(Arc::from(content)), id),
             Ok(ClientMessage::Publish { topic, content, id }) => self.publish(conn, Arc::from(topic), Body::Json(Arc::from(content)), id),
-            Ok(ClientMessage::Subscribe { topic, since, id }) => {
-                if since.is_some() {
-                    self.reply_error(conn, "history_unavailable", "this server keeps no history; subscribed without resume", id.as_ref());
-                }
+            Ok(ClientMessage::Subscribe { topic, since, epoch, id }) => {
                 let topic: Arc<str> = Arc::from(topic);
-                if !topics.contains(&topic) {
-                    if topics.len() >= MAX_SUBSCRIPTIONS {
-                        self.reply_error(conn, "too_many_subscriptions", &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), id.as_ref());
-                        return;
+                if topics.contains(&topic) {
+                    // Already live: nothing to replay (a resume needs a new subscription).
+                    if let Some(id) = id {
+                        conn.push_unbounded(EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
                     }
-                    topics.push(topic.clone());
-                    self.subscribe(conn, &topic);
+                    return;
                 }
-                if let Some(id) = id {
-                    conn.push_unbounded(EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
+                if topics.len() >= MAX_SUBSCRIPTIONS {
+                    self.reply_error(conn, "too_many_subscriptions", &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), id.as_ref());
+                    return;
                 }
+                topics.push(topic.clone());
+                // The ack (with the starting epoch and seq) comes once the
+                // broker has answered, after any replay.
+                self.subscribe(conn, &topic, since.map(|since| Resume { since, epoch }), id);
             }
             Ok(ClientMessage::Unsubscribe { topic, id }) => {
                 if let Some(pos) = topics.iter().position(|t| **t == *topic) {
-                    topics.swap_remove(pos);
+                    let topic = topics.swap_remove(pos);
                     self.unsubscribe(conn, &topic);
                     if let Some(id) = id {
                         conn.push_unbounded(EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
@@ -190,9 +208,8 @@ impl Hub {
 
     fn publish(&self, conn: &Arc<ConnShared>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>) {
         Metrics::add(&self.metrics.broadcasts, 1);
-        let ack = id.map(|id| AckTarget { conn: conn.id, id });
-        let ack_id = ack.as_ref().map(|a| a.id.clone());
-        let msg = Publish { topic, sender: Arc::from(&*conn.session), timestamp_ms: now_ms(), body, ack };
+        let ack_id = id.clone();
+        let msg = Publish { topic, sender: Arc::from(&*conn.session), timestamp_ms: now_ms(), body, origin: Origin { conn: conn.id, id } };
         if let Err(e) = self.broker.publish(msg) {
             self.reply_error(conn, "unavailable", &format!("message not published: {e}"), ack_id.as_ref());
         }

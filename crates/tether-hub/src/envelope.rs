@@ -13,8 +13,8 @@ pub enum ClientMessage {
     Chat { content: Box<RawValue>, id: Option<Value> },
     /// `{"type":"publish","topic":"...","content":...}`.
     Publish { topic: String, content: Box<RawValue>, id: Option<Value> },
-    /// `{"type":"subscribe","topic":"...","since"?:N}`.
-    Subscribe { topic: String, since: Option<u64>, id: Option<Value> },
+    /// `{"type":"subscribe","topic":"...","since"?:N,"epoch"?:"E"}`.
+    Subscribe { topic: String, since: Option<u64>, epoch: Option<String>, id: Option<Value> },
     /// `{"type":"unsubscribe","topic":"..."}`.
     Unsubscribe { topic: String, id: Option<Value> },
     /// `{"type":"ping"}`: answered with an ack (an application-level heartbeat).
@@ -41,10 +41,14 @@ struct Raw<'a> {
     topic: Option<Value>,
     content: Option<Box<RawValue>>,
     since: Option<Value>,
+    epoch: Option<Value>,
 }
 
 /// Longest topic name accepted.
 pub const MAX_TOPIC_LEN: usize = 200;
+
+/// Longest epoch accepted in a `subscribe` (servers send 12 characters).
+pub const MAX_EPOCH_LEN: usize = 64;
 
 /// Parse one text message from a `tether.v1` client.
 pub fn parse(text: &str) -> Result<ClientMessage, EnvelopeError> {
@@ -87,7 +91,15 @@ pub fn parse(text: &str) -> Result<ClientMessage, EnvelopeError> {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(v.as_u64().ok_or_else(|| err("invalid_field", "\"since\" must be a non-negative integer sequence number".into(), id.clone()))?),
             };
-            Ok(ClientMessage::Subscribe { topic, since, id })
+            let epoch = match &raw.epoch {
+                None | Some(Value::Null) => None,
+                Some(Value::String(e)) if !e.is_empty() && e.len() <= MAX_EPOCH_LEN => Some(e.clone()),
+                Some(_) => return Err(err("invalid_field", format!("\"epoch\" must be a non-empty string of at most {MAX_EPOCH_LEN} bytes"), id.clone())),
+            };
+            if epoch.is_some() && since.is_none() {
+                return Err(err("missing_field", "\"epoch\" goes with \"since\" (the last sequence number received)".into(), id.clone()));
+            }
+            Ok(ClientMessage::Subscribe { topic, since, epoch, id })
         }
         "unsubscribe" => Ok(ClientMessage::Unsubscribe { topic: topic(&raw)?, id }),
         "ping" => Ok(ClientMessage::Ping { id }),
@@ -105,25 +117,39 @@ pub fn welcome(session: &str, room: &str) -> String {
 }
 
 /// `{"type":"message",...}`: `content_json` must be valid JSON.
-pub fn message(topic: &str, seq: u64, sender: &str, timestamp_ms: u64, content_json: &str) -> String {
+pub fn message(topic: &str, epoch: &str, seq: u64, sender: &str, timestamp_ms: u64, content_json: &str) -> String {
     format!(
-        r#"{{"type":"message","topic":{},"seq":{seq},"sender":{},"ts":{timestamp_ms},"content":{content_json}}}"#,
+        r#"{{"type":"message","topic":{},"epoch":{},"seq":{seq},"sender":{},"ts":{timestamp_ms},"content":{content_json}}}"#,
         quote(topic),
+        quote(epoch),
         quote(sender)
     )
 }
 
-/// `{"type":"ack",...}`.
-pub fn ack(id: &Value, topic: Option<&str>, seq: Option<u64>) -> String {
+/// `{"type":"ack",...}`; `position` is the `(epoch, seq)` a publish got, or
+/// where a subscription starts.
+pub fn ack(id: &Value, topic: Option<&str>, position: Option<(&str, u64)>) -> String {
     let mut out = format!(r#"{{"type":"ack","id":{id}"#);
     if let Some(t) = topic {
         out.push_str(&format!(r#","topic":{}"#, quote(t)));
     }
-    if let Some(s) = seq {
-        out.push_str(&format!(r#","seq":{s}"#));
+    if let Some((epoch, seq)) = position {
+        out.push_str(&format!(r#","epoch":{},"seq":{seq}"#, quote(epoch)));
     }
     out.push('}');
     out
+}
+
+/// `{"type":"error","code":"history_gap",...}`: messages of `topic` before
+/// `first_seq` (of `epoch`) cannot be delivered; what follows starts there.
+pub fn history_gap(topic: &str, epoch: &str, first_seq: u64, message: &str, id: Option<&Value>) -> String {
+    let id = id.map_or("null".to_string(), |v| v.to_string());
+    format!(
+        r#"{{"type":"error","code":"history_gap","message":{},"id":{id},"topic":{},"epoch":{},"first_seq":{first_seq}}}"#,
+        quote(message),
+        quote(topic),
+        quote(epoch)
+    )
 }
 
 /// `{"type":"error",...}`.
@@ -145,7 +171,8 @@ mod tests {
     fn parses_every_type() {
         assert!(matches!(parse(r#"{"type":"chat","content":"Hello"}"#), Ok(ClientMessage::Chat { .. })));
         assert!(matches!(parse(r#"{"type":"publish","topic":"news","content":{"a":1},"id":7}"#), Ok(ClientMessage::Publish { ref topic, id: Some(_), .. }) if topic == "news"));
-        assert!(matches!(parse(r#"{"type":"subscribe","topic":"news","since":3}"#), Ok(ClientMessage::Subscribe { since: Some(3), .. })));
+        assert!(matches!(parse(r#"{"type":"subscribe","topic":"news","since":3}"#), Ok(ClientMessage::Subscribe { since: Some(3), epoch: None, .. })));
+        assert!(matches!(parse(r#"{"type":"subscribe","topic":"news","since":3,"epoch":"e1"}"#), Ok(ClientMessage::Subscribe { since: Some(3), epoch: Some(ref e), .. }) if e == "e1"));
         assert!(matches!(parse(r#"{"type":"unsubscribe","topic":"news"}"#), Ok(ClientMessage::Unsubscribe { .. })));
         assert!(matches!(parse(r#"{"type":"ping","id":"x"}"#), Ok(ClientMessage::Ping { .. })));
     }
@@ -162,6 +189,8 @@ mod tests {
         assert_eq!(code(r#"{"type":"publish","content":1}"#), "missing_field");
         assert_eq!(code(r#"{"type":"publish","topic":5,"content":1}"#), "invalid_field");
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","since":-1}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"subscribe","topic":"t","since":1,"epoch":7}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"subscribe","topic":"t","epoch":"e"}"#), "missing_field");
         let e = parse(r#"{"type":"dance","id":42}"#).unwrap_err();
         assert_eq!(e.id, Some(serde_json::json!(42)));
     }
@@ -170,8 +199,9 @@ mod tests {
     fn built_envelopes_are_valid_json() {
         for s in [
             welcome("s-1", "/room \"x\""),
-            message("news", 3, "s-1", 1700000000000, r#"{"a":[1,2]}"#),
-            ack(&serde_json::json!("req-1"), Some("news"), Some(3)),
+            message("news", "e1", 3, "s-1", 1700000000000, r#"{"a":[1,2]}"#),
+            ack(&serde_json::json!("req-1"), Some("news"), Some(("e1", 3))),
+            history_gap("news", "e1", 4, "missed", Some(&serde_json::json!(2))),
             error("bad_json", "message is not \"valid\" JSON", None),
             presence("news", "join", "s-1", 2),
         ] {

@@ -1,20 +1,35 @@
-//! The hub: registry of connections and topics, delivery, heartbeat, shutdown.
+//! The hub: registry of connections and topics, delivery (with the
+//! per-subscriber position that makes resume exact), heartbeat, shutdown.
 
-use crate::broker::{AckTarget, Body, Broker, DeliverySink, Published};
-use crate::config::{HubConfig, SlowConsumerPolicy};
+use crate::broker::{Body, Broker, BrokerError, DeliverySink, History, Origin, PresenceChange, Published, Resume, SubscribeRequest};
+use crate::config::HubConfig;
 use crate::envelope;
 use crate::metrics::Metrics;
 use crate::queue::{flag, ConnShared, Pushed};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tether_proto::EncodedFrame;
 
+/// One connection's subscription to one topic.
+struct Sub {
+    conn: Arc<ConnShared>,
+    /// Live messages held back while the broker answers the subscription
+    /// (its starting point and any replay): `Some` until then.
+    pending: Option<VecDeque<Published>>,
+    /// Position of the last message queued to this subscriber: what lets
+    /// delivery skip what a replay already sent and notice any gap.
+    epoch: Option<Arc<str>>,
+    last: u64,
+    /// The join was announced through the broker (so the leave will be).
+    announced: bool,
+}
+
 #[derive(Default)]
 struct State {
     conns: HashMap<u64, Arc<ConnShared>>,
-    topics: HashMap<Arc<str>, HashMap<u64, Arc<ConnShared>>>,
+    topics: HashMap<Arc<str>, HashMap<u64, Sub>>,
 }
 
 /// The real-time hub. Create with [`Hub::new`], run each accepted socket with
@@ -23,6 +38,7 @@ pub struct Hub {
     pub(crate) config: HubConfig,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) broker: Arc<dyn Broker>,
+    shares_presence: bool,
     state: Mutex<State>,
     next_id: AtomicU64,
     pub(crate) node: String,
@@ -37,9 +53,36 @@ impl DeliverySink for Sink {
             hub.deliver(msg);
         }
     }
-    fn ack(&self, target: &AckTarget, topic: &str, seq: u64) {
+    fn ack(&self, origin: &Origin, topic: &str, epoch: &str, seq: u64) {
+        if let (Some(hub), Some(id)) = (self.0.upgrade(), &origin.id) {
+            hub.send_to(origin.conn, EncodedFrame::text(&envelope::ack(id, Some(topic), Some((epoch, seq)))));
+        }
+    }
+    fn reject(&self, origin: &Origin, topic: &str, error: &BrokerError) {
         if let Some(hub) = self.0.upgrade() {
-            hub.send_to(target.conn, EncodedFrame::text(&envelope::ack(&target.id, Some(topic), Some(seq))));
+            Metrics::add(&hub.metrics.client_errors, 1);
+            let text = envelope::error("unavailable", &format!("message to {topic:?} not published: {error}"), origin.id.as_ref());
+            hub.send_to(origin.conn, EncodedFrame::text(&text));
+        }
+    }
+    fn subscribed(&self, request: SubscribeRequest, history: History) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.subscribed(request, history);
+        }
+    }
+    fn presence(&self, topic: &str, joined: bool, session: &str, count: u64) {
+        if let Some(hub) = self.0.upgrade() {
+            let frame = EncodedFrame::text(&envelope::presence(topic, if joined { "join" } else { "leave" }, session, count as usize));
+            if let Some(subs) = hub.lock().topics.get(topic) {
+                for sub in subs.values().filter(|s| s.conn.json) {
+                    sub.conn.push_unbounded(frame.clone());
+                }
+            }
+        }
+    }
+    fn resync(&self, topic: &str, epoch: &str, last_seq: u64) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.resync(topic, epoch, last_seq);
         }
     }
 }
@@ -52,6 +95,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             config,
             metrics: Arc::new(Metrics::default()),
+            shares_presence: broker.shares_presence(),
             broker,
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
@@ -121,34 +165,49 @@ impl Hub {
         self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Add `conn` to `topic` and tell the topic's JSON subscribers.
-    pub(crate) fn subscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>) -> usize {
-        let mut state = self.lock();
-        let subs = state.topics.entry(topic.clone()).or_default();
-        subs.insert(conn.id, conn.clone());
-        let count = subs.len();
-        let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session, count));
-        for sub in subs.values().filter(|s| s.json) {
-            sub.push_unbounded(frame.clone());
-        }
-        count
-    }
-
-    pub(crate) fn unsubscribe(&self, conn: &Arc<ConnShared>, topic: &str) -> bool {
-        let mut state = self.lock();
-        let Some(subs) = state.topics.get_mut(topic) else { return false };
-        if subs.remove(&conn.id).is_none() {
-            return false;
-        }
-        let count = subs.len();
-        if count == 0 {
-            state.topics.remove(topic);
-        } else {
-            let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session, count));
-            for sub in subs.values().filter(|s| s.json) {
-                sub.push_unbounded(frame.clone());
+    /// Add `conn` to `topic`: live messages are held until the broker says
+    /// where the subscription starts ([`Hub::subscribed`]), which replays
+    /// what a resuming client missed and acks `id`.
+    pub(crate) fn subscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>) {
+        {
+            let mut state = self.lock();
+            let subs = state.topics.entry(topic.clone()).or_default();
+            let sub = Sub { conn: conn.clone(), pending: Some(VecDeque::new()), epoch: None, last: 0, announced: false };
+            subs.insert(conn.id, sub);
+            if !self.shares_presence {
+                let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session, subs.len()));
+                for sub in subs.values().filter(|s| s.conn.json) {
+                    sub.conn.push_unbounded(frame.clone());
+                }
             }
         }
+        if resume.is_some() {
+            Metrics::add(&self.metrics.resumes, 1);
+        }
+        // Not under the hub lock: the broker may answer right away.
+        self.broker.subscribe(SubscribeRequest { conn: conn.id, topic: topic.clone(), resume, id });
+    }
+
+    pub(crate) fn unsubscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>) -> bool {
+        let (announced, count) = {
+            let mut state = self.lock();
+            let Some(subs) = state.topics.get_mut(topic) else { return false };
+            let Some(sub) = subs.remove(&conn.id) else { return false };
+            let count = subs.len();
+            if count == 0 {
+                state.topics.remove(topic);
+            } else if !self.shares_presence {
+                let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session, count));
+                for sub in subs.values().filter(|s| s.conn.json) {
+                    sub.conn.push_unbounded(frame.clone());
+                }
+            }
+            (sub.announced, count)
+        };
+        if announced {
+            self.broker.presence(PresenceChange { topic: topic.clone(), session: Arc::from(&*conn.session), joined: false, local_count: count });
+        }
+        self.broker.unsubscribe(topic);
         true
     }
 
@@ -162,37 +221,136 @@ impl Hub {
     /// Deliver a published message to this node's subscribers: each format
     /// (plain text, JSON envelope) is encoded at most once and shared.
     pub(crate) fn deliver(&self, msg: &Published) {
-        let mut plain: Option<Option<EncodedFrame>> = None;
-        let mut json: Option<Option<EncodedFrame>> = None;
-        let (max_messages, max_bytes, policy) = (self.config.queue_max_messages, self.config.queue_max_bytes, self.config.slow_consumer);
+        let mut frames = Frames::default();
         let (mut delivered, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
-        let state = self.lock();
-        let Some(subs) = state.topics.get(&msg.topic) else { return };
-        for sub in subs.values() {
-            let frame = if sub.json {
-                json.get_or_insert_with(|| json_frame(msg))
-            } else {
-                plain.get_or_insert_with(|| plain_frame(msg))
-            };
-            let Some(frame) = frame else { continue };
-            bytes += frame.len() as u64;
-            match sub.push(frame.clone(), max_messages, max_bytes, policy) {
-                Pushed::Queued => delivered += 1,
-                Pushed::DroppedOldest(n) => {
-                    delivered += 1;
-                    dropped += n;
+        let mut state = self.lock();
+        let Some(subs) = state.topics.get_mut(&msg.topic) else { return };
+        for sub in subs.values_mut() {
+            if let Some(held) = &mut sub.pending {
+                if held.len() >= self.config.queue_max_messages {
+                    held.pop_front();
+                    sub.conn.dropped_unreported.fetch_add(1, Ordering::Relaxed);
+                    dropped += 1;
                 }
-                Pushed::Closing => {
-                    if let SlowConsumerPolicy::Close(_) = policy {
-                        // Counted once per connection by the connection task.
-                    }
-                }
+                held.push_back(msg.clone());
+                continue;
             }
+            let (n, b, d) = self.deliver_to(sub, msg, &mut frames);
+            (delivered, bytes, dropped) = (delivered + n, bytes + b, dropped + d);
         }
         drop(state);
         Metrics::add(&self.metrics.messages_out, delivered);
         Metrics::add(&self.metrics.bytes_out, bytes);
         Metrics::add(&self.metrics.dropped_messages, dropped);
+    }
+
+    /// Queue `msg` to one live subscriber unless it already has it; tell it
+    /// first if messages are missing before it. Returns (delivered, bytes, dropped).
+    fn deliver_to(&self, sub: &mut Sub, msg: &Published, frames: &mut Frames) -> (u64, u64, u64) {
+        let missed = match &sub.epoch {
+            Some(e) if Arc::ptr_eq(e, &msg.epoch) || **e == *msg.epoch => {
+                if msg.seq <= sub.last {
+                    return (0, 0, 0); // already replayed
+                }
+                (msg.seq > sub.last + 1).then_some("messages before this one could not be delivered")
+            }
+            Some(_) => Some("the topic's history was reset (new epoch)"),
+            None => None,
+        };
+        sub.epoch = Some(msg.epoch.clone());
+        sub.last = msg.seq;
+        if let Some(why) = missed {
+            self.tell_gap(&sub.conn, &msg.topic, &msg.epoch, msg.seq, why, None);
+        }
+        let frame = if sub.conn.json { frames.json.get_or_insert_with(|| json_frame(msg)) } else { frames.plain.get_or_insert_with(|| plain_frame(msg)) };
+        let Some(frame) = frame else { return (0, 0, 0) };
+        let (max_messages, max_bytes, policy) = (self.config.queue_max_messages, self.config.queue_max_bytes, self.config.slow_consumer);
+        match sub.conn.push(frame.clone(), max_messages, max_bytes, policy) {
+            Pushed::Queued => (1, frame.len() as u64, 0),
+            Pushed::DroppedOldest(n) => (1, frame.len() as u64, n),
+            // Counted once per connection by the connection task.
+            Pushed::Closing => (0, 0, 0),
+        }
+    }
+
+    fn tell_gap(&self, conn: &ConnShared, topic: &str, epoch: &str, first_seq: u64, why: &str, id: Option<&serde_json::Value>) {
+        Metrics::add(&self.metrics.history_gaps, 1);
+        let text = if conn.json {
+            envelope::history_gap(topic, epoch, first_seq, why, id)
+        } else {
+            format!("[tether] {why} ({topic})")
+        };
+        conn.push_unbounded(EncodedFrame::text(&text));
+    }
+
+    /// The broker's answer to a subscription: tell a resuming client about
+    /// any gap, replay, ack, then release the held live messages, skipping
+    /// those the replay (or the starting point) already covers.
+    fn subscribed(&self, request: SubscribeRequest, history: History) {
+        let mut frames = Frames::default();
+        let announce = {
+            let mut state = self.lock();
+            let Some(sub) = state.topics.get_mut(&request.topic).and_then(|subs| subs.get_mut(&request.conn)) else { return };
+            let Some(held) = sub.pending.take() else { return };
+            let conn = sub.conn.clone();
+            let (max_messages, max_bytes, policy) = (self.config.queue_max_messages, self.config.queue_max_bytes, self.config.slow_consumer);
+            let mut last = history.last_seq;
+            if let Some(resume) = &request.resume {
+                let same_epoch = resume.epoch.as_deref().map_or(true, |e| e == &*history.epoch);
+                let expected = if same_epoch { resume.since + 1 } else { 1 };
+                let first = history.messages.first().map_or(history.last_seq + 1, |m| m.seq);
+                let why = if !same_epoch {
+                    Some("the topic's history was reset (new epoch) since you received that message; reload")
+                } else if resume.since > history.last_seq {
+                    Some("this server has never sent that sequence number; reload")
+                } else if first > expected {
+                    Some("messages you missed are no longer kept; reload")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    self.tell_gap(&conn, &request.topic, &history.epoch, first, why, request.id.as_ref());
+                }
+                for msg in history.messages.iter().filter(|m| !same_epoch || m.seq > resume.since) {
+                    if let Some(frame) = if conn.json { json_frame(msg) } else { plain_frame(msg) } {
+                        conn.push(frame, max_messages, max_bytes, policy);
+                    }
+                    last = last.max(msg.seq);
+                }
+            }
+            sub.epoch = Some(history.epoch.clone());
+            sub.last = last;
+            if let Some(id) = &request.id {
+                conn.push_unbounded(EncodedFrame::text(&envelope::ack(id, Some(&request.topic), Some((&history.epoch, history.last_seq)))));
+            }
+            for msg in held.iter() {
+                self.deliver_to(sub, msg, &mut frames);
+            }
+            sub.announced = self.shares_presence;
+            let count = state.topics.get(&request.topic).map_or(0, HashMap::len);
+            self.shares_presence.then_some((conn, count))
+        };
+        if let Some((conn, local_count)) = announce {
+            self.broker.presence(PresenceChange { topic: request.topic, session: Arc::from(&*conn.session), joined: true, local_count });
+        }
+    }
+
+    /// The broker could not deliver some messages of `topic` here before
+    /// `(epoch, last_seq)`: tell the subscribers that are behind.
+    fn resync(&self, topic: &str, epoch: &str, last_seq: u64) {
+        let mut state = self.lock();
+        let Some(subs) = state.topics.get_mut(topic) else { return };
+        let epoch: Arc<str> = Arc::from(epoch);
+        for sub in subs.values_mut().filter(|s| s.pending.is_none()) {
+            let same = sub.epoch.as_deref() == Some(&*epoch);
+            if same && sub.last >= last_seq {
+                continue;
+            }
+            let why = if same { "messages could not be delivered (broker outage)" } else { "the topic's history was reset (new epoch)" };
+            self.tell_gap(&sub.conn, topic, &epoch, last_seq + 1, why, None);
+            sub.epoch = Some(epoch.clone());
+            sub.last = last_seq;
+        }
     }
 
     fn heartbeat_round(&self) {
@@ -208,6 +366,13 @@ impl Hub {
             }
         }
     }
+}
+
+/// A message encoded at most once per format.
+#[derive(Default)]
+struct Frames {
+    plain: Option<Option<EncodedFrame>>,
+    json: Option<Option<EncodedFrame>>,
 }
 
 fn plain_frame(msg: &Published) -> Option<EncodedFrame> {
@@ -227,7 +392,7 @@ fn json_frame(msg: &Published) -> Option<EncodedFrame> {
         Body::Json(raw) => raw.get().to_string(),
         Body::Binary(_) => return None,
     };
-    Some(EncodedFrame::text(&envelope::message(&msg.topic, msg.seq, &msg.sender, msg.timestamp_ms, &content)))
+    Some(EncodedFrame::text(&envelope::message(&msg.topic, &msg.epoch, msg.seq, &msg.sender, msg.timestamp_ms, &content)))
 }
 
 async fn heartbeat(hub: Weak<Hub>, interval: Duration) {

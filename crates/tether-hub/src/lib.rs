@@ -4,12 +4,13 @@
 //! a registry of connections, topics (rooms), broadcast that encodes each
 //! frame once and never waits for the slowest client, heartbeats that find
 //! dead connections, a slow-consumer policy, the `tether.v1` JSON envelope,
-//! and a [`Broker`] interface so a distributed broker can be added without
-//! touching connection code.
+//! per-topic history so reconnecting clients resume exactly where they left
+//! off, and a [`Broker`] interface: [`MemoryBroker`] for one process,
+//! `RedisBroker` (feature `redis`) for several nodes behind a load balancer.
 //!
 //! Data flows one way: socket → [`Hub::run_connection`] (parses envelopes) →
-//! [`Broker::publish`] (assigns sequence numbers) → [`Hub`] delivery (encodes
-//! once per format, pushes into each subscriber's bounded queue) → the
+//! [`Broker::publish`] (assigns sequence numbers, keeps history) → [`Hub`]
+//! delivery (encodes once per format, pushes into each subscriber's bounded queue) → the
 //! subscriber's connection task → socket.
 
 mod broker;
@@ -17,10 +18,19 @@ mod config;
 mod conn;
 pub mod envelope;
 mod hub;
+mod memory;
 mod metrics;
 mod queue;
+#[cfg(feature = "redis")]
+mod redis_broker;
 
-pub use broker::{AckTarget, Body, Broker, BrokerError, BrokerHealth, DeliverySink, MemoryBroker, Publish, Published};
+pub use broker::{
+    Body, Broker, BrokerError, BrokerHealth, DeliverySink, History, HistoryConfig, Origin, PresenceChange, Publish, Published, Resume,
+    SubscribeRequest,
+};
+pub use memory::MemoryBroker;
+#[cfg(feature = "redis")]
+pub use redis_broker::RedisBroker;
 pub use config::{HubConfig, SlowConsumerPolicy};
 pub use conn::ConnInfo;
 pub use hub::Hub;

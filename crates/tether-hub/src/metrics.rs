@@ -30,6 +30,10 @@ pub struct Metrics {
     pub handshake_failures: AtomicU64,
     /// `error` envelopes sent for bad client messages.
     pub client_errors: AtomicU64,
+    /// Subscriptions that asked to resume (`since`).
+    pub resumes: AtomicU64,
+    /// `history_gap` notices sent (a client missed messages that cannot be replayed).
+    pub history_gaps: AtomicU64,
 }
 
 impl Metrics {
@@ -42,7 +46,7 @@ impl Metrics {
     pub fn render_prometheus(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(2048);
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
-        let rows: [(&str, &str, &str, f64); 12] = [
+        let rows: [(&str, &str, &str, f64); 14] = [
             ("tether_connections", "gauge", "Open WebSocket connections.", self.connections.load(Ordering::Relaxed) as f64),
             ("tether_connections_total", "counter", "WebSocket connections accepted.", g(&self.connections_total)),
             ("tether_messages_in_total", "counter", "Messages received from clients.", g(&self.messages_in)),
@@ -55,6 +59,8 @@ impl Metrics {
             ("tether_terminated_connections_total", "counter", "Connections terminated after a missed heartbeat.", g(&self.terminated_connections)),
             ("tether_handshake_failures_total", "counter", "Upgrade requests refused.", g(&self.handshake_failures)),
             ("tether_client_errors_total", "counter", "Error envelopes sent for bad client messages.", g(&self.client_errors)),
+            ("tether_resumes_total", "counter", "Subscriptions that asked to resume from a sequence number.", g(&self.resumes)),
+            ("tether_history_gaps_total", "counter", "history_gap notices sent to clients.", g(&self.history_gaps)),
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");

@@ -17,6 +17,8 @@
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::config::Config;
+use crate::deflate::codec::{Deflater, Inflater};
+use crate::deflate::{DeflateParams, PerMessageDeflate};
 use crate::error::{Error, ProtocolError};
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::mask::apply_mask;
@@ -92,6 +94,9 @@ pub struct Receiver {
     close_received: bool,
     failed: Option<Box<ProtocolError>>,
     eof: bool,
+    /// permessage-deflate, when negotiated (RFC 7692); boxed so that a
+    /// connection without it pays one pointer.
+    inflater: Option<Box<Inflater>>,
 }
 
 impl Receiver {
@@ -110,6 +115,7 @@ impl Receiver {
             close_received: false,
             failed: None,
             eof: false,
+            inflater: None,
         }
     }
 
@@ -158,6 +164,13 @@ impl Receiver {
         self.eof
     }
 
+    /// Whether this receiver holds decompressor state right now: with the
+    /// peer's context takeover always, otherwise only inside a compressed
+    /// message that is still arriving.
+    pub fn holds_deflate_state(&self) -> bool {
+        self.inflater.as_ref().is_some_and(|i| i.holds_state())
+    }
+
     /// Release buffers that hold no data, so an idle connection costs no heap.
     pub fn shrink_if_idle(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
@@ -168,9 +181,10 @@ impl Receiver {
         }
     }
 
-    /// Bytes buffered but not yet turned into events.
+    /// Bytes buffered but not yet turned into events (for a compressed
+    /// message: inflated so far).
     pub fn buffered_len(&self) -> usize {
-        self.buf.len() + self.assembly.len()
+        self.buf.len() + self.assembly.len() + self.inflater.as_ref().map_or(0, |i| i.assembly.len())
     }
 
     /// The next complete message or control frame.
@@ -206,6 +220,9 @@ impl Receiver {
                 self.failed = Some(Box::new(e.clone()));
                 self.buf = BytesMut::new();
                 self.assembly = BytesMut::new();
+                if let Some(inflater) = &mut self.inflater {
+                    inflater.assembly = Vec::new();
+                }
                 Err(e)
             }
         }
@@ -223,6 +240,25 @@ impl Receiver {
                         return Err(ProtocolError::ExpectedContinuation);
                     }
                     let text = header.opcode == OpCode::Text;
+                    if header.rsv1 {
+                        // RFC 7692 §6: RSV1 on the first frame marks a
+                        // compressed message (next_frame allowed it only
+                        // with permessage-deflate negotiated).
+                        self.fragmenting = if text { Fragmenting::Text } else { Fragmenting::Binary };
+                        self.streaming = !assemble;
+                        self.message_len = payload.len() as u64;
+                        if text {
+                            self.utf8.reset();
+                        }
+                        if let Some(inflater) = &mut self.inflater {
+                            inflater.compressed = true;
+                            inflater.inflated_len = 0;
+                        }
+                        if let Some(event) = self.compressed_frame(text, true, header.fin, &payload)? {
+                            return Ok(Some((event, None)));
+                        }
+                        continue;
+                    }
                     if header.fin {
                         let payload = payload.freeze();
                         if text {
@@ -266,6 +302,12 @@ impl Receiver {
                     // The message continues in the form it started in (see next_fragment).
                     let assemble = !self.streaming;
                     self.message_len += payload.len() as u64;
+                    if self.inflater.as_ref().is_some_and(|i| i.compressed) {
+                        if let Some(event) = self.compressed_frame(text, false, header.fin, &payload)? {
+                            return Ok(Some((event, None)));
+                        }
+                        continue;
+                    }
                     if text {
                         self.utf8.feed(&payload).map_err(|_| ProtocolError::InvalidUtf8)?;
                         // §8.1: the whole message must be valid, so it may not
@@ -311,6 +353,58 @@ impl Receiver {
         }
     }
 
+    /// One frame of a compressed message (RFC 7692 §7.2.2): inflate it
+    /// within `max_message_size` (which bounds the inflated size, so memory
+    /// never follows a decompression bomb), validate text as it inflates
+    /// (§8.1 applies to the inflated data), and return the event it
+    /// completes, if any.
+    fn compressed_frame(&mut self, text: bool, first: bool, fin: bool, wire: &[u8]) -> Result<Option<Event>, ProtocolError> {
+        let max = self.max_message_size;
+        let inflater = self.inflater.as_deref_mut().expect("RSV1 is accepted only with permessage-deflate");
+        let done = |inflater: &mut Inflater, fragmenting: &mut Fragmenting, message_len: &mut u64| {
+            inflater.compressed = false;
+            *fragmenting = Fragmenting::None;
+            *message_len = 0;
+        };
+        if self.streaming {
+            let mut out = Vec::new();
+            let limit = max.saturating_sub(inflater.inflated_len as usize);
+            if inflater.inflate(wire, fin, &mut out, limit)?.is_err() {
+                return Err(ProtocolError::MessageTooLarge { size: inflater.inflated_len + out.len() as u64, max });
+            }
+            inflater.inflated_len += out.len() as u64;
+            if text {
+                self.utf8.feed(&out).map_err(|_| ProtocolError::InvalidUtf8)?;
+                if fin && !self.utf8.is_complete() {
+                    return Err(ProtocolError::InvalidUtf8);
+                }
+            }
+            if fin {
+                done(inflater, &mut self.fragmenting, &mut self.message_len);
+            }
+            return Ok(Some(Event::Fragment { text, first, fin, payload: out.into() }));
+        }
+        let mut out = std::mem::take(&mut inflater.assembly);
+        let start = out.len();
+        if inflater.inflate(wire, fin, &mut out, max)?.is_err() {
+            return Err(ProtocolError::MessageTooLarge { size: out.len() as u64, max });
+        }
+        if text {
+            self.utf8.feed(&out[start..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        if !fin {
+            inflater.assembly = out;
+            return Ok(None);
+        }
+        if text && !self.utf8.is_complete() {
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        done(inflater, &mut self.fragmenting, &mut self.message_len);
+        let data = Bytes::from(out);
+        let msg = if text { Message::Text(Utf8Bytes::from_bytes_unchecked(data)) } else { Message::Binary(data) };
+        Ok(Some(Event::Message(msg)))
+    }
+
     /// Parse and validate one frame from the buffer; its payload unmasked.
     #[inline]
     fn next_frame(&mut self) -> Result<Option<(FrameHeader, BytesMut)>, ProtocolError> {
@@ -318,8 +412,13 @@ impl Receiver {
             return Ok(None);
         };
         // §5.2: RSV bits must be 0 unless an extension defines them.
-        if header.rsv1 || header.rsv23 {
+        if header.rsv23 || (header.rsv1 && self.inflater.is_none()) {
             return Err(ProtocolError::ReservedBitsSet);
+        }
+        // RFC 7692 §6.1: only the first frame of a data message may carry
+        // RSV1; control frames are never compressed.
+        if header.rsv1 && !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+            return Err(ProtocolError::CompressedBitOnWrongFrame);
         }
         // §5.1: clients mask every frame; servers never do.
         match (self.role, header.mask.is_some()) {
@@ -365,6 +464,8 @@ pub struct Sender {
     close_sent: bool,
     fragmenting: bool,
     mask_fn: fn() -> [u8; 4],
+    /// permessage-deflate, when negotiated (RFC 7692).
+    deflater: Option<Box<Deflater>>,
 }
 
 /// Payloads at least this large are queued by reference instead of copied
@@ -386,6 +487,7 @@ impl Sender {
             close_sent: false,
             fragmenting: false,
             mask_fn: random_mask,
+            deflater: None,
         }
     }
 
@@ -415,22 +517,47 @@ impl Sender {
 
     /// Queue a text message.
     pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
-        self.check_open()?;
-        self.write_frame(OpCode::Text, true, text.as_bytes());
-        Ok(())
+        self.send_slice(OpCode::Text, text.as_bytes())
     }
 
     /// Queue a binary message, copying it.
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.send_slice(OpCode::Binary, data)
+    }
+
+    fn send_slice(&mut self, opcode: OpCode, data: &[u8]) -> Result<(), Error> {
         self.check_open()?;
-        self.write_frame(OpCode::Binary, true, data);
+        match self.compress_message(data) {
+            Some(compressed) => self.write_frame_bytes(opcode, true, compressed.into(), true),
+            None => self.write_frame(opcode, true, data, false),
+        }
         Ok(())
     }
 
     fn send_data(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), Error> {
         self.check_open()?;
-        self.write_frame_bytes(opcode, true, payload);
+        match self.compress_message(&payload) {
+            Some(compressed) => self.write_frame_bytes(opcode, true, compressed.into(), true),
+            None => self.write_frame_bytes(opcode, true, payload, false),
+        }
         Ok(())
+    }
+
+    /// RFC 7692 §7.2.1: a whole message compressed into one frame, if
+    /// permessage-deflate is on and the message reaches the threshold.
+    fn compress_message(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        if self.fragmenting {
+            // Misuse (a message inside a streamed one): leave the stream alone.
+            return None;
+        }
+        let deflater = self.deflater.as_deref_mut().filter(|d| d.wants(data.len()))?;
+        Some(deflater.compress(data, true))
+    }
+
+    /// Whether this sender holds compressor state right now: always with
+    /// context takeover, otherwise only inside a compressed streamed message.
+    pub fn holds_deflate_state(&self) -> bool {
+        self.deflater.as_ref().is_some_and(|d| d.holds_state())
     }
 
     /// Queue one data frame of a message being streamed: `first` picks the
@@ -444,8 +571,22 @@ impl Sender {
         } else {
             OpCode::Binary
         };
+        let first = !self.fragmenting;
         self.fragmenting = !fin;
-        self.write_frame_bytes(opcode, fin, payload);
+        if let Some(deflater) = self.deflater.as_deref_mut() {
+            // RFC 7692 §6.1: the first frame decides (RSV1) whether the whole
+            // message is compressed; its fragments continue one stream.
+            if first {
+                deflater.streaming = deflater.wants(payload.len());
+            }
+            if deflater.streaming {
+                let compressed = deflater.compress(&payload, fin);
+                deflater.streaming = !fin;
+                self.write_frame_bytes(opcode, fin, compressed.into(), first);
+                return Ok(());
+            }
+        }
+        self.write_frame_bytes(opcode, fin, payload, false);
         Ok(())
     }
 
@@ -466,7 +607,7 @@ impl Sender {
         if self.close_sent {
             return Err(Error::Closed);
         }
-        self.write_frame(opcode, true, payload);
+        self.write_frame(opcode, true, payload, false);
         Ok(())
     }
 
@@ -486,7 +627,7 @@ impl Sender {
             }
             frame.encode_into(&mut body);
         }
-        self.write_frame(OpCode::Close, true, &body);
+        self.write_frame(OpCode::Close, true, &body, false);
         self.close_sent = true;
         Ok(())
     }
@@ -510,20 +651,20 @@ impl Sender {
     }
 
     #[inline]
-    fn header(&self, opcode: OpCode, fin: bool, len: usize) -> (FrameHeader, [u8; MAX_HEADER_LEN], usize) {
+    fn header(&self, opcode: OpCode, fin: bool, len: usize, rsv1: bool) -> (FrameHeader, [u8; MAX_HEADER_LEN], usize) {
         let mask = match self.role {
             Role::Client => Some((self.mask_fn)()),
             Role::Server => None,
         };
-        let h = FrameHeader { fin, rsv1: false, rsv23: false, opcode, mask, payload_len: len as u64 };
+        let h = FrameHeader { fin, rsv1, rsv23: false, opcode, mask, payload_len: len as u64 };
         let mut buf = [0u8; MAX_HEADER_LEN];
         let n = h.encode(&mut buf);
         (h, buf, n)
     }
 
     #[inline]
-    fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
-        let (h, hdr, n) = self.header(opcode, fin, payload.len());
+    fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8], rsv1: bool) {
+        let (h, hdr, n) = self.header(opcode, fin, payload.len(), rsv1);
         self.tail.reserve(n + payload.len());
         self.tail.extend_from_slice(&hdr[..n]);
         let start = self.tail.len();
@@ -557,15 +698,15 @@ impl Sender {
         Ok(())
     }
 
-    fn write_frame_bytes(&mut self, opcode: OpCode, fin: bool, payload: Bytes) {
+    fn write_frame_bytes(&mut self, opcode: OpCode, fin: bool, payload: Bytes, rsv1: bool) {
         if self.role == Role::Server && payload.len() >= ZERO_COPY_THRESHOLD {
-            let (_, hdr, n) = self.header(opcode, fin, payload.len());
+            let (_, hdr, n) = self.header(opcode, fin, payload.len(), rsv1);
             self.tail.extend_from_slice(&hdr[..n]);
             self.chunks.push_back(self.tail.split().freeze());
             self.pending += n + payload.len();
             self.chunks.push_back(payload);
         } else {
-            self.write_frame(opcode, fin, &payload);
+            self.write_frame(opcode, fin, &payload, rsv1);
         }
     }
 
@@ -664,6 +805,7 @@ pub struct Connection {
     auto_close: bool,
     closed_by: Option<ClosedBy>,
     received_close: Option<Box<Option<CloseFrame>>>,
+    deflate: Option<DeflateParams>,
 }
 
 impl Connection {
@@ -676,7 +818,37 @@ impl Connection {
             auto_close: config.auto_close,
             closed_by: None,
             received_close: None,
+            deflate: None,
         }
+    }
+
+    /// A connection that speaks permessage-deflate (RFC 7692) as agreed in
+    /// the handshake (see [`crate::deflate`]); `None` is [`new`](Self::new).
+    ///
+    /// Messages of at least the configured threshold are sent compressed;
+    /// compressed messages received are inflated within
+    /// `Config::max_message_size`.
+    pub fn with_deflate(role: Role, config: Config, deflate: Option<PerMessageDeflate>) -> Self {
+        let mut conn = Connection::new(role, config);
+        if let Some(agreed) = deflate {
+            let (window_bits, takeover) = agreed.sending(role);
+            conn.tx.deflater = Some(Box::new(Deflater::new(agreed.config.level, window_bits, takeover, agreed.config.threshold)));
+            conn.rx.inflater = Some(Box::new(Inflater::new(agreed.peer_keeps_context(role))));
+            conn.deflate = Some(agreed.params);
+        }
+        conn
+    }
+
+    /// The permessage-deflate parameters in use, if it was negotiated.
+    pub fn deflate_params(&self) -> Option<&DeflateParams> {
+        self.deflate.as_ref()
+    }
+
+    /// Whether zlib state is held right now, as (compressor, decompressor).
+    /// Without context takeover both are `false` between messages: an idle
+    /// connection holds no compression memory.
+    pub fn holds_deflate_state(&self) -> (bool, bool) {
+        (self.tx.holds_deflate_state(), self.rx.holds_deflate_state())
     }
 
     /// The role this connection was created for.

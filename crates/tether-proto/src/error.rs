@@ -14,6 +14,10 @@ pub enum ProtocolError {
     /// RSV1-3 set without an extension that defines them (§5.2).
     #[error("reserved bits set without a negotiated extension")]
     ReservedBitsSet,
+    /// RSV1 ("compressed", RFC 7692 §6) on a control frame or a
+    /// continuation frame: only the first frame of a data message carries it.
+    #[error("RSV1 (compressed) set on a control or continuation frame")]
+    CompressedBitOnWrongFrame,
     /// Opcodes 0x3-0x7 and 0xB-0xF are reserved (§5.2).
     #[error("reserved opcode {0:#x}")]
     ReservedOpcode(u8),
@@ -63,7 +67,9 @@ pub enum ProtocolError {
         /// The configured limit.
         max: usize,
     },
-    /// A compressed message (RFC 7692) that does not inflate.
+    /// A compressed message (RFC 7692) that does not inflate. The message
+    /// size limit applies to the inflated size: passing it while inflating
+    /// is [`MessageTooLarge`](Self::MessageTooLarge).
     #[error("compressed message does not inflate: {0}")]
     BadCompressedData(String),
 }
@@ -74,6 +80,7 @@ impl ProtocolError {
     pub fn close_code(&self) -> CloseCode {
         match self {
             ProtocolError::ReservedBitsSet
+            | ProtocolError::CompressedBitOnWrongFrame
             | ProtocolError::ReservedOpcode(_)
             | ProtocolError::FragmentedControlFrame
             | ProtocolError::ControlFrameTooLarge(_)
@@ -159,6 +166,10 @@ pub enum HandshakeError {
     /// Client side: the server answered with an extension that was not offered (§4.1).
     #[error("server accepted extension {0:?} which was not offered")]
     UnexpectedExtension(String),
+    /// Client side: the server accepted an extension with parameters that
+    /// were not offered or are invalid (RFC 7692 §7.1: fail the connection).
+    #[error("invalid extension in the server's answer: {0}")]
+    InvalidExtensionResponse(String),
 }
 
 impl HandshakeError {

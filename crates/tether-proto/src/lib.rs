@@ -2,7 +2,8 @@
 //!
 //! A sans-I/O implementation of the WebSocket protocol (RFC 6455): the opening
 //! handshake, framing, masking, fragmentation, control frames, UTF-8 rules and
-//! the closing handshake, for both client and server roles.
+//! the closing handshake, for both client and server roles, and the
+//! permessage-deflate extension (RFC 7692, [`deflate`]).
 //!
 //! Nothing in this crate touches a socket, a clock or an async runtime. Bytes
 //! received from the peer go in ([`Connection::receive_data`]); events come out
@@ -27,6 +28,7 @@
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
@@ -37,6 +39,7 @@ pub mod utf8;
 pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
 pub use connection::{Connection, Event, Receiver, Role, Sender};
+pub use deflate::{DeflateConfig, DeflateParams, PerMessageDeflate};
 pub use error::{Error, HandshakeError, ProtocolError};
 pub use frame::{EncodedFrame, FrameHeader, OpCode};
 pub use message::{Message, Utf8Bytes};

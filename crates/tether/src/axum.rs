@@ -75,7 +75,8 @@ impl WebSocketUpgrade {
         self
     }
 
-    /// Use these settings for the socket.
+    /// Use these settings for the socket (with `config.deflate` set,
+    /// permessage-deflate is negotiated when the client offers it).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -87,12 +88,13 @@ impl WebSocketUpgrade {
         F: FnOnce(WebSocket<UpgradedIo>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let response = switching_protocols(&self.request, self.protocol.as_deref()).body(Body::empty()).expect("valid response");
+        let (builder, deflate) = switching_protocols(&self.request, self.protocol.as_deref(), self.config.deflate.as_ref());
+        let response = builder.body(Body::empty()).expect("valid response");
         let WebSocketUpgrade { on_upgrade, protocol, config, .. } = self;
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let mut ws = WebSocket::from_raw(TokioIo::new(upgraded), Role::Server, &config, &[]);
+                    let mut ws = WebSocket::from_raw_with_deflate(TokioIo::new(upgraded), Role::Server, &config, &[], deflate);
                     ws.set_protocol(protocol);
                     callback(ws).await;
                 }

@@ -69,7 +69,8 @@ impl ClientBuilder {
         &self.protocols
     }
 
-    /// Use these WebSocket settings.
+    /// Use these WebSocket settings (with `config.deflate` set,
+    /// permessage-deflate is offered).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -131,7 +132,25 @@ impl ClientBuilder {
 }
 
 /// Perform the client handshake over an already connected stream.
+///
+/// With `config.deflate` set, permessage-deflate is offered (after any
+/// extensions in `request`) and the server's answer checked (RFC 7692 §7.1:
+/// parameters that were not offered or are invalid fail the handshake with
+/// [`HandshakeError::InvalidExtensionResponse`](tether_proto::HandshakeError::InvalidExtensionResponse)).
 pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &ClientRequest, config: &Config) -> Result<(WebSocket<S>, Response)> {
+    let offered;
+    let request = match &config.deflate {
+        None => request,
+        Some(deflate) => {
+            let offer = deflate.offer();
+            let extensions = match &request.extensions {
+                Some(other) if !other.trim().is_empty() => format!("{other}, {offer}"),
+                _ => offer,
+            };
+            offered = ClientRequest { extensions: Some(extensions), ..request.clone() };
+            &offered
+        }
+    };
     let (handshake, bytes) = ClientHandshake::new(request);
     let exchange = async {
         stream.write_all(&bytes).await?;
@@ -143,7 +162,7 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, 
             if n == 0 {
                 return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection during the handshake")));
             }
-                if let Some((response, len)) = handshake.parse_response(&buf)? {
+            if let Some((response, len)) = handshake.parse_response(&buf)? {
                 return Ok((response, buf.split_off(len)));
             }
         }
@@ -152,7 +171,15 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, 
         Err(_) => return Err(Error::Timeout("handshake")),
         Ok(r) => r?,
     };
-    let mut ws = WebSocket::from_raw(stream, Role::Client, config, &rest);
+    let deflate = match &config.deflate {
+        Some(deflate) => deflate.accept_response(&response.extensions)?,
+        None if response.extensions.iter().any(|e| e.name == tether_proto::deflate::EXTENSION_NAME) => {
+            // Offered in `request` by hand, but compression is off in the config.
+            return Err(tether_proto::HandshakeError::UnexpectedExtension(tether_proto::deflate::EXTENSION_NAME.into()).into());
+        }
+        None => None,
+    };
+    let mut ws = WebSocket::from_raw_with_deflate(stream, Role::Client, config, &rest, deflate);
     ws.set_protocol(response.protocol.clone());
     Ok((ws, response))
 }

@@ -1,6 +1,7 @@
 //! Settings for one WebSocket, with defaults that are safe against a hostile peer.
 
 use std::time::Duration;
+use tether_proto::DeflateConfig;
 
 /// Settings for a [`WebSocket`](crate::WebSocket). Every limit is bounded by default.
 #[derive(Clone, Debug)]
@@ -25,6 +26,15 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Largest handshake request or response head. Default 16 KiB.
     pub max_handshake_size: usize,
+    /// permessage-deflate compression (RFC 7692): offered by clients,
+    /// accepted by servers when the client offers it. Default `None` (off):
+    /// the lean path stays lean, and compression costs CPU per message.
+    ///
+    /// `Some(DeflateConfig::default())` compresses messages of 256 bytes or
+    /// more without context takeover, so an idle connection holds no
+    /// compression memory; see [`DeflateConfig`] for the settings and the
+    /// memory each costs per connection.
+    pub deflate: Option<DeflateConfig>,
 }
 
 impl Default for Config {
@@ -38,6 +48,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_handshake_size: tether_proto::handshake::DEFAULT_MAX_HANDSHAKE_SIZE,
+            deflate: None,
         }
     }
 }

@@ -36,9 +36,9 @@ mod client;
 mod config;
 mod error;
 mod io;
+pub mod reconnect;
 mod server;
 mod socket;
-pub mod reconnect;
 pub mod split;
 mod stream;
 #[cfg(feature = "tls")]
@@ -49,14 +49,14 @@ pub mod upgrade;
 pub mod axum;
 
 pub use client::{client_handshake, connect, ClientBuilder};
+pub use reconnect::ReconnectingClient;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use server::{accept, accept_with, Accept, Reject};
-pub use reconnect::ReconnectingClient;
 pub use socket::WebSocket;
 pub use stream::MaybeTlsStream;
 pub use tether_proto::handshake::{ClientRequest, ExtensionOffer, Request, Response};
-pub use tether_proto::{CloseCode, CloseFrame, EncodedFrame, Message, Role, Utf8Bytes};
+pub use tether_proto::{CloseCode, CloseFrame, DeflateConfig, DeflateParams, EncodedFrame, Message, Role, Utf8Bytes};
 #[cfg(feature = "hyper")]
 pub use upgrade::upgrade;
 pub use bytes::Bytes;

@@ -42,6 +42,10 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebS
 /// headers, Origin, offered subprotocols) and accept (choosing a subprotocol)
 /// or reject it with a status.
 ///
+/// With `config.deflate` set, a permessage-deflate offer is answered
+/// (RFC 7692: the first acceptable offer; malformed ones are declined and
+/// the connection goes on uncompressed).
+///
 /// Invalid requests are answered with the status the RFC asks for (400, 405,
 /// 426 with `Sec-WebSocket-Version: 13`, 431) and an error is returned. The
 /// whole handshake is bounded by `config.handshake_timeout`.
@@ -65,10 +69,12 @@ where
         Ok(accept) => {
             let headers: Vec<(&str, &str)> = accept.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let protocol = accept.protocol.filter(|p| request.protocols().contains(&p.as_str()));
-            let response = request.accept(protocol.as_deref(), None, &headers);
+            let deflate = config.deflate.as_ref().and_then(|d| d.negotiate(&request.extensions()));
+            let extensions = deflate.as_ref().map(|d| d.response());
+            let response = request.accept(protocol.as_deref(), extensions.as_deref(), &headers);
             stream.write_all(&response).await?;
             stream.flush().await?;
-            let mut ws = WebSocket::from_raw(stream, Role::Server, config, &buffered);
+            let mut ws = WebSocket::from_raw_with_deflate(stream, Role::Server, config, &buffered, deflate);
             ws.set_protocol(protocol);
             Ok(ws)
         }

@@ -17,7 +17,7 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tether_proto::{CloseCode, CloseFrame, Connection, Event, Message, Role};
+use tether_proto::{CloseCode, CloseFrame, Connection, Event, Message, PerMessageDeflate, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 
@@ -58,7 +58,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Wrap a stream on which the opening handshake already happened.
     /// `buffered` holds any bytes read past the handshake.
     pub fn from_raw(io: S, role: Role, config: &Config, buffered: &[u8]) -> Self {
-        let mut conn = Connection::new(role, config.proto());
+        Self::from_raw_with_deflate(io, role, config, buffered, None)
+    }
+
+    /// Like [`from_raw`](Self::from_raw), for a handshake that agreed on
+    /// permessage-deflate (see [`tether_proto::deflate`]).
+    pub fn from_raw_with_deflate(io: S, role: Role, config: &Config, buffered: &[u8], deflate: Option<PerMessageDeflate>) -> Self {
+        let mut conn = Connection::with_deflate(role, config.proto(), deflate);
         if !buffered.is_empty() {
             conn.receive_data(buffered);
         }

@@ -29,7 +29,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tether_proto::handshake::{accept_key, Request};
-use tether_proto::Role;
+use tether_proto::{DeflateConfig, PerMessageDeflate, Role};
 
 /// The stream under an upgraded hyper connection.
 pub type UpgradedIo = TokioIo<hyper::upgrade::Upgraded>;
@@ -75,7 +75,13 @@ pub fn error_response(err: &Error) -> http::Response<Empty<Bytes>> {
     builder.body(Empty::new()).expect("valid response")
 }
 
-pub(crate) fn switching_protocols(request: &Request, protocol: Option<&str>) -> http::response::Builder {
+/// The 101 response; with `deflate`, permessage-deflate is negotiated
+/// (RFC 7692) and the agreement returned with it.
+pub(crate) fn switching_protocols(
+    request: &Request,
+    protocol: Option<&str>,
+    deflate: Option<&DeflateConfig>,
+) -> (http::response::Builder, Option<PerMessageDeflate>) {
     let mut builder = http::Response::builder()
         .status(http::StatusCode::SWITCHING_PROTOCOLS)
         .header(http::header::CONNECTION, "Upgrade")
@@ -84,7 +90,11 @@ pub(crate) fn switching_protocols(request: &Request, protocol: Option<&str>) -> 
     if let Some(p) = protocol {
         builder = builder.header("Sec-WebSocket-Protocol", p);
     }
-    builder
+    let agreed = deflate.and_then(|d| d.negotiate(&request.extensions()));
+    if let Some(agreed) = &agreed {
+        builder = builder.header("Sec-WebSocket-Extensions", agreed.response());
+    }
+    (builder, agreed)
 }
 
 impl Upgrade {
@@ -94,12 +104,14 @@ impl Upgrade {
     }
 
     /// Accept, selecting `protocol` (ignored unless the client offered it).
+    /// With `config.deflate` set, permessage-deflate is negotiated too.
     /// Return the response to hyper; the future resolves to the WebSocket once
     /// hyper hands over the connection.
     pub fn accept(self, protocol: Option<&str>, config: Config) -> (http::Response<Empty<Bytes>>, UpgradeFuture) {
         let protocol = protocol.filter(|p| self.request.protocols().contains(p)).map(str::to_string);
-        let response = switching_protocols(&self.request, protocol.as_deref()).body(Empty::new()).expect("valid response");
-        (response, UpgradeFuture { on_upgrade: self.on_upgrade, config, protocol })
+        let (builder, deflate) = switching_protocols(&self.request, protocol.as_deref(), config.deflate.as_ref());
+        let response = builder.body(Empty::new()).expect("valid response");
+        (response, UpgradeFuture { on_upgrade: self.on_upgrade, config, protocol, deflate })
     }
 }
 
@@ -108,6 +120,7 @@ pub struct UpgradeFuture {
     on_upgrade: hyper::upgrade::OnUpgrade,
     config: Config,
     protocol: Option<String>,
+    deflate: Option<PerMessageDeflate>,
 }
 
 impl Future for UpgradeFuture {
@@ -118,7 +131,8 @@ impl Future for UpgradeFuture {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(std::io::Error::other(e)))),
             Poll::Ready(Ok(u)) => u,
         };
-        let mut ws = WebSocket::from_raw(TokioIo::new(upgraded), Role::Server, &self.config, &[]);
+        let deflate = self.deflate.take();
+        let mut ws = WebSocket::from_raw_with_deflate(TokioIo::new(upgraded), Role::Server, &self.config, &[], deflate);
         ws.set_protocol(self.protocol.take());
         Poll::Ready(Ok(ws))
     }

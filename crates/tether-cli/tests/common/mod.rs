@@ -93,3 +93,184 @@ pub async fn metric(port: u16, name: &str) -> f64 {
     let (_, body) = http_get(port, "/metrics").await;
     body.lines().find_map(|l| l.strip_prefix(&format!("{name} ")).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
 }
+
+/// Find a program on PATH (or in /usr/sbin, where Debian puts nginx).
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A program the cluster tests need; panics with how to get it (or returns
+/// None when TETHER_SKIP_CLUSTER=1, to skip those tests on purpose).
+pub fn require_program(name: &str) -> Option<std::path::PathBuf> {
+    match find_program(name) {
+        Some(p) => Some(p),
+        None if std::env::var("TETHER_SKIP_CLUSTER").as_deref() == Ok("1") => {
+            eprintln!("skipping: {name} not installed and TETHER_SKIP_CLUSTER=1");
+            None
+        }
+        None => panic!("{name} is not installed: run scripts/deps.sh (or set TETHER_SKIP_CLUSTER=1 to skip the cluster tests)"),
+    }
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited with {status} before listening on {port}");
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn temp_dir(what: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("tether-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A throwaway redis-server on a free port: no persistence, so a restart
+/// loses everything (the harshest case for the broker).
+pub struct Redis {
+    child: Option<Child>,
+    bin: std::path::PathBuf,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Option<Redis> {
+        let bin = require_program("redis-server")?;
+        let mut redis = Redis { child: None, bin, port: free_port(), dir: temp_dir("redis") };
+        redis.spawn();
+        Some(redis)
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(&self.bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start redis-server");
+        wait_for_port(self.port, &mut child, "redis-server");
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it (SIGKILL: nothing saved, connections cut).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port (empty).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// nginx as a WebSocket load balancer in front of `upstreams`, with the
+/// configuration of deploy/nginx.conf, generated in a temporary directory.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    pub fn start(upstreams: &[u16]) -> Option<Nginx> {
+        let bin = require_program("nginx")?;
+        let dir = temp_dir("nginx");
+        let port = free_port();
+        // deploy/nginx.conf itself, with this test's ports and directory.
+        let deploy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx.conf")).unwrap();
+        let servers: String = upstreams.iter().map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;\n")).collect();
+        let d = dir.display();
+        let mut conf = String::new();
+        let mut upstream_done = false;
+        for line in deploy.lines() {
+            let t = line.trim();
+            if t.starts_with("server 127.0.0.1:") {
+                if !upstream_done {
+                    conf.push_str(&servers);
+                    upstream_done = true;
+                }
+                continue;
+            }
+            match t {
+                "worker_processes auto;" => conf.push_str(&format!("worker_processes 1;\npid {d}/nginx.pid;\n")),
+                "listen 80;" => conf.push_str(&format!("        listen 127.0.0.1:{port};\n")),
+                "http {" => conf.push_str(&format!(
+                    "http {{\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n"
+                )),
+                _ => {
+                    conf.push_str(line);
+                    conf.push('\n');
+                }
+            }
+        }
+        assert!(upstream_done && conf.contains(&format!("listen 127.0.0.1:{port};")), "deploy/nginx.conf changed shape:\n{conf}");
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut child = Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx");
+        wait_for_port(port, &mut child, "nginx");
+        Some(Nginx { child, port, dir })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// What nginx logged (for failure messages).
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: fast shutdown, the master stops its workers (a SIGKILLed
+        // master would leave them running).
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,238 @@
+//! The publishing side of the Redis broker: batches publishes into one
+//! pipeline of script calls per round trip (order kept: one pipeline in
+//! flight), sends presence changes, beats the node's heartbeat key and reaps
+//! dead nodes. Reconnects with backoff; while down, publishes are refused.
+
+use super::scripts::{self, encode_body, key, node_key, node_topics, NODES};
+use super::{report_down, Backoff, Shared, NODE_BEAT, NODE_TTL};
+use crate::broker::{new_epoch, BrokerError, PresenceChange, Publish};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{ErrorKind, RedisError, RedisResult, Script};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Most publishes sent in one pipeline.
+const BATCH: usize = 256;
+
+struct Scripts {
+    publish: Script,
+    presence: Script,
+    resync: Script,
+    reap: Script,
+}
+
+enum Stop {
+    /// The broker was dropped: end the task.
+    Closed,
+    /// Redis failed: reconnect.
+    Failed(RedisError),
+}
+
+impl From<RedisError> for Stop {
+    fn from(e: RedisError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+pub(super) async fn run(shared: Arc<Shared>, mut publishes: mpsc::Receiver<Publish>, mut presence: mpsc::UnboundedReceiver<PresenceChange>) {
+    let scripts = Scripts {
+        publish: Script::new(scripts::PUBLISH),
+        presence: Script::new(scripts::PRESENCE),
+        resync: Script::new(scripts::RESYNC),
+        reap: Script::new(scripts::REAP),
+    };
+    let mut backoff = Backoff::new();
+    let mut attempts = 0u32;
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let error = match session(&shared, &scripts, &mut publishes, &mut presence, &mut backoff, &mut attempts, &mut down_since).await {
+            Stop::Closed => return,
+            Stop::Failed(e) => e,
+        };
+        attempts += 1;
+        down_since.get_or_insert_with(Instant::now);
+        report_down(&shared.writer, "publishing", &shared.target, &error.to_string(), attempts);
+        // Never silent: what was waiting is refused now, not later.
+        let refused = BrokerError::Unavailable(format!("lost the connection to redis: {error}"));
+        while let Ok(p) = publishes.try_recv() {
+            shared.sink().reject(&p.origin, &p.topic, &refused);
+        }
+        // Presence is re-registered as a whole after the reconnect.
+        while presence.try_recv().is_ok() {}
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+async fn session(
+    shared: &Shared,
+    scripts: &Scripts,
+    publishes: &mut mpsc::Receiver<Publish>,
+    presence: &mut mpsc::UnboundedReceiver<PresenceChange>,
+    backoff: &mut Backoff,
+    attempts: &mut u32,
+    down_since: &mut Option<Instant>,
+) -> Stop {
+    let mut con = match shared.connect().await {
+        Ok(c) => c,
+        Err(e) => return Stop::Failed(e),
+    };
+    let publish_sha = match scripts.publish.prepare_invoke().load_async(&mut con).await {
+        Ok(sha) => sha,
+        Err(e) => return Stop::Failed(e),
+    };
+    if let Err(e) = beat(shared, scripts, &mut con).await {
+        return Stop::Failed(e);
+    }
+    if let Err(e) = resync_presence(shared, scripts, &mut con).await {
+        return Stop::Failed(e);
+    }
+    shared.writer.set(true, "connected".into());
+    backoff.reset();
+    match down_since.take() {
+        Some(at) => tracing::info!(redis = %shared.target, after = ?at.elapsed(), attempts = *attempts, "redis broker: publishing reconnected"),
+        None => tracing::info!(redis = %shared.target, "redis broker: publishing connected"),
+    }
+    *attempts = 0;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + NODE_BEAT, NODE_BEAT);
+    loop {
+        let result = tokio::select! {
+            biased;
+            n = publishes.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return Stop::Closed;
+                }
+                publish_batch(shared, &publish_sha, scripts, &mut con, &mut batch).await
+            }
+            change = presence.recv() => match change {
+                None => return Stop::Closed,
+                Some(change) => announce(shared, scripts, &mut con, change).await,
+            },
+            _ = ticker.tick() => beat(shared, scripts, &mut con).await,
+            () = shared.check.notified() => beat(shared, scripts, &mut con).await,
+        };
+        if let Err(e) = result {
+            return Stop::Failed(e);
+        }
+    }
+}
+
+/// Publish a batch in one pipeline; ack or reject every message.
+async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut MultiplexedConnection, batch: &mut Vec<Publish>) -> RedisResult<()> {
+    let candidate = new_epoch();
+    let build = |msgs: &[Publish]| {
+        let mut pipe = redis::pipe();
+        for p in msgs {
+            let (kind, body) = encode_body(&p.body);
+            pipe.cmd("EVALSHA")
+                .arg(sha)
+                .arg(2)
+                .arg(key(&p.topic, "seq"))
+                .arg(key(&p.topic, "log"))
+                .arg(&candidate)
+                .arg(shared.history.max_messages)
+                .arg(shared.age_ms())
+                .arg(shared.seq_ttl_ms())
+                .arg(key(&p.topic, "ch"))
+                .arg(&*p.sender)
+                .arg(p.timestamp_ms)
+                .arg(kind)
+                .arg(body);
+        }
+        pipe
+    };
+    let sink = shared.sink();
+    let mut retry = Vec::new();
+    for round in 0..2 {
+        let msgs: Vec<Publish> = if round == 0 { std::mem::take(batch) } else { std::mem::take(&mut retry) };
+        if msgs.is_empty() {
+            break;
+        }
+        let pipe = build(&msgs);
+        let replies = match con.req_packed_commands(&pipe, 0, msgs.len()).await {
+            Ok(r) => r,
+            Err(e) => {
+                let refused = BrokerError::Unavailable(format!("redis failed: {e}"));
+                for p in &msgs {
+                    sink.reject(&p.origin, &p.topic, &refused);
+                }
+                return Err(e);
+            }
+        };
+        for (p, reply) in msgs.into_iter().zip(replies) {
+            match reply.extract_error().and_then(redis::from_owned_redis_value::<(u64, String)>) {
+                Ok((seq, epoch)) => sink.ack(&p.origin, &p.topic, &epoch, seq),
+                // Scripts were flushed (SCRIPT FLUSH): load again and retry, in order.
+                Err(e) if e.kind() == ErrorKind::NoScriptError && round == 0 => retry.push(p),
+                Err(e) => sink.reject(&p.origin, &p.topic, &BrokerError::Unavailable(format!("redis refused the message: {e}"))),
+            }
+        }
+        if !retry.is_empty() {
+            scripts.publish.prepare_invoke().load_async(con).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Send one presence change (and any others already waiting).
+async fn announce(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection, change: PresenceChange) -> RedisResult<()> {
+    let _count: u64 = scripts
+        .presence
+        .key(key(&change.topic, "who"))
+        .key(node_topics(&shared.node))
+        .arg(if change.joined { "join" } else { "leave" })
+        .arg(&*change.session)
+        .arg(&shared.node)
+        .arg(key(&change.topic, "ch"))
+        .arg(&*change.topic)
+        .arg(if change.local_count == 0 { "1" } else { "0" })
+        .invoke_async(con)
+        .await?;
+    Ok(())
+}
+
+/// Refresh this node's heartbeat key and remove the sessions of dead nodes.
+async fn beat(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection) -> RedisResult<()> {
+    redis::pipe()
+        .cmd("SET")
+        .arg(node_key(&shared.node))
+        .arg(1)
+        .arg("PX")
+        .arg(NODE_TTL.as_millis() as u64)
+        .ignore()
+        .cmd("SADD")
+        .arg(NODES)
+        .arg(&shared.node)
+        .ignore()
+        .exec_async(con)
+        .await?;
+    let reaped: u64 = scripts.reap.key(NODES).invoke_async(con).await?;
+    if reaped > 0 {
+        tracing::info!(reaped, "redis broker: removed the presence of nodes that stopped beating");
+    }
+    Ok(())
+}
+
+/// After a (re)connect: make Redis's presence match this node's sessions,
+/// for every topic this node has or had subscribers in.
+async fn resync_presence(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection) -> RedisResult<()> {
+    let local: Vec<(Arc<str>, Vec<Arc<str>>)> = {
+        let local = shared.local.lock().unwrap_or_else(|p| p.into_inner());
+        local.iter().map(|(t, s)| (t.clone(), s.iter().cloned().collect())).collect()
+    };
+    let known: Vec<String> = redis::cmd("SMEMBERS").arg(node_topics(&shared.node)).query_async(con).await?;
+    let mut topics: BTreeSet<&str> = known.iter().map(String::as_str).collect();
+    topics.extend(local.iter().map(|(t, _)| &**t));
+    for topic in topics {
+        let sessions = local.iter().find(|(t, _)| &**t == topic).map(|(_, s)| s.as_slice()).unwrap_or(&[]);
+        let mut call = scripts.resync.key(key(topic, "who"));
+        call.key(node_topics(&shared.node)).arg(&shared.node).arg(key(topic, "ch")).arg(topic);
+        for s in sessions {
+            call.arg(&**s);
+        }
+        let _count: u64 = call.invoke_async(con).await?;
+    }
+    Ok(())
+}
