@@ -58,6 +58,8 @@ pub struct ConnectArgs {
     /// Pretty-print text messages that are JSON.
     #[arg(long)]
     json_pretty: bool,
+    #[command(flatten)]
+    deflate: crate::settings::DeflateArgs,
 }
 
 /// How binary messages are printed.
@@ -98,7 +100,8 @@ fn builder(args: &ConnectArgs) -> anyhow::Result<ClientBuilder> {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?),
         None => None,
     };
-    Ok(builder.tls(TlsOptions { ca_pem, native_roots: true, insecure: args.insecure }))
+    let config = tether::Config { deflate: args.deflate.config(), ..tether::Config::default() };
+    Ok(builder.config(config).tls(TlsOptions { ca_pem, native_roots: true, insecure: args.insecure }))
 }
 
 /// What the input side asks of the session.

@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Run the real-time server: HTTP and WebSocket on one port, a chat page
     /// at /, broadcast to rooms and topics, heartbeats, /health and /metrics.
-    Serve(settings::ServeArgs),
+    Serve(Box<settings::ServeArgs>),
     /// Load-generate against a WebSocket server (echo, broadcast, idle connections).
     Bench(bench::BenchArgs),
     /// Run a WebSocket echo server (text as text, binary as binary), the lean
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_json);
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Bench(args) => bench::run(args),
