@@ -11,8 +11,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use crate::admission::{self, AuthFailures, IpGuard, PerIp};
+use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use std::time::Instant;
 use tether::axum::WebSocketUpgrade;
 use tether_hub::{ConnInfo, Hub, HubConfig, MemoryBroker};
@@ -25,6 +28,36 @@ struct App {
     hub: Arc<Hub>,
     settings: Settings,
     started: Instant,
+    /// `--max-connections` WebSocket slots, taken at accept: connections
+    /// still in their handshake count too.
+    ws_slots: Arc<Semaphore>,
+    /// As many slots again for plain HTTP connections (pages, /health,
+    /// /metrics), so a server full of WebSockets still answers operators.
+    http_slots: Arc<Semaphore>,
+    /// A few slots for connections accepted while the WebSocket slots are
+    /// full, just long enough to read their first request and tell a plain
+    /// HTTP request (served) from an upgrade (refused with 503).
+    spare_slots: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    auth_failures: AuthFailures,
+}
+
+/// What a connection holds while it is open: its slot and, unless its
+/// address is only known from a proxy header, its per-address count.
+struct Slot {
+    permit: OwnedSemaphorePermit,
+    ip: Option<IpGuard>,
+}
+
+/// Connections accepted beyond the WebSocket slots to read their first request.
+const SPARE_SLOTS: usize = 64;
+
+/// Per-connection context handed to the HTTP routes (for an upgrade that
+/// arrives as a later request of a keep-alive connection).
+#[derive(Clone)]
+struct ConnCtx {
+    peer: SocketAddr,
+    slot: Arc<Mutex<Option<Slot>>>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -52,6 +85,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         queue_max_messages: settings.queue_max_messages,
         queue_max_bytes: settings.queue_max_bytes,
         slow_consumer: settings.slow_consumer,
+        write_stall_timeout: settings.write_stall_timeout,
+        message_rate: settings.message_rate,
+        subscribe_rate: settings.subscribe_rate,
         ..HubConfig::default()
     };
     let hub = Hub::new(hub_config, broker);
@@ -61,7 +97,16 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, tls = tls.is_some(), broker = hub.broker().name(), heartbeat = ?settings.heartbeat_interval, "tether serve ready");
 
-    let app = Arc::new(App { hub: hub.clone(), settings: settings.clone(), started: Instant::now() });
+    let app = Arc::new(App {
+        hub: hub.clone(),
+        settings: settings.clone(),
+        started: Instant::now(),
+        ws_slots: Arc::new(Semaphore::new(settings.max_connections)),
+        http_slots: Arc::new(Semaphore::new(settings.max_connections)),
+        spare_slots: Arc::new(Semaphore::new(SPARE_SLOTS)),
+        per_ip: PerIp::new(settings.max_connections_per_ip),
+        auth_failures: AuthFailures::new(settings.max_auth_failures),
+    });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
     let router = Router::new().fallback(dispatch).with_state(app.clone());
@@ -80,6 +125,26 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
+                let refused = &hub.metrics().refused;
+                let Ok(permit) = app.ws_slots.clone().try_acquire_owned().or_else(|_| app.spare_slots.clone().try_acquire_owned()) else {
+                    tether_hub::Metrics::add(&refused.max_connections, 1);
+                    tracing::warn!(%peer, max = settings.max_connections, "refused a connection: connection limit reached");
+                    admission::refuse_early(tcp, peer, 503, "too many connections, try again later", tls.is_some());
+                    continue;
+                };
+                // Behind a trusted proxy the client's address comes with the
+                // request: it is counted at the upgrade instead.
+                let ip = if app.behind_proxy(peer) {
+                    None
+                } else if let Some(guard) = app.per_ip.acquire(peer.ip()) {
+                    Some(guard)
+                } else {
+                    tether_hub::Metrics::add(&refused.per_ip, 1);
+                    tracing::info!(%peer, max = settings.max_connections_per_ip, "refused a connection: too many from this address");
+                    admission::refuse_early(tcp, peer, 429, "too many connections from your address", tls.is_some());
+                    continue;
+                };
+                let slot = Slot { permit, ip };
                 let router = router.clone();
                 let tls = tls.clone();
                 let timeout = settings.handshake_timeout;
@@ -87,12 +152,12 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 let app = app.clone();
                 tokio::spawn(async move {
                     match tls {
-                        None => serve_stream(tcp, app, router, peer).await,
+                        None => serve_stream(tcp, app, router, peer, slot).await,
                         // Boxed: a TLS session is several KiB, and the plain
                         // path should not pay for it in every connection task.
                         Some(acceptor) => Box::pin(async move {
                             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => serve_stream(stream, app, router, peer).await,
+                                Ok(Ok(stream)) => serve_stream(stream, app, router, peer, slot).await,
                                 Ok(Err(e)) => {
                                     tether_hub::Metrics::add(&metrics.handshake_failures, 1);
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -133,7 +198,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 /// A plain `fn` returning `async move` (not an `async fn`): arguments of an
 /// `async fn` are stored twice in its future (rust-lang/rust#62958), and this
 /// future lives as long as the client.
-fn serve_stream<S>(mut stream: S, app: Arc<App>, router: Router, peer: std::net::SocketAddr) -> impl std::future::Future<Output = ()> + Send
+fn serve_stream<S>(mut stream: S, app: Arc<App>, router: Router, peer: SocketAddr, slot: Slot) -> impl std::future::Future<Output = ()> + Send
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -152,16 +217,30 @@ where
     };
     let stream = Prefixed::new(head, stream);
     match kind {
-        FirstRequest::Upgrade => lean_websocket(stream, app).await,
+        FirstRequest::Upgrade => {
+            let Some(slot) = app.take_slot(slot, &app.ws_slots) else {
+                return app.refuse_busy(stream, peer).await;
+            };
+            lean_websocket(stream, app, peer, slot).await;
+        }
         FirstRequest::Http => {
+            let Some(slot) = app.take_slot(slot, &app.http_slots) else {
+                return app.refuse_busy(stream, peer).await;
+            };
+            let lifetime = app.settings.http_timeout;
             let http = Box::pin(async move {
-                let service = hyper_util::service::TowerToHyperService::new(router);
+                let ctx = ConnCtx { peer, slot: Arc::new(Mutex::new(Some(slot))) };
+                let service = hyper_util::service::TowerToHyperService::new(router.layer(axum::Extension(ctx)));
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new()).header_read_timeout(timeout);
                 http.serve_connection(TokioIo::new(stream), service).with_upgrades().await
             });
-            if let Err(e) = http.await {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            // Bounded: a client that stops reading a response (or idles on
+            // keep-alive) cannot hold the connection and its buffers.
+            match tokio::time::timeout(lifetime, http).await {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection ended with an error"),
+                Err(_) => tracing::debug!(%peer, "HTTP connection closed at --http-timeout"),
+                Ok(Ok(())) => {}
             }
         }
     }
@@ -179,46 +258,125 @@ fn socket_config(s: &Settings) -> tether::Config {
     }
 }
 
-/// Origin allowlist, bearer token (header or `?token=`), connection limit.
-/// A refusal is counted before it is answered.
-fn admit(app: &App, origin: Option<&str>, authorization: Option<&str>, query: Option<&str>) -> Result<(), (StatusCode, &'static str)> {
-    let refused = check_admission(app, origin, authorization, query);
-    if refused.is_err() {
-        tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
-    }
-    refused
+/// What admission looks at in an upgrade request.
+struct UpgradeRequest<'a> {
+    peer: SocketAddr,
+    path: &'a str,
+    query: Option<&'a str>,
+    origin: Option<&'a str>,
+    authorization: Option<&'a str>,
+    /// The value of `--client-ip-header`, if configured and present.
+    client_ip: Option<&'a str>,
 }
 
-fn check_admission(app: &App, origin: Option<&str>, authorization: Option<&str>, query: Option<&str>) -> Result<(), (StatusCode, &'static str)> {
-    let s = &app.settings;
-    if !s.allowed_origins.is_empty() && !s.allowed_origins.iter().any(|o| Some(o.as_str()) == origin) {
-        tracing::info!(origin = origin.unwrap_or(""), "refused upgrade: origin not allowed");
-        return Err((StatusCode::FORBIDDEN, "origin not allowed"));
+impl App {
+    /// Keep `slot` if its permit comes from `pool`, else trade it for one of
+    /// `pool`'s (`None` if `pool` is full).
+    fn take_slot(&self, slot: Slot, pool: &Arc<Semaphore>) -> Option<Slot> {
+        if Arc::ptr_eq(slot.permit.semaphore(), pool) {
+            return Some(slot);
+        }
+        let permit = pool.clone().try_acquire_owned().ok()?;
+        Some(Slot { permit, ip: slot.ip })
     }
-    if let Some(token) = &s.token {
-        let bearer = authorization.and_then(|v| v.strip_prefix("Bearer "));
-        let in_query = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-        if bearer != Some(token.as_str()) && in_query != Some(token.as_str()) {
-            return Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+
+    /// Answer a request that found no slot: 503 with Retry-After.
+    async fn refuse_busy<S: tokio::io::AsyncWrite + Unpin>(&self, mut stream: S, peer: SocketAddr) {
+        use tokio::io::AsyncWriteExt;
+        tether_hub::Metrics::add(&self.hub.metrics().refused.max_connections, 1);
+        tether_hub::Metrics::add(&self.hub.metrics().handshake_failures, 1);
+        tracing::warn!(%peer, max = self.settings.max_connections, "refused a connection: connection limit reached");
+        let body = "too many connections, try again later\n";
+        let response = format!("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+
+    /// Whether `peer` is a trusted proxy whose client-address header counts.
+    fn behind_proxy(&self, peer: SocketAddr) -> bool {
+        self.settings.client_ip_header.is_some() && self.settings.trusted_proxies.contains(&peer.ip())
+    }
+
+    /// Room name, Origin allowlist, failed-token throttling, bearer token
+    /// (header or `?token=`), and, behind a trusted proxy, connections per
+    /// client address. A refusal is counted before it is answered; the
+    /// returned guard (if any) is held by the connection.
+    fn admit(&self, req: &UpgradeRequest<'_>) -> Result<Option<IpGuard>, (StatusCode, &'static str)> {
+        let refused = self.check_admission(req);
+        if refused.is_err() {
+            tether_hub::Metrics::add(&self.hub.metrics().handshake_failures, 1);
+        }
+        refused
+    }
+
+    fn check_admission(&self, req: &UpgradeRequest<'_>) -> Result<Option<IpGuard>, (StatusCode, &'static str)> {
+        let s = &self.settings;
+        let refused = &self.hub.metrics().refused;
+        let count = |c: &std::sync::atomic::AtomicU64| tether_hub::Metrics::add(c, 1);
+        // The path names the room: it obeys the topic rules.
+        if let Err(why) = tether_hub::envelope::check_topic(req.path) {
+            count(&refused.bad_room);
+            return Err(match why {
+                tether_hub::envelope::BadTopic::TooLong => (StatusCode::URI_TOO_LONG, "room name (the URL path) is longer than 200 bytes"),
+                _ => (StatusCode::BAD_REQUEST, "invalid room name (the URL path)"),
+            });
+        }
+        if !s.allowed_origins.is_empty() && !s.allowed_origins.iter().any(|o| Some(o.as_str()) == req.origin) {
+            count(&refused.origin);
+            tracing::info!(origin = ?req.origin.unwrap_or(""), "refused upgrade: origin not allowed");
+            return Err((StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+        let ip = admission::client_ip(req.peer.ip(), req.client_ip, self.behind_proxy(req.peer));
+        if let Some(token) = &s.token {
+            if self.auth_failures.throttled(ip) {
+                count(&refused.auth_throttled);
+                return Err((StatusCode::TOO_MANY_REQUESTS, "too many failed authentication attempts from your address, try again in a minute"));
+            }
+            if !admission::has_token(token, req.authorization, req.query) {
+                count(&refused.auth);
+                self.auth_failures.record(ip);
+                tracing::info!(client = %ip, "refused upgrade: missing or wrong bearer token");
+                return Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+            }
+        }
+        if !self.behind_proxy(req.peer) {
+            return Ok(None);
+        }
+        match self.per_ip.acquire(ip) {
+            Some(guard) => Ok(Some(guard)),
+            None => {
+                count(&refused.per_ip);
+                tracing::info!(client = %ip, max = s.max_connections_per_ip, "refused upgrade: too many connections from this address");
+                Err((StatusCode::TOO_MANY_REQUESTS, "too many connections from your address"))
+            }
         }
     }
-    if app.hub.connection_count() >= s.max_connections {
-        tracing::warn!(max = s.max_connections, "refused upgrade: connection limit reached");
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later"));
-    }
-    Ok(())
 }
 
 /// The lean WebSocket path: handshake straight on the stream.
-fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(stream: S, app: Arc<App>) -> impl std::future::Future<Output = ()> + Send {
+fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(stream: S, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
     async move {
     let mut room = String::new();
     // Scoped so the config and the handshake state are gone before the
     // connection runs: this task lives as long as the client stays.
     let accepted = {
         let config = socket_config(&app.settings);
+        let header = app.settings.client_ip_header.clone();
         Box::pin(tether::accept_with(stream, &config, |req| {
-            admit(&app, req.origin(), req.header_str("authorization"), req.query()).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?;
+            let upgrade = UpgradeRequest {
+                peer,
+                path: req.path(),
+                query: req.query(),
+                origin: req.origin(),
+                authorization: req.header_str("authorization"),
+                client_ip: header.as_deref().and_then(|h| req.header_str(h)),
+            };
+            if let Some(guard) = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))? {
+                slot.ip = Some(guard);
+            }
             room = req.path().to_string();
             let protocol = req.protocols().contains(&tether_hub::PROTOCOL_V1).then(|| tether_hub::PROTOCOL_V1.to_string());
             Ok(tether::Accept { protocol, headers: Vec::new() })
@@ -226,7 +384,10 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
         .await
     };
     match accepted {
-        Ok(ws) => app.hub.run_connection(ws, ConnInfo { room }).await,
+        Ok(ws) => {
+            app.hub.run_connection(ws, ConnInfo { room }).await;
+            drop(slot);
+        }
         Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
         Err(e) => {
             tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
@@ -236,9 +397,9 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
     }
 }
 
-async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Extension<ConnCtx>, req: Request) -> Response {
     if tether::upgrade::is_upgrade_request(&req) {
-        return websocket(app, req).await;
+        return websocket(app, ctx, req).await;
     }
     if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "only GET\n").into_response();
@@ -247,7 +408,15 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         "/" => index().await.into_response(),
         "/tether.js" => script().await.into_response(),
         "/health" => health(app).await.into_response(),
-        "/metrics" => metrics(app).await.into_response(),
+        "/metrics" => {
+            if let Some(token) = &app.settings.metrics_token {
+                let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                if !admission::has_token(token, authorization, None) {
+                    return refuse(StatusCode::UNAUTHORIZED, "/metrics needs the metrics token (Authorization: Bearer ...)");
+                }
+            }
+            metrics(app).await.into_response()
+        }
         "/favicon.ico" => StatusCode::NO_CONTENT.into_response(),
         _ => (StatusCode::NOT_FOUND, "not found; WebSocket clients connect to any path with an Upgrade request\n").into_response(),
     }
@@ -286,12 +455,29 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 }
 
 /// Any other path: a WebSocket upgrade joins the room named by the path.
-async fn websocket(app: Arc<App>, req: Request) -> Response {
+async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    if let Err((status, message)) = admit(&app, header(header::ORIGIN), header(header::AUTHORIZATION), parts.uri.query()) {
-        return refuse(status, message);
-    }
+    let header = |name: &str| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let upgrade = UpgradeRequest {
+        peer: ctx.peer,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        origin: header("origin"),
+        authorization: header("authorization"),
+        client_ip: app.settings.client_ip_header.as_deref().and_then(header),
+    };
+    let ip_guard = match app.admit(&upgrade) {
+        Ok(guard) => guard,
+        Err((status, message)) => return refuse(status, message),
+    };
+    // The upgraded socket outlives this HTTP connection: it takes a
+    // WebSocket slot, and the address count along.
+    let Ok(permit) = app.ws_slots.clone().try_acquire_owned() else {
+        tether_hub::Metrics::add(&app.hub.metrics().refused.max_connections, 1);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later");
+    };
+    let ip = ctx.slot.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|s| s.ip.take());
+    let slot = Slot { permit, ip };
     let upgrade = match <WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &()).await {
         Ok(u) => u,
         Err(rejection) => {
@@ -303,6 +489,7 @@ async fn websocket(app: Arc<App>, req: Request) -> Response {
     let room = parts.uri.path().to_string();
     let hub = app.hub.clone();
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
+        let _held = (slot, ip_guard);
         hub.run_connection(ws, ConnInfo { room }).await;
     })
 }

@@ -3,10 +3,10 @@
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_hub::{HistoryConfig, SlowConsumerPolicy};
+use tether_hub::{HistoryConfig, RateLimit, SlowConsumerPolicy};
 
 /// Parse `500ms`, `30s`, `5m`, `1h` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -162,6 +162,51 @@ pub struct ServeArgs {
     /// [default: 67108864]
     #[arg(long, env = "TETHER_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
+    /// Drop a connection that has written nothing for this long while data
+    /// waits for it (a peer that stopped reading); checked at each
+    /// heartbeat [default: 90s]
+    #[arg(long, env = "TETHER_WRITE_STALL_TIMEOUT", value_parser = parse_duration)]
+    pub write_stall_timeout: Option<Duration>,
+    /// Messages (and pings) one connection may send per second; over it they
+    /// are refused with `rate_limited`, and sustained abuse closes with 1008;
+    /// 0 turns the limit off [default: 100]
+    #[arg(long, env = "TETHER_MESSAGE_RATE")]
+    pub message_rate: Option<u32>,
+    /// Messages one connection may send at once above --message-rate [default: 200]
+    #[arg(long, env = "TETHER_MESSAGE_BURST")]
+    pub message_burst: Option<u32>,
+    /// Subscribe/unsubscribe requests one connection may send per second
+    /// (refused and closed like --message-rate); 0 is off [default: 20]
+    #[arg(long, env = "TETHER_SUBSCRIBE_RATE")]
+    pub subscribe_rate: Option<u32>,
+    /// Subscribe/unsubscribe requests at once above --subscribe-rate [default: 256]
+    #[arg(long, env = "TETHER_SUBSCRIBE_BURST")]
+    pub subscribe_burst: Option<u32>,
+    /// Most open connections (WebSocket or HTTP, upgraded or not) from one
+    /// client address; more get HTTP 429 [default: 256]
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Take the client address from this request header (e.g.
+    /// X-Forwarded-For, right-most entry; or X-Real-IP) when the connection
+    /// comes from one of --trusted-proxies [default: none: the TCP peer]
+    #[arg(long, env = "TETHER_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+    /// Proxies whose --client-ip-header is believed (repeat or comma-separate)
+    /// [default: 127.0.0.1,::1]
+    #[arg(long = "trusted-proxy", env = "TETHER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Failed token checks allowed per client address per minute; more get
+    /// HTTP 429 until the minute is over [default: 20]
+    #[arg(long, env = "TETHER_MAX_AUTH_FAILURES")]
+    pub max_auth_failures: Option<u32>,
+    /// Require this bearer token on /metrics (`Authorization: Bearer T`)
+    /// [default: none, /metrics is open]
+    #[arg(long, env = "TETHER_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Longest a plain HTTP connection (not a WebSocket) stays open, so a
+    /// client that stops reading a response cannot hold it [default: 60s]
+    #[arg(long, env = "TETHER_HTTP_TIMEOUT", value_parser = parse_duration)]
+    pub http_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -189,6 +234,17 @@ struct FileConfig {
     history_ttl: Option<String>,
     history_topics: Option<usize>,
     history_max_bytes: Option<usize>,
+    write_stall_timeout: Option<String>,
+    message_rate: Option<u32>,
+    message_burst: Option<u32>,
+    subscribe_rate: Option<u32>,
+    subscribe_burst: Option<u32>,
+    max_connections_per_ip: Option<usize>,
+    client_ip_header: Option<String>,
+    trusted_proxies: Option<Vec<IpAddr>>,
+    max_auth_failures: Option<u32>,
+    metrics_token: Option<String>,
+    http_timeout: Option<String>,
 }
 
 /// The settings `tether serve` runs with.
@@ -210,6 +266,15 @@ pub struct Settings {
     /// permessage-deflate for client connections; `None` is off.
     pub deflate: Option<tether::DeflateConfig>,
     pub history: HistoryConfig,
+    pub write_stall_timeout: Duration,
+    pub message_rate: RateLimit,
+    pub subscribe_rate: RateLimit,
+    pub max_connections_per_ip: usize,
+    pub client_ip_header: Option<String>,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub max_auth_failures: u32,
+    pub metrics_token: Option<String>,
+    pub http_timeout: Duration,
 }
 
 impl Settings {
@@ -267,7 +332,32 @@ impl Settings {
                     max_bytes: args.history_max_bytes.or(file.history_max_bytes).unwrap_or(d.max_bytes),
                 }
             },
+            write_stall_timeout: dur(args.write_stall_timeout, file.write_stall_timeout, "write-stall-timeout", Duration::from_secs(90))?,
+            message_rate: RateLimit {
+                per_second: args.message_rate.or(file.message_rate).unwrap_or(100),
+                burst: args.message_burst.or(file.message_burst).unwrap_or(200).max(1),
+            },
+            subscribe_rate: RateLimit {
+                per_second: args.subscribe_rate.or(file.subscribe_rate).unwrap_or(20),
+                burst: args.subscribe_burst.or(file.subscribe_burst).unwrap_or(256).max(1),
+            },
+            max_connections_per_ip: args.max_connections_per_ip.or(file.max_connections_per_ip).unwrap_or(256),
+            client_ip_header: args.client_ip_header.or(file.client_ip_header).filter(|h| !h.is_empty()),
+            trusted_proxies: if args.trusted_proxies.is_empty() {
+                file.trusted_proxies.unwrap_or_else(|| vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)])
+            } else {
+                args.trusted_proxies
+            },
+            max_auth_failures: args.max_auth_failures.or(file.max_auth_failures).unwrap_or(20),
+            metrics_token: args.metrics_token.or(file.metrics_token),
+            http_timeout: dur(args.http_timeout, file.http_timeout, "http-timeout", Duration::from_secs(60))?,
         };
+        if settings.heartbeat_interval.is_zero() || settings.write_stall_timeout.is_zero() || settings.http_timeout.is_zero() {
+            bail!("--heartbeat-interval, --write-stall-timeout and --http-timeout must be greater than zero");
+        }
+        if settings.max_connections_per_ip == 0 {
+            bail!("--max-connections-per-ip must be at least 1");
+        }
         if settings.heartbeat_interval.is_zero() {
             bail!("--heartbeat-interval must be greater than zero");
         }

@@ -232,7 +232,7 @@ async fn zombie_that_never_answers_pings_is_terminated_within_two_intervals() {
 
 #[tokio::test]
 async fn a_stalled_reader_neither_delays_others_nor_grows_memory() {
-    let server = Server::start(&["--queue-max-bytes", "262144"]);
+    let server = Server::start(&["--queue-max-bytes", "262144", "--message-rate", "0"]);
     // The stalled client: upgrades, then never reads a byte.
     let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
     stalled.write_all(RAW_UPGRADE.replace("/zombies", "/feed").as_bytes()).await.unwrap();

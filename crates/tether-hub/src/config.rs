@@ -1,5 +1,6 @@
 //! Hub settings, with defaults suited to a public chat or dashboard server.
 
+pub use crate::limit::RateLimit;
 use std::time::Duration;
 
 /// What to do with a connection whose outbound queue is full.
@@ -30,6 +31,21 @@ pub struct HubConfig {
     /// Text sent to a plain (no subprotocol) client when it connects.
     /// `{session}` and `{room}` are replaced. Default: a welcome line.
     pub welcome: String,
+    /// A connection whose outbound side has written nothing for this long
+    /// (while something waits to be sent) is dropped and counted. Checked at
+    /// each heartbeat, so the effective time is rounded up to whole
+    /// heartbeat intervals. Default 90 s: well above the heartbeat, so a
+    /// client on a slow link is not mistaken for a dead one.
+    pub write_stall_timeout: Duration,
+    /// Messages (text, binary and pings) a connection may send per second,
+    /// with a burst. Over it, a message is refused (`rate_limited`);
+    /// refusals past the burst within ~10 s close the connection with 1008.
+    /// Default 100/s, burst 200.
+    pub message_rate: RateLimit,
+    /// Subscribe and unsubscribe requests per second per connection, with a
+    /// burst (refused and closed as for `message_rate`). Default 20/s, burst
+    /// 256 (a reconnecting client may resubscribe to all its topics at once).
+    pub subscribe_rate: RateLimit,
 }
 
 impl Default for HubConfig {
@@ -40,6 +56,9 @@ impl Default for HubConfig {
             queue_max_bytes: 4 << 20,
             slow_consumer: SlowConsumerPolicy::DropOldest,
             welcome: "Welcome to tether! You are {session} in room {room}.".into(),
+            write_stall_timeout: Duration::from_secs(90),
+            message_rate: RateLimit { per_second: 100, burst: 200 },
+            subscribe_rate: RateLimit { per_second: 20, burst: 256 },
         }
     }
 }

@@ -7,7 +7,9 @@ use crate::envelope::{self, ClientMessage};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::queue::{flag, ConnShared};
+use crate::limit::{Limiter, RateLimit, Verdict};
 use std::future::poll_fn;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -23,6 +25,12 @@ pub struct ConnInfo {
     pub room: String,
 }
 
+/// Just the `id` of a request (to answer a refused one).
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: Option<serde_json::Value>,
+}
+
 /// Most topics one connection may subscribe to (bounds memory per client).
 const MAX_SUBSCRIPTIONS: usize = 256;
 
@@ -30,6 +38,8 @@ enum End {
     Closed,
     Terminated,
     Slow,
+    Stalled,
+    RateLimited,
     Shutdown,
 }
 
@@ -50,36 +60,79 @@ impl Hub {
         async move {
         let (conn, room, mut topics, json) = self.open_connection(ws.protocol() == Some(crate::PROTOCOL_V1), info);
 
+        let mut limiter = Limiter::default();
+        // What the socket had queued when last looked at: less now means the
+        // peer is reading (write progress, for the write-stall check).
+        let mut last_pending = 0usize;
+        let (max_messages, max_bytes) = (self.config.queue_max_messages, self.config.queue_max_bytes);
         let end = poll_fn(|cx| loop {
             let flags = conn.flags.load(Ordering::Acquire);
-            if flags & flag::TERMINATE != 0 {
-                return Poll::Ready(End::Terminated);
-            }
-            if flags & flag::SLOW_CLOSE != 0 {
-                return Poll::Ready(End::Slow);
-            }
-            if flags & flag::SHUTDOWN != 0 {
-                return Poll::Ready(End::Shutdown);
+            if flags & (flag::TERMINATE | flag::SLOW_CLOSE | flag::SHUTDOWN | flag::STALLED) != 0 {
+                return Poll::Ready(if flags & flag::TERMINATE != 0 {
+                    End::Terminated
+                } else if flags & flag::STALLED != 0 {
+                    End::Stalled
+                } else if flags & flag::SLOW_CLOSE != 0 {
+                    End::Slow
+                } else {
+                    End::Shutdown
+                });
             }
             conn.waker.register(cx.waker());
-            // Move queued frames to the socket while under its high-water mark.
-            while ws.pending_len() < ws.high_water() {
+            if flags & flag::PING_DUE != 0 {
+                conn.clear(flag::PING_DUE);
+                // Straight to the socket, not through the queue: a ping is
+                // never dropped with the broadcasts, and is bounded (one per round).
+                let _ = ws.start_send_encoded(EncodedFrame::ping(&self.ping_payload()));
+            }
+            // Move queued frames to the socket while it holds less than half
+            // its high-water mark: the other half is headroom for the
+            // replies the protocol obliges (pongs), so a slow reader's
+            // pongs are still read while broadcasts wait for it.
+            let pending = ws.pending_len();
+            if (pending < last_pending || pending == 0) && flags & flag::PROGRESS == 0 {
+                conn.flags.fetch_or(flag::PROGRESS, Ordering::AcqRel);
+            }
+            while ws.pending_len() < ws.high_water() / 2 {
                 let Some(frame) = conn.pop() else { break };
                 if ws.start_send_encoded(frame).is_err() {
                     return Poll::Ready(End::Closed);
                 }
             }
-            let dropped = conn.dropped_unreported.swap(0, Ordering::Relaxed);
-            if dropped > 0 {
-                // Never silent: the client learns how much it missed.
-                let notice = format!("{dropped} messages were dropped because this connection fell behind");
-                let text = if json { envelope::error("lagged", &notice, None) } else { format!("[tether] {notice}") };
-                let _ = ws.start_send_encoded(EncodedFrame::text(&text));
+            last_pending = ws.pending_len();
+            if ws.pending_len() < ws.high_water() / 2 {
+                let dropped = conn.dropped_unreported.swap(0, Ordering::Relaxed);
+                if dropped > 0 {
+                    // Never silent: the client learns how much it missed.
+                    let notice = format!("{dropped} messages were dropped because this connection fell behind");
+                    let text = if json { envelope::error("lagged", &notice, None) } else { format!("[tether] {notice}") };
+                    let _ = ws.start_send_encoded(EncodedFrame::text(&text));
+                }
+            }
+            if conn.replies_over(max_messages, max_bytes) {
+                // The client is not reading what it asked for: stop reading
+                // it (TCP backpressure does the rest) until that drains.
+                match ws.poll_write_pending(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(End::Closed),
+                    Poll::Ready(Ok(())) => continue,
+                }
             }
             match ws.poll_recv(cx) {
                 Poll::Pending => {
-                    // poll_recv flushed what it could before waiting; if the
-                    // socket is still full, wait for it (the waker is set).
+                    // poll_recv flushed what it could before waiting. If that
+                    // took the socket's buffer below the fill mark, move more
+                    // queued frames now: nothing else would wake this task
+                    // for frames that were already queued (a replay).
+                    if ws.pending_len() < ws.high_water() / 2 {
+                        if let Some(frame) = conn.pop() {
+                            if ws.start_send_encoded(frame).is_err() {
+                                return Poll::Ready(End::Closed);
+                            }
+                            continue;
+                        }
+                    }
+                    // The socket is still full: wait for it (the waker is set).
                     return Poll::Pending;
                 }
                 Poll::Ready(None) => return Poll::Ready(End::Closed),
@@ -87,7 +140,11 @@ impl Hub {
                     tracing::debug!(session = %conn.session, error = %e, "connection error");
                     return Poll::Ready(End::Closed);
                 }
-                Poll::Ready(Some(Ok(msg))) => self.handle(&conn, &room, &mut topics, msg),
+                Poll::Ready(Some(Ok(msg))) => {
+                    if self.handle(&conn, &room, &mut topics, &mut limiter, msg).is_break() {
+                        return Poll::Ready(End::RateLimited);
+                    }
+                }
             }
         })
         .await;
@@ -107,6 +164,16 @@ impl Hub {
                 tracing::info!(session = %conn.session, "terminated: no answer to the previous heartbeat ping");
                 // Dropping the socket closes TCP without a close handshake:
                 // the peer is not answering anyway.
+            }
+            End::Stalled => {
+                Metrics::add(&self.metrics.write_stall_closes, 1);
+                tracing::info!(session = %conn.session, timeout = ?self.config.write_stall_timeout, "dropped: nothing could be written to it for the write-stall timeout");
+                // No close handshake: the peer is not reading.
+            }
+            End::RateLimited => {
+                Metrics::add(&self.metrics.rate_limit_closes, 1);
+                tracing::info!(session = %conn.session, "closing a client that kept exceeding its rate limit");
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(CloseCode::POLICY_VIOLATION, "rate limit exceeded")).await;
             }
             End::Slow => {
                 Metrics::add(&self.metrics.slow_consumer_closes, 1);
@@ -132,41 +199,79 @@ impl Hub {
         } else {
             self.config.welcome.replace("{session}", &conn.session).replace("{room}", &room)
         };
-        conn.push_unbounded(EncodedFrame::text(&welcome));
+        self.reply(&conn, EncodedFrame::text(&welcome));
         self.subscribe(&conn, &room, None, None);
         topics.push(room.clone());
-        tracing::debug!(session = %conn.session, room = %room, json, "connected");
+        tracing::debug!(session = %conn.session, room = ?room, json, "connected");
         (conn, room, topics, json)
     }
 
-    fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Vec<Arc<str>>, msg: Message) {
+    /// One message from the client. `Break` when its rate limit says close.
+    fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Vec<Arc<str>>, limiter: &mut Limiter, msg: Message) -> ControlFlow<()> {
         match &msg {
-            Message::Pong(_) => {
-                conn.clear(flag::AWAITING_PONG);
-                return;
+            Message::Pong(payload) => {
+                // Only the answer to this round's ping counts (RFC 6455 §5.5.3).
+                if payload[..] == self.ping_payload() {
+                    conn.clear(flag::AWAITING_PONG);
+                }
+                return ControlFlow::Continue(());
             }
-            Message::Ping(_) | Message::Close(_) => return,
+            // Pings are answered by the library, but count towards the rate.
+            Message::Ping(_) => {
+                return match limiter.message(&self.config.message_rate, self.now_ns()) {
+                    Verdict::Close => ControlFlow::Break(()),
+                    Verdict::Refuse => {
+                        Metrics::add(&self.metrics.rate_limited, 1);
+                        ControlFlow::Continue(())
+                    }
+                    Verdict::Allow => ControlFlow::Continue(()),
+                };
+            }
+            Message::Close(_) => return ControlFlow::Continue(()),
             Message::Text(_) | Message::Binary(_) => {}
         }
         Metrics::add(&self.metrics.messages_in, 1);
         Metrics::add(&self.metrics.bytes_in, msg.len() as u64);
+        match limiter.message(&self.config.message_rate, self.now_ns()) {
+            Verdict::Allow => {}
+            Verdict::Refuse => {
+                let RateLimit { per_second, burst } = self.config.message_rate;
+                self.refuse_rate(conn, &msg, &format!("rate limited: at most {per_second} messages per second (bursts of {burst}); this one was not delivered"));
+                return ControlFlow::Continue(());
+            }
+            Verdict::Close => return ControlFlow::Break(()),
+        }
         if !conn.json {
             let body = match msg {
                 Message::Text(t) => Body::Text(Arc::from(t.as_str())),
                 Message::Binary(b) => Body::Binary(b),
-                _ => return,
+                _ => return ControlFlow::Continue(()),
             };
             self.publish(conn, room.clone(), body, None);
-            return;
+            return ControlFlow::Continue(());
         }
         let text = match &msg {
             Message::Text(t) => t.as_str(),
             _ => {
                 self.reply_error(conn, "binary_not_supported", "tether.v1 messages are JSON text; binary messages are not accepted", None);
-                return;
+                return ControlFlow::Continue(());
             }
         };
-        match envelope::parse(text) {
+        let parsed = envelope::parse(text);
+        if let Ok(ClientMessage::Subscribe { id, .. } | ClientMessage::Unsubscribe { id, .. }) = &parsed {
+            match limiter.subscription(&self.config.subscribe_rate, self.now_ns()) {
+                Verdict::Allow => {}
+                Verdict::Refuse => {
+                    Metrics::add(&self.metrics.rate_limited, 1);
+                    let RateLimit { per_second, burst } = self.config.subscribe_rate;
+                    let why = format!("rate limited: at most {per_second} subscribe or unsubscribe requests per second (bursts of {burst})");
+                    self.reply_error(conn, "rate_limited", &why, id.as_ref());
+                    return ControlFlow::Continue(());
+                }
+                Verdict::Close => return ControlFlow::Break(()),
+            }
+        }
+        match parsed {
             Err(e) => self.reply_error(conn, e.code, &e.message, e.id.as_ref()),
             Ok(ClientMessage::Chat { content, id }) => self.publish(conn, room.clone(), Body::Json(Arc::from(content)), id),
             Ok(ClientMessage::Publish { topic, content, id }) => self.publish(conn, Arc::from(topic), Body::Json(Arc::from(content)), id),
@@ -175,13 +280,13 @@ impl Hub {
                 if topics.contains(&topic) {
                     // Already live: nothing to replay (a resume needs a new subscription).
                     if let Some(id) = id {
-                        conn.push_unbounded(EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
+                        self.reply(conn, EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
                     }
-                    return;
+                    return ControlFlow::Continue(());
                 }
                 if topics.len() >= MAX_SUBSCRIPTIONS {
                     self.reply_error(conn, "too_many_subscriptions", &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), id.as_ref());
-                    return;
+                    return ControlFlow::Continue(());
                 }
                 topics.push(topic.clone());
                 // The ack (with the starting epoch and seq) comes once the
@@ -193,7 +298,7 @@ impl Hub {
                     let topic = topics.swap_remove(pos);
                     self.unsubscribe(conn, &topic);
                     if let Some(id) = id {
-                        conn.push_unbounded(EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
+                        self.reply(conn, EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
                     }
                 } else {
                     self.reply_error(conn, "not_subscribed", &format!("not subscribed to {topic:?}"), id.as_ref());
@@ -201,8 +306,24 @@ impl Hub {
             }
             Ok(ClientMessage::Ping { id }) => {
                 let id = id.unwrap_or(serde_json::Value::Null);
-                conn.push_unbounded(EncodedFrame::text(&envelope::ack(&id, None, None)));
+                self.reply(conn, EncodedFrame::text(&envelope::ack(&id, None, None)));
             }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Tell a client its message was refused by the rate limit: an error
+    /// envelope (with the request's id when it has one) or a text line.
+    fn refuse_rate(&self, conn: &Arc<ConnShared>, msg: &Message, why: &str) {
+        Metrics::add(&self.metrics.rate_limited, 1);
+        if conn.json {
+            let id = match msg {
+                Message::Text(t) => serde_json::from_str::<IdOnly>(t.as_str()).ok().and_then(|r| r.id),
+                _ => None,
+            };
+            self.reply_error(conn, "rate_limited", why, id.as_ref());
+        } else {
+            self.reply(conn, EncodedFrame::text(&format!("[tether] {why}")));
         }
     }
 
@@ -218,7 +339,7 @@ impl Hub {
     fn reply_error(&self, conn: &Arc<ConnShared>, code: &str, message: &str, id: Option<&serde_json::Value>) {
         Metrics::add(&self.metrics.client_errors, 1);
         if conn.json {
-            conn.push_unbounded(EncodedFrame::text(&envelope::error(code, message, id)));
+            self.reply(conn, EncodedFrame::text(&envelope::error(code, message, id)));
         }
     }
 }

@@ -47,6 +47,42 @@ struct Raw<'a> {
 /// Longest topic name accepted.
 pub const MAX_TOPIC_LEN: usize = 200;
 
+/// Why a topic (or room) name is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadTopic {
+    /// Empty.
+    Empty,
+    /// Longer than [`MAX_TOPIC_LEN`] bytes.
+    TooLong,
+    /// Contains a control character (U+0000-U+001F, U+007F-U+009F), which
+    /// could forge lines in logs and terminals.
+    ControlCharacter,
+}
+
+impl std::fmt::Display for BadTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BadTopic::Empty => "a topic must not be empty",
+            BadTopic::TooLong => "a topic is at most 200 bytes",
+            BadTopic::ControlCharacter => "a topic must not contain control characters",
+        })
+    }
+}
+
+/// The rules every topic and room name obeys: 1 to [`MAX_TOPIC_LEN`]
+/// bytes, no control characters.
+pub fn check_topic(topic: &str) -> Result<(), BadTopic> {
+    if topic.is_empty() {
+        Err(BadTopic::Empty)
+    } else if topic.len() > MAX_TOPIC_LEN {
+        Err(BadTopic::TooLong)
+    } else if topic.chars().any(char::is_control) {
+        Err(BadTopic::ControlCharacter)
+    } else {
+        Ok(())
+    }
+}
+
 /// Longest epoch accepted in a `subscribe` (servers send 12 characters).
 pub const MAX_EPOCH_LEN: usize = 64;
 
@@ -72,7 +108,10 @@ pub fn parse(text: &str) -> Result<ClientMessage, EnvelopeError> {
     let topic = |raw: &Raw| -> Result<String, EnvelopeError> {
         match &raw.topic {
             None => Err(err("missing_field", format!("\"{kind}\" needs a \"topic\""), id.clone())),
-            Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_TOPIC_LEN => Ok(t.clone()),
+            Some(Value::String(t)) => match check_topic(t) {
+                Ok(()) => Ok(t.clone()),
+                Err(why) => Err(err("invalid_field", format!("\"topic\" is not valid: {why}"), id.clone())),
+            },
             Some(_) => Err(err("invalid_field", format!("\"topic\" must be a non-empty string of at most {MAX_TOPIC_LEN} bytes"), id.clone())),
         }
     };
@@ -188,6 +227,9 @@ mod tests {
         assert_eq!(code(r#"{"type":"chat"}"#), "missing_field");
         assert_eq!(code(r#"{"type":"publish","content":1}"#), "missing_field");
         assert_eq!(code(r#"{"type":"publish","topic":5,"content":1}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"subscribe","topic":"a\nINFO forged"}"#), "invalid_field");
+        assert_eq!(code(&format!(r#"{{"type":"subscribe","topic":"{}"}}"#, "t".repeat(201))), "invalid_field");
+        assert_eq!(code(r#"{"type":"subscribe","topic":""}"#), "invalid_field");
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","since":-1}"#), "invalid_field");
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","since":1,"epoch":7}"#), "invalid_field");
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","epoch":"e"}"#), "missing_field");

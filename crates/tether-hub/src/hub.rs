@@ -42,7 +42,14 @@ pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     pub(crate) node: String,
-    ping: EncodedFrame,
+    /// The clock of rate limits (nanoseconds since this instant).
+    started: std::time::Instant,
+    /// The payload of this heartbeat round's ping: only a pong that carries
+    /// it proves a client alive (RFC 6455 §5.5.3: a pong echoes the ping's
+    /// application data; an unsolicited pong is not an answer).
+    ping_token: AtomicU64,
+    /// Heartbeat rounds without outbound progress before a connection is dropped.
+    stall_rounds: u8,
 }
 
 struct Sink(Weak<Hub>);
@@ -55,14 +62,14 @@ impl DeliverySink for Sink {
     }
     fn ack(&self, origin: &Origin, topic: &str, epoch: &str, seq: u64) {
         if let (Some(hub), Some(id)) = (self.0.upgrade(), &origin.id) {
-            hub.send_to(origin.conn, EncodedFrame::text(&envelope::ack(id, Some(topic), Some((epoch, seq)))));
+            hub.reply_to(origin.conn, EncodedFrame::text(&envelope::ack(id, Some(topic), Some((epoch, seq)))));
         }
     }
     fn reject(&self, origin: &Origin, topic: &str, error: &BrokerError) {
         if let Some(hub) = self.0.upgrade() {
             Metrics::add(&hub.metrics.client_errors, 1);
             let text = envelope::error("unavailable", &format!("message to {topic:?} not published: {error}"), origin.id.as_ref());
-            hub.send_to(origin.conn, EncodedFrame::text(&text));
+            hub.reply_to(origin.conn, EncodedFrame::text(&text));
         }
     }
     fn subscribed(&self, request: SubscribeRequest, history: History) {
@@ -75,7 +82,7 @@ impl DeliverySink for Sink {
             let frame = EncodedFrame::text(&envelope::presence(topic, if joined { "join" } else { "leave" }, session, count as usize));
             if let Some(subs) = hub.lock().topics.get(topic) {
                 for sub in subs.values().filter(|s| s.conn.json) {
-                    sub.conn.push_unbounded(frame.clone());
+                    hub.notify(&sub.conn, frame.clone());
                 }
             }
         }
@@ -92,6 +99,8 @@ impl Hub {
     /// tokio runtime).
     pub fn new(config: HubConfig, broker: Arc<dyn Broker>) -> Arc<Hub> {
         let node = node_id();
+        let rounds = config.write_stall_timeout.as_nanos().div_ceil(config.heartbeat_interval.as_nanos().max(1));
+        let stall_rounds = rounds.clamp(1, u128::from(u8::MAX)) as u8;
         let hub = Arc::new(Hub {
             config,
             metrics: Arc::new(Metrics::default()),
@@ -100,7 +109,9 @@ impl Hub {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             node,
-            ping: EncodedFrame::ping(b""),
+            started: std::time::Instant::now(),
+            ping_token: AtomicU64::new(0),
+            stall_rounds,
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
         let weak = Arc::downgrade(&hub);
@@ -177,7 +188,7 @@ impl Hub {
             if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session, subs.len()));
                 for sub in subs.values().filter(|s| s.conn.json) {
-                    sub.conn.push_unbounded(frame.clone());
+                    self.notify(&sub.conn, frame.clone());
                 }
             }
         }
@@ -199,7 +210,7 @@ impl Hub {
             } else if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session, count));
                 for sub in subs.values().filter(|s| s.conn.json) {
-                    sub.conn.push_unbounded(frame.clone());
+                    self.notify(&sub.conn, frame.clone());
                 }
             }
             (sub.announced, count)
@@ -211,11 +222,36 @@ impl Hub {
         true
     }
 
-    pub(crate) fn send_to(&self, conn: u64, frame: EncodedFrame) {
+    /// Queue a reply to `conn`'s own request (counted against its bounds, never dropped).
+    pub(crate) fn reply(&self, conn: &ConnShared, frame: EncodedFrame) {
+        let dropped = conn.push_reply(frame, self.config.queue_max_messages, self.config.queue_max_bytes, self.config.slow_consumer);
+        Metrics::add(&self.metrics.dropped_messages, dropped);
+    }
+
+    /// Queue a notice (presence) to `conn`: a broadcast, dropped like one.
+    fn notify(&self, conn: &ConnShared, frame: EncodedFrame) {
+        match conn.push(frame, self.config.queue_max_messages, self.config.queue_max_bytes, self.config.slow_consumer) {
+            Pushed::DroppedOldest(n) => Metrics::add(&self.metrics.dropped_messages, n),
+            Pushed::Dropped => Metrics::add(&self.metrics.dropped_messages, 1),
+            Pushed::Queued | Pushed::Closing => {}
+        }
+    }
+
+    fn reply_to(&self, conn: u64, frame: EncodedFrame) {
         let target = self.lock().conns.get(&conn).cloned();
         if let Some(c) = target {
-            c.push_unbounded(frame);
+            self.reply(&c, frame);
         }
+    }
+
+    /// Nanoseconds since the hub started (the clock of rate limits).
+    pub(crate) fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// This round's ping payload.
+    pub(crate) fn ping_payload(&self) -> [u8; 8] {
+        self.ping_token.load(Ordering::Acquire).to_be_bytes()
     }
 
     /// Deliver a published message to this node's subscribers: each format
@@ -268,6 +304,7 @@ impl Hub {
         match sub.conn.push(frame.clone(), max_messages, max_bytes, policy) {
             Pushed::Queued => (1, frame.len() as u64, 0),
             Pushed::DroppedOldest(n) => (1, frame.len() as u64, n),
+            Pushed::Dropped => (0, 0, 1),
             // Counted once per connection by the connection task.
             Pushed::Closing => (0, 0, 0),
         }
@@ -280,48 +317,43 @@ impl Hub {
         } else {
             format!("[tether] {why} ({topic})")
         };
-        conn.push_unbounded(EncodedFrame::text(&text));
+        self.reply(conn, EncodedFrame::text(&text));
     }
 
     /// The broker's answer to a subscription: tell a resuming client about
     /// any gap, replay, ack, then release the held live messages, skipping
     /// those the replay (or the starting point) already covers.
+    ///
+    /// A replay is encoded outside the hub lock and never larger than the
+    /// room left in the client's queue: if what it missed does not fit, it
+    /// gets the newest part and a `history_gap` naming where that starts.
+    /// Nothing here changes the topic for anyone else.
     fn subscribed(&self, request: SubscribeRequest, history: History) {
+        let Some(conn) = self.lock().topics.get(&request.topic).and_then(|subs| subs.get(&request.conn)).filter(|s| s.pending.is_some()).map(|s| s.conn.clone()) else {
+            return;
+        };
+        let (replay, gap) = match &request.resume {
+            Some(resume) => self.plan_replay(&conn, resume, &history),
+            None => (Vec::new(), None),
+        };
         let mut frames = Frames::default();
         let announce = {
             let mut state = self.lock();
             let Some(sub) = state.topics.get_mut(&request.topic).and_then(|subs| subs.get_mut(&request.conn)) else { return };
             let Some(held) = sub.pending.take() else { return };
-            let conn = sub.conn.clone();
+            if let Some((first, why)) = gap {
+                self.tell_gap(&conn, &request.topic, &history.epoch, first, why, request.id.as_ref());
+            }
             let (max_messages, max_bytes, policy) = (self.config.queue_max_messages, self.config.queue_max_bytes, self.config.slow_consumer);
             let mut last = history.last_seq;
-            if let Some(resume) = &request.resume {
-                let same_epoch = resume.epoch.as_deref().map_or(true, |e| e == &*history.epoch);
-                let expected = if same_epoch { resume.since + 1 } else { 1 };
-                let first = history.messages.first().map_or(history.last_seq + 1, |m| m.seq);
-                let why = if !same_epoch {
-                    Some("the topic's history was reset (new epoch) since you received that message; reload")
-                } else if resume.since > history.last_seq {
-                    Some("this server has never sent that sequence number; reload")
-                } else if first > expected {
-                    Some("messages you missed are no longer kept; reload")
-                } else {
-                    None
-                };
-                if let Some(why) = why {
-                    self.tell_gap(&conn, &request.topic, &history.epoch, first, why, request.id.as_ref());
-                }
-                for msg in history.messages.iter().filter(|m| !same_epoch || m.seq > resume.since) {
-                    if let Some(frame) = if conn.json { json_frame(msg) } else { plain_frame(msg) } {
-                        conn.push(frame, max_messages, max_bytes, policy);
-                    }
-                    last = last.max(msg.seq);
-                }
+            for (seq, frame) in replay {
+                conn.push(frame, max_messages, max_bytes, policy);
+                last = last.max(seq);
             }
             sub.epoch = Some(history.epoch.clone());
             sub.last = last;
             if let Some(id) = &request.id {
-                conn.push_unbounded(EncodedFrame::text(&envelope::ack(id, Some(&request.topic), Some((&history.epoch, history.last_seq)))));
+                self.reply(&conn, EncodedFrame::text(&envelope::ack(id, Some(&request.topic), Some((&history.epoch, history.last_seq)))));
             }
             for msg in held.iter() {
                 self.deliver_to(sub, msg, &mut frames);
@@ -333,6 +365,42 @@ impl Hub {
         if let Some((conn, local_count)) = announce {
             self.broker.presence(PresenceChange { topic: request.topic, session: Arc::from(&*conn.session), joined: true, local_count });
         }
+    }
+
+    /// What a resuming client gets: the frames to replay (with their
+    /// sequence numbers, oldest first, within the room left in its queue)
+    /// and the gap to report first, if any.
+    fn plan_replay(&self, conn: &ConnShared, resume: &Resume, history: &History) -> (Vec<(u64, EncodedFrame)>, Option<(u64, &'static str)>) {
+        let same_epoch = resume.epoch.as_deref().map_or(true, |e| e == &*history.epoch);
+        // A different epoch replays the whole window; `since` 0 asked for everything anyway.
+        let after = if same_epoch { resume.since } else { 0 };
+        let expected = after.saturating_add(1);
+        let first_kept = history.messages.first().map_or(history.last_seq.saturating_add(1), |m| m.seq);
+        let mut gap = if !same_epoch && resume.since > 0 {
+            Some((first_kept, "the topic's history was reset (new epoch) since you received that message; reload"))
+        } else if same_epoch && resume.since > history.last_seq {
+            Some((first_kept, "this server has never sent that sequence number; reload"))
+        } else if first_kept > expected {
+            Some((first_kept, "messages you missed are no longer kept; reload"))
+        } else {
+            None
+        };
+        let (mut room_messages, mut room_bytes) = conn.room(self.config.queue_max_messages, self.config.queue_max_bytes);
+        let mut replay = Vec::new();
+        // Newest first, so what fits is the part closest to live delivery.
+        for msg in history.messages.iter().rev().filter(|m| m.seq > after) {
+            let Some(frame) = (if conn.json { json_frame(msg) } else { plain_frame(msg) }) else { continue };
+            if room_messages == 0 || frame.len() > room_bytes {
+                Metrics::add(&self.metrics.dropped_messages, 1);
+                gap = Some((msg.seq.saturating_add(1), "what you missed is more than this connection can queue; reload"));
+                break;
+            }
+            room_messages -= 1;
+            room_bytes -= frame.len();
+            replay.push((msg.seq, frame));
+        }
+        replay.reverse();
+        (replay, gap)
     }
 
     /// The broker could not deliver some messages of `topic` here before
@@ -353,16 +421,32 @@ impl Hub {
         }
     }
 
+    /// One heartbeat: a connection that has not answered the previous
+    /// round's ping is terminated, one that wrote nothing for the
+    /// write-stall timeout is dropped, every other one is sent a new ping.
     fn heartbeat_round(&self) {
+        let token = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(self.now_ns());
+            h.finish()
+        };
+        self.ping_token.store(token, Ordering::Release);
         let conns: Vec<Arc<ConnShared>> = self.lock().conns.values().cloned().collect();
         for conn in conns {
-            if conn.has(flag::AWAITING_PONG) {
+            let flags = conn.flags.fetch_and(!flag::PROGRESS, Ordering::AcqRel);
+            if flags & flag::PROGRESS != 0 {
+                conn.stalled_rounds.store(0, Ordering::Relaxed);
+            } else if conn.stalled_rounds.fetch_add(1, Ordering::Relaxed).saturating_add(1) >= self.stall_rounds {
+                conn.set(flag::STALLED);
+                continue;
+            }
+            if flags & flag::AWAITING_PONG != 0 {
                 // RFC 6455 §5.5.2: a live peer answers a ping; this one did
                 // not answer the previous one.
                 conn.set(flag::TERMINATE);
             } else {
-                conn.set(flag::AWAITING_PONG);
-                conn.push_unbounded(self.ping.clone());
+                conn.set(flag::AWAITING_PONG | flag::PING_DUE);
             }
         }
     }

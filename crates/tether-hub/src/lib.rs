@@ -18,6 +18,7 @@ mod config;
 mod conn;
 pub mod envelope;
 mod hub;
+mod limit;
 mod memory;
 mod metrics;
 mod queue;
@@ -31,7 +32,7 @@ pub use broker::{
 pub use memory::MemoryBroker;
 #[cfg(feature = "redis")]
 pub use redis_broker::RedisBroker;
-pub use config::{HubConfig, SlowConsumerPolicy};
+pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
 pub use conn::ConnInfo;
 pub use hub::Hub;
 pub use metrics::Metrics;

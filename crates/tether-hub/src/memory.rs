@@ -17,8 +17,10 @@ struct Topic {
     /// Kept messages, oldest first, with the time they were published.
     kept: VecDeque<(Instant, Published)>,
     bytes: usize,
-    /// Position in the least-recently-used order.
+    /// Position in the least-recently-used order (of publishing).
     tick: u64,
+    /// Local subscriptions: a topic with any is never forgotten.
+    subscribers: usize,
 }
 
 #[derive(Default)]
@@ -74,7 +76,10 @@ impl MemoryBroker {
 }
 
 impl Topics {
-    /// The topic's state, created (with a new epoch) if needed; marks it used.
+    /// The topic's state for a publish, created (with a new epoch) if
+    /// needed; marks it most recently used. Making room forgets the least
+    /// recently published topic that nobody here is subscribed to: history
+    /// bounds are driven by publishing, and a followed topic is kept.
     fn touch(&mut self, topic: &Arc<str>, config: &HistoryConfig) -> &mut Topic {
         self.tick += 1;
         let tick = self.tick;
@@ -85,13 +90,41 @@ impl Topics {
             return self.map.get_mut(topic).expect("present");
         }
         while self.map.len() >= config.max_topics.max(1) {
-            let Some((_, oldest)) = self.lru.pop_first() else { break };
-            if let Some(gone) = self.map.remove(&oldest) {
+            let map = &self.map;
+            let Some((&oldest, _)) = self.lru.iter().find(|(_, name)| map.get(*name).is_some_and(|t| t.subscribers == 0)) else { break };
+            let name = self.lru.remove(&oldest).expect("present");
+            if let Some(gone) = self.map.remove(&name) {
                 self.bytes -= gone.bytes;
             }
         }
         self.lru.insert(tick, topic.clone());
-        self.map.entry(topic.clone()).or_insert(Topic { epoch: Arc::from(new_epoch()), seq: 0, kept: VecDeque::new(), bytes: 0, tick })
+        self.map.entry(topic.clone()).or_insert_with(|| Topic::new(tick))
+    }
+
+    /// The topic's state for a subscription: created if missing (so the
+    /// subscriber learns the epoch its messages will carry), without
+    /// touching the publishing order and without forgetting anything.
+    fn follow(&mut self, topic: &Arc<str>) -> &mut Topic {
+        if !self.map.contains_key(topic) {
+            self.tick += 1;
+            self.lru.insert(self.tick, topic.clone());
+            self.map.insert(topic.clone(), Topic::new(self.tick));
+        }
+        let t = self.map.get_mut(topic).expect("present");
+        t.subscribers += 1;
+        t
+    }
+
+    /// A subscription ended; a topic nobody follows that never had a
+    /// message is forgotten at once (it holds nothing worth keeping).
+    fn unfollow(&mut self, topic: &str) {
+        let Some(t) = self.map.get_mut(topic) else { return };
+        t.subscribers = t.subscribers.saturating_sub(1);
+        if t.subscribers == 0 && t.seq == 0 {
+            let tick = t.tick;
+            self.map.remove(topic);
+            self.lru.remove(&tick);
+        }
     }
 
     /// Drop the oldest kept messages of the least recently used topics
@@ -113,6 +146,10 @@ impl Topics {
 }
 
 impl Topic {
+    fn new(tick: u64) -> Topic {
+        Topic { epoch: Arc::from(new_epoch()), seq: 0, kept: VecDeque::new(), bytes: 0, tick, subscribers: 0 }
+    }
+
     fn expire(&mut self, now: Instant, config: &HistoryConfig) -> usize {
         let mut freed = 0;
         while let Some((at, old)) = self.kept.front() {
@@ -165,7 +202,7 @@ impl Broker for MemoryBroker {
         let Some(sink) = self.sink.get() else { return };
         let now = Instant::now();
         let mut topics = self.lock();
-        let topic = topics.touch(&request.topic, &self.config);
+        let topic = topics.follow(&request.topic);
         let freed = topic.expire(now, &self.config);
         let mut history = History { epoch: topic.epoch.clone(), last_seq: topic.seq, messages: Vec::new() };
         if let Some(resume) = &request.resume {
@@ -177,6 +214,10 @@ impl Broker for MemoryBroker {
         // Answer under the lock: no publish on this topic can slip between
         // the history read and the switch to live delivery.
         sink.subscribed(request, history);
+    }
+
+    fn unsubscribe(&self, topic: &Arc<str>) {
+        self.lock().unfollow(topic);
     }
 
     fn name(&self) -> &'static str {
@@ -268,6 +309,7 @@ mod tests {
     fn topics_and_bytes_are_capped() {
         let (b, rec) = broker(HistoryConfig { max_topics: 3, max_bytes: 10 * (100 + ENTRY_OVERHEAD), ..HistoryConfig::default() });
         let first_epoch = resume(&b, &rec, "t0", 0, None).epoch;
+        b.unsubscribe(&Arc::from("t0")); // nobody follows t0: it may be forgotten
         for t in 0..5 {
             for _ in 0..4 {
                 publish(&b, &format!("t{t}"), &"x".repeat(100));
@@ -282,6 +324,33 @@ mod tests {
         // The most recent topic kept its newest messages.
         let h = resume(&b, &rec, "t4", 0, None);
         assert_eq!(h.messages.last().map(|m| m.seq), Some(4));
+    }
+
+    #[test]
+    fn subscribing_never_forgets_a_topic_and_followed_topics_are_kept() {
+        let (b, rec) = broker(HistoryConfig { max_topics: 10, ..HistoryConfig::default() });
+        for i in 1..=5 {
+            publish(&b, "quiet", &i.to_string());
+        }
+        let epoch = resume(&b, &rec, "quiet", 0, None).epoch;
+        b.unsubscribe(&Arc::from("quiet"));
+        // Throwaway subscriptions, far more than the topic cap.
+        for i in 0..10_050 {
+            let t: Arc<str> = Arc::from(format!("junk-{i}"));
+            b.subscribe(SubscribeRequest { conn: 2, topic: t.clone(), resume: None, id: None });
+            b.unsubscribe(&t);
+        }
+        assert_eq!(b.topic_count(), 1, "throwaway topics are not kept");
+        let h = resume(&b, &rec, "quiet", 2, Some(&epoch));
+        assert_eq!(h.epoch, epoch);
+        assert_eq!(h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        // "quiet" is followed now: publishing to many other topics keeps it.
+        for i in 0..50 {
+            publish(&b, &format!("busy-{i}"), "x");
+        }
+        assert!(b.topic_count() <= 11);
+        let h = resume(&b, &rec, "quiet", 5, Some(&epoch));
+        assert_eq!((h.epoch.clone(), h.last_seq), (epoch, 5));
     }
 
     #[test]

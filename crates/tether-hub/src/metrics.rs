@@ -34,6 +34,32 @@ pub struct Metrics {
     pub resumes: AtomicU64,
     /// `history_gap` notices sent (a client missed messages that cannot be replayed).
     pub history_gaps: AtomicU64,
+    /// Connections dropped because nothing could be written to them for the
+    /// write-stall timeout.
+    pub write_stall_closes: AtomicU64,
+    /// Messages and subscription requests refused by a rate limit.
+    pub rate_limited: AtomicU64,
+    /// Connections closed (1008) for sustained abuse of a rate limit.
+    pub rate_limit_closes: AtomicU64,
+    /// Connections refused before or at the upgrade, by reason.
+    pub refused: Refused,
+}
+
+/// Connections refused, by reason (`tether_refused_connections_total{reason}`).
+#[derive(Debug, Default)]
+pub struct Refused {
+    /// `--max-connections` reached (HTTP 503).
+    pub max_connections: AtomicU64,
+    /// `--max-connections-per-ip` reached (HTTP 429).
+    pub per_ip: AtomicU64,
+    /// Missing or wrong token (HTTP 401).
+    pub auth: AtomicU64,
+    /// Too many failed authentications from one address (HTTP 429).
+    pub auth_throttled: AtomicU64,
+    /// Origin not allowed (HTTP 403).
+    pub origin: AtomicU64,
+    /// Room name too long or invalid (HTTP 414 / 400).
+    pub bad_room: AtomicU64,
 }
 
 impl Metrics {
@@ -46,7 +72,7 @@ impl Metrics {
     pub fn render_prometheus(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(2048);
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
-        let rows: [(&str, &str, &str, f64); 14] = [
+        let rows: &[(&str, &str, &str, f64)] = &[
             ("tether_connections", "gauge", "Open WebSocket connections.", self.connections.load(Ordering::Relaxed) as f64),
             ("tether_connections_total", "counter", "WebSocket connections accepted.", g(&self.connections_total)),
             ("tether_messages_in_total", "counter", "Messages received from clients.", g(&self.messages_in)),
@@ -61,9 +87,25 @@ impl Metrics {
             ("tether_client_errors_total", "counter", "Error envelopes sent for bad client messages.", g(&self.client_errors)),
             ("tether_resumes_total", "counter", "Subscriptions that asked to resume from a sequence number.", g(&self.resumes)),
             ("tether_history_gaps_total", "counter", "history_gap notices sent to clients.", g(&self.history_gaps)),
+            ("tether_write_stall_closes_total", "counter", "Connections dropped after writing nothing for the write-stall timeout.", g(&self.write_stall_closes)),
+            ("tether_rate_limited_total", "counter", "Messages and subscription requests refused by a rate limit.", g(&self.rate_limited)),
+            ("tether_rate_limit_closes_total", "counter", "Connections closed (1008) for sustained abuse of a rate limit.", g(&self.rate_limit_closes)),
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        let r = &self.refused;
+        let name = "tether_refused_connections_total";
+        let _ = writeln!(out, "# HELP {name} Connections refused before or at the upgrade, by reason.\n# TYPE {name} counter");
+        for (reason, c) in [
+            ("max_connections", &r.max_connections),
+            ("per_ip", &r.per_ip),
+            ("auth", &r.auth),
+            ("auth_throttled", &r.auth_throttled),
+            ("origin", &r.origin),
+            ("bad_room", &r.bad_room),
+        ] {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", g(c));
         }
         for (name, help, value) in extra {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");

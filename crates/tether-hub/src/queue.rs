@@ -1,5 +1,15 @@
 //! The per-connection outbound queue: bounded in messages and bytes, filled
-//! by publishers (who never wait), drained by the connection's task.
+//! by publishers (who never wait) and by the connection's own replies,
+//! drained by the connection's task.
+//!
+//! Everything the server sends a client passes through here and counts
+//! against the same bounds: broadcasts, presence and lag notices, and the
+//! replies the client asked for (acks, errors, history gaps). Broadcasts may
+//! be dropped under the slow-consumer policy; replies never are. Replies are
+//! bounded instead by the connection task, which stops reading from a
+//! client while its unsent replies pass half the bounds
+//! ([`ConnShared::replies_over`]): a client that does not read what it asked
+//! for is not read either, and TCP backpressure reaches it.
 
 use crate::config::SlowConsumerPolicy;
 use atomic_waker::AtomicWaker;
@@ -10,7 +20,7 @@ use tether_proto::EncodedFrame;
 
 /// Flags a publisher or the heartbeat sets for the connection task.
 pub(crate) mod flag {
-    /// A ping was sent and no pong has arrived since.
+    /// A ping was sent and its pong has not arrived.
     pub const AWAITING_PONG: u8 = 1;
     /// Missed a heartbeat: drop the connection.
     pub const TERMINATE: u8 = 2;
@@ -18,12 +28,51 @@ pub(crate) mod flag {
     pub const SLOW_CLOSE: u8 = 4;
     /// The server is shutting down: close with 1001.
     pub const SHUTDOWN: u8 = 8;
+    /// The heartbeat wants a ping sent (with the current round's payload).
+    pub const PING_DUE: u8 = 16;
+    /// Outbound bytes were written (or nothing was waiting) since the
+    /// heartbeat last looked: the connection is not write-stalled.
+    pub const PROGRESS: u8 = 32;
+    /// Nothing could be written for the write-stall timeout: drop it.
+    pub const STALLED: u8 = 64;
+}
+
+struct Item {
+    frame: EncodedFrame,
+    /// A reply to the client's own request: never dropped.
+    reply: bool,
 }
 
 #[derive(Default)]
 struct Frames {
-    frames: VecDeque<EncodedFrame>,
+    items: VecDeque<Item>,
     bytes: usize,
+    replies: usize,
+    reply_bytes: usize,
+}
+
+impl Frames {
+    fn over(&self, max_messages: usize, max_bytes: usize, adding: usize) -> bool {
+        !self.items.is_empty() && (self.items.len() >= max_messages || self.bytes + adding > max_bytes)
+    }
+
+    /// Drop the oldest droppable frame; false if there is none.
+    fn drop_oldest(&mut self) -> bool {
+        let Some(pos) = self.items.iter().position(|i| !i.reply) else { return false };
+        if let Some(old) = self.items.remove(pos) {
+            self.bytes -= old.frame.len();
+        }
+        true
+    }
+
+    fn push(&mut self, frame: EncodedFrame, reply: bool) {
+        self.bytes += frame.len();
+        if reply {
+            self.replies += 1;
+            self.reply_bytes += frame.len();
+        }
+        self.items.push_back(Item { frame, reply });
+    }
 }
 
 /// One connection as seen by the rest of the hub.
@@ -34,6 +83,8 @@ pub(crate) struct ConnShared {
     queue: Mutex<Frames>,
     pub waker: AtomicWaker,
     pub flags: AtomicU8,
+    /// Heartbeat rounds in a row without outbound progress.
+    pub stalled_rounds: AtomicU8,
     /// Messages dropped and not yet reported to the client.
     pub dropped_unreported: AtomicU64,
 }
@@ -44,6 +95,8 @@ pub(crate) enum Pushed {
     Queued,
     /// Queued after dropping this many older messages.
     DroppedOldest(u64),
+    /// Not queued: only replies fill the queue; counted as dropped.
+    Dropped,
     /// Not queued: the connection is being closed for falling behind.
     Closing,
 }
@@ -57,8 +110,13 @@ impl ConnShared {
             queue: Mutex::new(Frames::default()),
             waker: AtomicWaker::new(),
             flags: AtomicU8::new(0),
+            stalled_rounds: AtomicU8::new(0),
             dropped_unreported: AtomicU64::new(0),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Frames> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set(&self, f: u8) {
@@ -74,24 +132,26 @@ impl ConnShared {
         self.flags.fetch_and(!f, Ordering::AcqRel);
     }
 
-    /// Queue `frame`, applying the slow-consumer policy when full. Never waits.
+    /// Queue a broadcast (a message, presence or a notice), applying the
+    /// slow-consumer policy when full. Never waits.
     pub fn push(&self, frame: EncodedFrame, max_messages: usize, max_bytes: usize, policy: SlowConsumerPolicy) -> Pushed {
         let mut result = Pushed::Queued;
         {
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = self.lock();
             if self.has(flag::SLOW_CLOSE) {
                 return Pushed::Closing;
             }
-            let over = |q: &Frames| !q.frames.is_empty() && (q.frames.len() >= max_messages || q.bytes + frame.len() > max_bytes);
-            if over(&q) {
+            if q.over(max_messages, max_bytes, frame.len()) {
                 match policy {
                     SlowConsumerPolicy::DropOldest => {
                         let mut dropped = 0;
-                        while over(&q) {
-                            if let Some(old) = q.frames.pop_front() {
-                                q.bytes -= old.len();
-                                dropped += 1;
+                        while q.over(max_messages, max_bytes, frame.len()) {
+                            if !q.drop_oldest() {
+                                // Only replies are queued: the new frame is the one dropped.
+                                self.dropped_unreported.fetch_add(dropped + 1, Ordering::Relaxed);
+                                return Pushed::Dropped;
                             }
+                            dropped += 1;
                         }
                         self.dropped_unreported.fetch_add(dropped, Ordering::Relaxed);
                         result = Pushed::DroppedOldest(dropped);
@@ -103,39 +163,72 @@ impl ConnShared {
                     }
                 }
             }
-            q.bytes += frame.len();
-            q.frames.push_back(frame);
+            q.push(frame, false);
         }
         self.waker.wake();
         result
     }
 
-    /// Queue a control or service frame regardless of the bounds (pings,
-    /// acks to the client's own requests: small and bounded by the client).
-    pub fn push_unbounded(&self, frame: EncodedFrame) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.bytes += frame.len();
-        q.frames.push_back(frame);
-        drop(q);
+    /// Queue a reply to the client's own request (welcome, ack, error,
+    /// history gap). Never dropped: it makes room by dropping broadcasts
+    /// under the drop-oldest policy, and flags the connection under the
+    /// close policy. Returns how many broadcasts were dropped for it.
+    pub fn push_reply(&self, frame: EncodedFrame, max_messages: usize, max_bytes: usize, policy: SlowConsumerPolicy) -> u64 {
+        let mut dropped = 0;
+        {
+            let mut q = self.lock();
+            if q.over(max_messages, max_bytes, frame.len()) {
+                match policy {
+                    SlowConsumerPolicy::DropOldest => {
+                        while q.over(max_messages, max_bytes, frame.len()) && q.drop_oldest() {
+                            dropped += 1;
+                        }
+                        self.dropped_unreported.fetch_add(dropped, Ordering::Relaxed);
+                    }
+                    SlowConsumerPolicy::Close(_) => {
+                        self.flags.fetch_or(flag::SLOW_CLOSE, Ordering::AcqRel);
+                    }
+                }
+            }
+            q.push(frame, true);
+        }
         self.waker.wake();
+        dropped
+    }
+
+    /// Whether unsent replies fill half of the bounds: the connection task
+    /// stops reading until they drain.
+    pub fn replies_over(&self, max_messages: usize, max_bytes: usize) -> bool {
+        let q = self.lock();
+        q.replies >= (max_messages / 2).max(1) || q.reply_bytes >= max_bytes / 2
     }
 
     /// Take the next queued frame.
     pub fn pop(&self) -> Option<EncodedFrame> {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let f = q.frames.pop_front()?;
-        q.bytes -= f.len();
-        if q.frames.is_empty() && q.frames.capacity() > 16 {
-            // Give memory back after a burst.
-            q.frames = VecDeque::new();
+        let mut q = self.lock();
+        let item = q.items.pop_front()?;
+        q.bytes -= item.frame.len();
+        if item.reply {
+            q.replies -= 1;
+            q.reply_bytes -= item.frame.len();
         }
-        Some(f)
+        if q.items.is_empty() && q.items.capacity() > 16 {
+            // Give memory back after a burst.
+            q.items = VecDeque::new();
+        }
+        Some(item.frame)
+    }
+
+    /// Room left in the queue, in (messages, bytes).
+    pub fn room(&self, max_messages: usize, max_bytes: usize) -> (usize, usize) {
+        let q = self.lock();
+        (max_messages.saturating_sub(q.items.len()), max_bytes.saturating_sub(q.bytes))
     }
 
     #[cfg(test)]
     pub fn queued(&self) -> (usize, usize) {
-        let q = self.queue.lock().unwrap();
-        (q.frames.len(), q.bytes)
+        let q = self.lock();
+        (q.items.len(), q.bytes)
     }
 }
 
@@ -172,5 +265,38 @@ mod tests {
         assert_eq!(c.push(EncodedFrame::text("b"), 1, 100, SlowConsumerPolicy::Close(1013)), Pushed::Closing);
         assert!(c.has(flag::SLOW_CLOSE));
         assert_eq!(c.push(EncodedFrame::text("c"), 10, 100, SlowConsumerPolicy::Close(1013)), Pushed::Closing);
+    }
+
+    #[test]
+    fn replies_count_against_the_bounds_and_are_never_dropped() {
+        let c = ConnShared::new(1, "s".into(), false);
+        let policy = SlowConsumerPolicy::DropOldest;
+        for i in 0..4 {
+            c.push(EncodedFrame::text(&format!("m{i}")), 4, 1 << 20, policy);
+        }
+        // A reply makes room by dropping the oldest broadcast.
+        assert_eq!(c.push_reply(EncodedFrame::text("ack"), 4, 1 << 20, policy), 1);
+        assert_eq!(c.queued().0, 4);
+        assert!(!c.replies_over(4, 1 << 20));
+        c.push_reply(EncodedFrame::text("ack2"), 4, 1 << 20, policy);
+        assert!(c.replies_over(4, 1 << 20), "two replies are half of four");
+        // A queue of replies only: a broadcast is the one dropped.
+        c.push_reply(EncodedFrame::text("ack3"), 4, 1 << 20, policy);
+        c.push_reply(EncodedFrame::text("ack4"), 4, 1 << 20, policy);
+        assert_eq!(c.push(EncodedFrame::text("late"), 4, 1 << 20, policy), Pushed::Dropped);
+        let order: Vec<_> = std::iter::from_fn(|| c.pop()).collect();
+        assert_eq!(order, ["ack", "ack2", "ack3", "ack4"].map(EncodedFrame::text));
+        assert!(!c.replies_over(4, 1 << 20));
+    }
+
+    #[test]
+    fn reply_bytes_pause_reading_at_half_the_byte_bound() {
+        let c = ConnShared::new(1, "s".into(), false);
+        let policy = SlowConsumerPolicy::DropOldest;
+        let big = "x".repeat(600);
+        c.push_reply(EncodedFrame::text(&big), 100, 2000, policy);
+        assert!(!c.replies_over(100, 2000));
+        c.push_reply(EncodedFrame::text(&big), 100, 2000, policy);
+        assert!(c.replies_over(100, 2000));
     }
 }

@@ -223,6 +223,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if self.finished {
                 return Poll::Ready(None);
             }
+            if self.conn.pending_len() >= self.high_water {
+                // The peer is not reading: decode nothing more (each ping
+                // would queue a pong) until the write buffer drains below
+                // its high-water mark. TCP backpressure reaches the peer.
+                match ready!(self.poll_write_some(cx)) {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        self.finished = true;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                }
+            }
             match self.conn.next_event() {
                 Ok(Some(Event::Message(msg))) => {
                     if self.conn.pending_len() > 0 {

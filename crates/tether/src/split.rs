@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::io::{poll_drain, poll_read_into, poll_write_some};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use atomic_waker::AtomicWaker;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
@@ -26,6 +27,11 @@ struct WriteState<S> {
 
 struct Shared<S> {
     write: Mutex<WriteState<S>>,
+    /// The socket keeps one waker per direction, so when one half is parked
+    /// on a full socket and the other half writes, the writer of those bytes
+    /// wakes the parked half here (it may have taken over the socket's waker).
+    reader_waiting: AtomicWaker,
+    writer_waiting: AtomicWaker,
     /// Set by the reader when the peer's close frame arrived.
     close_received: AtomicBool,
 }
@@ -48,6 +54,7 @@ pub struct WsReader<S> {
     close_timeout: Duration,
     close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     finished: bool,
+    high_water: usize,
 }
 
 /// The sending half.
@@ -68,7 +75,12 @@ pub(crate) fn split<S: AsyncRead + AsyncWrite + Send + 'static>(
     let role = conn.role();
     let (rx, tx) = conn.into_parts();
     let (read, write) = tokio::io::split(io);
-    let shared = Arc::new(Shared { write: Mutex::new(WriteState { io: write, tx, shut_down: false }), close_received: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        write: Mutex::new(WriteState { io: write, tx, shut_down: false }),
+        reader_waiting: AtomicWaker::new(),
+        writer_waiting: AtomicWaker::new(),
+        close_received: AtomicBool::new(false),
+    });
     (
         WsReader {
             io: read,
@@ -81,6 +93,7 @@ pub(crate) fn split<S: AsyncRead + AsyncWrite + Send + 'static>(
             close_timeout,
             close_deadline: None,
             finished: false,
+            high_water,
         },
         WsWriter { shared, high_water, protocol },
     )
@@ -105,7 +118,25 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
         let mut w = self.shared.lock();
         let _ = w.tx.send_reply(reply);
         let WriteState { io, tx, .. } = &mut *w;
+        let before = tx.pending_len();
         let _ = poll_drain(io, tx, cx);
+        if tx.pending_len() < before {
+            self.shared.writer_waiting.wake();
+        }
+    }
+
+    /// Whether the shared write buffer is at its high-water mark: then the
+    /// reader decodes nothing more (each ping would queue a pong) until it
+    /// drains; TCP backpressure reaches the peer.
+    fn poll_below_high_water(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut w = self.shared.lock();
+        while w.tx.pending_len() >= self.high_water {
+            self.shared.reader_waiting.register(cx.waker());
+            let WriteState { io, tx, .. } = &mut *w;
+            ready!(poll_write_some(io, tx, cx))?;
+            self.shared.writer_waiting.wake();
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Poll for the next message.
@@ -113,6 +144,10 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
         loop {
             if self.finished {
                 return Poll::Ready(None);
+            }
+            if let Err(e) = ready!(self.poll_below_high_water(cx)) {
+                self.finished = true;
+                return Poll::Ready(Some(Err(e.into())));
             }
             match self.rx.next_event() {
                 Ok(Some((Event::Message(msg), reply))) => {
@@ -222,16 +257,24 @@ impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
             return Poll::Ready(Err(Error::Closed));
         }
         while w.tx.pending_len() >= self.high_water {
+            self.shared.writer_waiting.register(cx.waker());
             let WriteState { io, tx, .. } = &mut *w;
             ready!(poll_write_some(io, tx, cx))?;
+            self.shared.reader_waiting.wake();
         }
         Poll::Ready(Ok(()))
     }
 
     fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let mut w = self.shared.lock();
+        self.shared.writer_waiting.register(cx.waker());
         let WriteState { io, tx, .. } = &mut *w;
-        poll_drain(io, tx, cx).map_err(Error::from)
+        let before = tx.pending_len();
+        let result = poll_drain(io, tx, cx).map_err(Error::from);
+        if tx.pending_len() < before {
+            self.shared.reader_waiting.wake();
+        }
+        result
     }
 }
 
