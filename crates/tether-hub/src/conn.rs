@@ -78,8 +78,19 @@ impl Hub {
             }
             match ws.poll_recv(cx) {
                 Poll::Pending => {
-                    // poll_recv flushed what it could before waiting; if the
-                    // socket is still full, wait for it (the waker is set).
+                    // poll_recv flushed what it could before waiting. If that
+                    // took the socket's buffer below its mark, move more
+                    // queued frames now: nothing else would wake this task
+                    // for frames that were already queued (a replay).
+                    if ws.pending_len() < ws.high_water() {
+                        if let Some(frame) = conn.pop() {
+                            if ws.start_send_encoded(frame).is_err() {
+                                return Poll::Ready(End::Closed);
+                            }
+                            continue;
+                        }
+                    }
+                    // The socket is still full: wait for it (the waker is set).
                     return Poll::Pending;
                 }
                 Poll::Ready(None) => return Poll::Ready(End::Closed),
