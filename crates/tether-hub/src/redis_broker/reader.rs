@@ -434,3 +434,47 @@ async fn subscribe_channel(sink: &mut PubSubSink, topic: &str) -> RedisResult<()
         Err(_) => Err(failed("subscribe timed out")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(conn: u64, topic: &Arc<str>, id: &str) -> SubscribeRequest {
+        SubscribeRequest { conn, topic: topic.clone(), resume: None, id: Some(serde_json::json!(id)) }
+    }
+
+    #[test]
+    fn pending_ops_coalesce_per_topic_and_connection() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let mut ops = PendingOps::default();
+        ops.subscribe(request(1, &a, "first"));
+        ops.subscribe(request(2, &b, "b"));
+        ops.unsubscribe(&a);
+        ops.subscribe(request(1, &a, "again"));
+        ops.unsubscribe(&b);
+        // Topics in the order they first changed; counts kept, one request
+        // per connection (the newest).
+        let (topic, first) = ops.next().unwrap();
+        assert_eq!((&*topic, first.added, first.removed, first.requests.len()), ("a", 2, 1, 1));
+        assert_eq!(first.requests[&1].id, Some(serde_json::json!("again")));
+        let (topic, second) = ops.next().unwrap();
+        assert_eq!((&*topic, second.added, second.removed, second.requests.len()), ("b", 1, 1, 1));
+        assert!(ops.next().is_none());
+        // A retried request does not replace a newer one of its connection.
+        ops.subscribe(request(1, &a, "newer"));
+        ops.retry(&a, [request(1, &a, "older"), request(3, &a, "other")]);
+        let (_, retried) = ops.next().unwrap();
+        assert_eq!((retried.added, retried.requests.len()), (1, 2));
+        assert_eq!(retried.requests[&1].id, Some(serde_json::json!("newer")));
+    }
+
+    #[test]
+    fn since_is_clamped_where_no_arithmetic_overflows() {
+        let topic: Arc<str> = Arc::from("t");
+        let mut r = request(1, &topic, "x");
+        r.resume = Some(Resume { since: u64::MAX, epoch: None });
+        let since = clamped(r).resume.unwrap().since;
+        assert_eq!(since, SEQ_LIMIT);
+        assert!(since.checked_add(1).is_some());
+    }
+}
