@@ -308,3 +308,36 @@ async fn health_and_errors_never_show_the_redis_address() {
     let text = error.to_string();
     assert!(!text.contains(&port) && !text.contains("127.0.0.1"), "the error shows the redis address: {text}");
 }
+
+/// Issue #12: one connection's requests take effect in order. A client that
+/// subscribes and publishes right away (without waiting for the ack)
+/// receives its own message, after the ack, on a topic new to the node and
+/// on one the node already follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_then_publish_on_one_connection_receives_the_message() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &[]);
+    wait_health(a.port, true).await;
+    // Topics followed[i] already have a subscriber on this node.
+    let mut other = Client::connect(&a.url("/"), "other").await;
+    for i in 0..10 {
+        other.request(json!({"type": "subscribe", "topic": format!("followed{i}")}), &format!("o{i}")).await;
+    }
+    let mut client = Client::connect(&a.url("/"), "client").await;
+    let topics: Vec<String> = (0..10).flat_map(|i| [format!("new{i}"), format!("followed{i}")]).collect();
+    for topic in &topics {
+        client.send(json!({"type": "subscribe", "topic": topic, "id": format!("s-{topic}")})).await;
+        client.send(json!({"type": "publish", "topic": topic, "content": format!("x-{topic}"), "id": format!("p-{topic}")})).await;
+    }
+    for topic in &topics {
+        client.until(&format!("its own message on {topic}"), |v| v["type"] == "message" && v["topic"] == topic.as_str()).await;
+        let at = |pred: &dyn Fn(&Value) -> bool| client.seen.iter().position(pred);
+        let sub_ack = at(&|v| v["type"] == "ack" && v["id"] == format!("s-{topic}").as_str()).expect("the subscribe ack");
+        let message = at(&|v| v["type"] == "message" && v["topic"] == topic.as_str()).unwrap();
+        assert!(sub_ack < message, "{topic}: the message came before the subscribe's ack");
+        let m = &client.seen[message];
+        assert_eq!(m["content"], format!("x-{topic}"), "{m}");
+        // The subscription started before the message: at seq - 1.
+        assert_eq!(client.seen[sub_ack]["seq"].as_u64().unwrap() + 1, m["seq"].as_u64().unwrap(), "{topic}");
+    }
+}

@@ -88,6 +88,9 @@ impl Link {
     }
 }
 
+/// Publishes held per (connection, topic) being subscribed (see `Shared::awaiting`).
+type Awaiting = HashMap<(u64, Arc<str>), Vec<Publish>>;
+
 /// What the broker's tasks share.
 struct Shared {
     client: redis::Client,
@@ -115,6 +118,16 @@ struct Shared {
     ops_ready: tokio::sync::Notify,
     /// The broker was dropped: the reader ends.
     closed: AtomicBool,
+    /// Publishes of a connection to a topic it is still subscribing to,
+    /// held until that subscription takes effect, so that one connection's
+    /// requests take effect in order (#12: subscribe then publish receives
+    /// the message). An entry lives from [`Broker::subscribe`] until the
+    /// reader answers (or drops) that request; held bytes count in
+    /// `queued_bytes`.
+    awaiting: Mutex<Awaiting>,
+    /// Where held publishes go once released (weak: the writer ends when
+    /// the broker is dropped).
+    publish_tx: mpsc::WeakSender<Publish>,
 }
 
 impl Shared {
@@ -135,6 +148,34 @@ impl Shared {
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
+    /// `conn`'s subscription of `topic` took effect (or ended): queue the
+    /// publishes it held, ahead of any later one (both happen under the
+    /// `awaiting` lock).
+    fn release_awaiting(&self, conn: u64, topic: &Arc<str>) {
+        let mut refused = Vec::new();
+        {
+            let mut awaiting = self.awaiting.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(held) = awaiting.remove(&(conn, topic.clone())) else { return };
+            let tx = self.publish_tx.upgrade();
+            for p in held {
+                let result = match &tx {
+                    Some(tx) if self.writer.is_up() => tx.try_send(p).map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(p) => (p, BrokerError::Overloaded),
+                        mpsc::error::TrySendError::Closed(p) => (p, BrokerError::Unavailable("broker stopped".into())),
+                    }),
+                    _ => Err((p, unreachable())),
+                };
+                if let Err(rejected) = result {
+                    refused.push(rejected);
+                }
+            }
+        }
+        for (p, error) in refused {
+            self.release(publish_bytes(&p));
+            self.sink().reject(&p.origin, &p.topic, &error);
+        }
+    }
+
     async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         let config = redis::AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(RESPONSE_TIMEOUT);
         self.client.get_multiplexed_async_connection_with_config(&config).await
@@ -143,9 +184,10 @@ impl Shared {
 
 type Receivers = (mpsc::Receiver<Publish>, mpsc::Receiver<PresenceChange>);
 
-/// What a publish counts against [`PUBLISH_QUEUE_BYTES`].
+/// What a publish counts against [`PUBLISH_QUEUE_BYTES`]: its strings and
+/// a share for the structure itself (so that many tiny messages count).
 fn publish_bytes(p: &Publish) -> usize {
-    p.body.len() + p.topic.len() + p.sender.len()
+    p.body.len() + p.topic.len() + p.sender.len() + 128
 }
 
 /// A broker on Redis (5.0+; 7 recommended): sequence numbers, history
@@ -183,6 +225,8 @@ impl RedisBroker {
             ops: Mutex::new(PendingOps::default()),
             ops_ready: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
+            awaiting: Mutex::new(HashMap::new()),
+            publish_tx: publish_tx.downgrade(),
         });
         shared.writer.set(false, "connecting".into());
         shared.reader.set(false, "connecting".into());
@@ -216,7 +260,16 @@ impl Broker for RedisBroker {
             self.shared.release(bytes);
             return Err(BrokerError::Overloaded);
         }
-        self.publish_tx.try_send(msg).map_err(|e| {
+        // Under the `awaiting` lock: a publish to a topic this connection is
+        // still subscribing to waits for that subscription (see `awaiting`).
+        let mut awaiting = self.shared.awaiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = awaiting.get_mut(&(msg.origin.conn, msg.topic.clone())) {
+            held.push(msg);
+            return Ok(());
+        }
+        let sent = self.publish_tx.try_send(msg);
+        drop(awaiting);
+        sent.map_err(|e| {
             self.shared.release(bytes);
             match e {
                 mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
@@ -226,6 +279,9 @@ impl Broker for RedisBroker {
     }
 
     fn subscribe(&self, request: SubscribeRequest) {
+        // Before the reader can see the request: publishes that follow it
+        // on this connection wait for its answer.
+        self.shared.awaiting.lock().unwrap_or_else(|p| p.into_inner()).entry((request.conn, request.topic.clone())).or_default();
         self.shared.ops.lock().unwrap_or_else(|p| p.into_inner()).subscribe(request);
         self.shared.ops_ready.notify_one();
     }

@@ -231,9 +231,13 @@ impl Reader {
         followed.refs = (followed.refs + ops.added).saturating_sub(ops.removed);
         if followed.refs == 0 {
             // Every subscription of the topic here has ended: the requests'
-            // subscribers are gone, nobody waits for an answer.
+            // subscribers are gone, nobody waits for an answer (their held
+            // publishes go now).
             let on_channel = followed.on_channel;
             self.topics.remove(topic);
+            for conn in ops.requests.keys() {
+                self.shared.release_awaiting(*conn, topic);
+            }
             if on_channel {
                 tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(key(topic, "ch"))).await.map_err(|_| failed("unsubscribe timed out"))??;
             }
@@ -274,7 +278,11 @@ impl Reader {
                 }
             };
             let Some(request) = requests.pop() else { break };
+            let conn = request.conn;
             self.shared.sink().subscribed(clamped(request), history);
+            // In effect: what the connection published since goes to Redis,
+            // after the starting point just given.
+            self.shared.release_awaiting(conn, topic);
         }
         Ok(())
     }
