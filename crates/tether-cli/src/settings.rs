@@ -330,6 +330,7 @@ impl Settings {
                     max_age: dur(args.history_ttl, file.history_ttl, "history-ttl", d.max_age)?,
                     max_topics: args.history_topics.or(file.history_topics).unwrap_or(d.max_topics),
                     max_bytes: args.history_max_bytes.or(file.history_max_bytes).unwrap_or(d.max_bytes),
+                    ..d
                 }
             },
             write_stall_timeout: dur(args.write_stall_timeout, file.write_stall_timeout, "write-stall-timeout", Duration::from_secs(90))?,

@@ -131,11 +131,16 @@ pub struct HistoryConfig {
     /// (Memory broker) most payload bytes kept over all topics; the oldest
     /// messages of the least recently used topics go first. Default 64 MiB.
     pub max_bytes: usize,
+    /// (Redis broker) most bytes kept per topic in Redis (body and sender,
+    /// plus 64 per message), oldest first out; a message larger than this
+    /// is delivered but not kept. Bounds what any one topic costs Redis
+    /// and what one replay reads, whatever the message sizes. Default 4 MiB.
+    pub max_topic_bytes: usize,
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        HistoryConfig { max_messages: 1000, max_age: Duration::from_secs(300), max_topics: 10_000, max_bytes: 64 << 20 }
+        HistoryConfig { max_messages: 1000, max_age: Duration::from_secs(300), max_topics: 10_000, max_bytes: 64 << 20, max_topic_bytes: 4 << 20 }
     }
 }
 

@@ -4,17 +4,19 @@
 //! - **Sequence, history, fan-out in one step.** A publish runs one Lua
 //!   script (`scripts::PUBLISH`): the topic's `seq` hash gives the next
 //!   sequence number (and the epoch, created when missing), the message goes
-//!   into the topic's stream (trimmed by count and age), and it is published
-//!   on the topic's channel. Redis runs scripts one at a time, so every node
-//!   sees one global order per topic.
+//!   into the topic's stream (trimmed by count, age and bytes), and it is
+//!   published on the topic's channel. Redis runs scripts one at a time, so
+//!   every node sees one global order per topic.
 //! - **Delivery.** Each node subscribes to the channels of the topics its
 //!   clients follow and checks every message's `(epoch, seq)` against the
 //!   last one it delivered: a duplicate is skipped, a gap (a dropped
 //!   subscription connection, a reconnect) is filled from the stream before
 //!   going on, so local subscribers get each message once, in order.
 //! - **Resume.** A subscription takes effect on the channel first, then the
-//!   stream is read (`scripts::SYNC`); the hub holds live messages meanwhile
-//!   and skips those the replay covered.
+//!   stream is read (`scripts::SYNC`, then pages of `XREVRANGE`); the hub
+//!   holds live messages meanwhile and skips those the replay covered. A
+//!   resume only reads: whatever `since` and epoch a client sends, the
+//!   topic stays as it is for everyone else, and the hub tells that client.
 //! - **Presence.** A hash per topic maps sessions to nodes; joins and leaves
 //!   are published on the topic channel with the cluster-wide count. Nodes
 //!   beat a key with a TTL; any node removes the sessions of a node whose
@@ -24,21 +26,35 @@
 //!   with `unavailable` (nothing is delivered that does not have its global
 //!   sequence number); `/health` says degraded. On reconnect a node
 //!   re-registers its presence and catches up every topic from the stream.
+//! - **Bounds.** Nothing between the hub and the tasks grows without limit:
+//!   publishes wait in a queue bounded by count and bytes (more are
+//!   `overloaded`); presence changes in a bounded queue, and when it is full
+//!   the topic is marked for a whole resync instead; subscription changes
+//!   are coalesced per topic (a count of subscribes and unsubscribes, and at
+//!   most one waiting request per connection) with a wakeup for the reader.
+//!   Redis's address appears in logs only, never in `/health` or errors.
 
 mod reader;
 mod scripts;
 mod writer;
 
 use crate::broker::{Broker, BrokerError, BrokerHealth, DeliverySink, HistoryConfig, PresenceChange, Publish, SubscribeRequest};
-use reader::ReaderOp;
+use reader::PendingOps;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Publishes waiting for Redis; more are refused with "overloaded".
 const PUBLISH_QUEUE: usize = 16 * 1024;
+/// Bytes of publishes waiting for Redis or in flight (payload, topic and
+/// sender); more are refused with "overloaded". With 1 MiB messages the
+/// count alone would let 16 GiB wait.
+const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
+/// Presence changes waiting for Redis; past this, the topic's presence is
+/// resynchronised as a whole (`scripts::RESYNC`) instead.
+const PRESENCE_QUEUE: usize = 4096;
 /// Time to establish a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time Redis has to answer a command.
@@ -72,10 +88,13 @@ impl Link {
     }
 }
 
+/// Publishes held per (connection, topic) being subscribed (see `Shared::awaiting`).
+type Awaiting = HashMap<(u64, Arc<str>), Vec<Publish>>;
+
 /// What the broker's tasks share.
 struct Shared {
     client: redis::Client,
-    /// `host:port` (never the password), for logs and `/health`.
+    /// `host:port` (never the password), for logs only.
     target: String,
     /// This node's id in presence and heartbeat keys.
     node: String,
@@ -88,6 +107,27 @@ struct Shared {
     /// The subscribing side lost Redis: the publishing side checks its own
     /// connection now rather than at its next heartbeat.
     check: tokio::sync::Notify,
+    /// Bytes of publishes queued or in flight (see [`PUBLISH_QUEUE_BYTES`]).
+    queued_bytes: AtomicUsize,
+    /// Topics whose presence changes did not fit in the queue: the writer
+    /// resynchronises them as a whole.
+    presence_overflow: Mutex<HashSet<Arc<str>>>,
+    presence_overflowed: tokio::sync::Notify,
+    /// Subscription changes waiting for the reader, and its wakeup.
+    ops: Mutex<PendingOps>,
+    ops_ready: tokio::sync::Notify,
+    /// The broker was dropped: the reader ends.
+    closed: AtomicBool,
+    /// Publishes of a connection to a topic it is still subscribing to,
+    /// held until that subscription takes effect, so that one connection's
+    /// requests take effect in order (#12: subscribe then publish receives
+    /// the message). An entry lives from [`Broker::subscribe`] until the
+    /// reader answers (or drops) that request; held bytes count in
+    /// `queued_bytes`.
+    awaiting: Mutex<Awaiting>,
+    /// Where held publishes go once released (weak: the writer ends when
+    /// the broker is dropped).
+    publish_tx: mpsc::WeakSender<Publish>,
 }
 
 impl Shared {
@@ -103,13 +143,52 @@ impl Shared {
         self.history.max_age.as_millis().max(1) as u64
     }
 
+    /// Return the bytes of a publish that left the queue.
+    fn release(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// `conn`'s subscription of `topic` took effect (or ended): queue the
+    /// publishes it held, ahead of any later one (both happen under the
+    /// `awaiting` lock).
+    fn release_awaiting(&self, conn: u64, topic: &Arc<str>) {
+        let mut refused = Vec::new();
+        {
+            let mut awaiting = self.awaiting.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(held) = awaiting.remove(&(conn, topic.clone())) else { return };
+            let tx = self.publish_tx.upgrade();
+            for p in held {
+                let result = match &tx {
+                    Some(tx) if self.writer.is_up() => tx.try_send(p).map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(p) => (p, BrokerError::Overloaded),
+                        mpsc::error::TrySendError::Closed(p) => (p, BrokerError::Unavailable("broker stopped".into())),
+                    }),
+                    _ => Err((p, unreachable())),
+                };
+                if let Err(rejected) = result {
+                    refused.push(rejected);
+                }
+            }
+        }
+        for (p, error) in refused {
+            self.release(publish_bytes(&p));
+            self.sink().reject(&p.origin, &p.topic, &error);
+        }
+    }
+
     async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         let config = redis::AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(RESPONSE_TIMEOUT);
         self.client.get_multiplexed_async_connection_with_config(&config).await
     }
 }
 
-type Receivers = (mpsc::Receiver<Publish>, mpsc::UnboundedReceiver<PresenceChange>, mpsc::UnboundedReceiver<ReaderOp>);
+type Receivers = (mpsc::Receiver<Publish>, mpsc::Receiver<PresenceChange>);
+
+/// What a publish counts against [`PUBLISH_QUEUE_BYTES`]: its strings and
+/// a share for the structure itself (so that many tiny messages count).
+fn publish_bytes(p: &Publish) -> usize {
+    p.body.len() + p.topic.len() + p.sender.len() + 128
+}
 
 /// A broker on Redis (5.0+; 7 recommended): sequence numbers, history
 /// (streams) and fan-out (Pub/Sub) shared by every node using the same
@@ -117,8 +196,7 @@ type Receivers = (mpsc::Receiver<Publish>, mpsc::UnboundedReceiver<PresenceChang
 pub struct RedisBroker {
     shared: Arc<Shared>,
     publish_tx: mpsc::Sender<Publish>,
-    presence_tx: mpsc::UnboundedSender<PresenceChange>,
-    reader_tx: mpsc::UnboundedSender<ReaderOp>,
+    presence_tx: mpsc::Sender<PresenceChange>,
     receivers: Mutex<Option<Receivers>>,
 }
 
@@ -130,8 +208,7 @@ impl RedisBroker {
         let client = redis::Client::open(url).map_err(|e| BrokerError::Config(format!("{url:?} is not a Redis URL: {e}")))?;
         let target = client.get_connection_info().addr.to_string();
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
-        let (presence_tx, presence_rx) = mpsc::unbounded_channel();
-        let (reader_tx, reader_rx) = mpsc::unbounded_channel();
+        let (presence_tx, presence_rx) = mpsc::channel(PRESENCE_QUEUE);
         let shared = Arc::new(Shared {
             client,
             target,
@@ -142,10 +219,18 @@ impl RedisBroker {
             sink: OnceLock::new(),
             local: Mutex::new(HashMap::new()),
             check: tokio::sync::Notify::new(),
+            queued_bytes: AtomicUsize::new(0),
+            presence_overflow: Mutex::new(HashSet::new()),
+            presence_overflowed: tokio::sync::Notify::new(),
+            ops: Mutex::new(PendingOps::default()),
+            ops_ready: tokio::sync::Notify::new(),
+            closed: AtomicBool::new(false),
+            awaiting: Mutex::new(HashMap::new()),
+            publish_tx: publish_tx.downgrade(),
         });
         shared.writer.set(false, "connecting".into());
         shared.reader.set(false, "connecting".into());
-        Ok(RedisBroker { shared, publish_tx, presence_tx, reader_tx, receivers: Mutex::new(Some((publish_rx, presence_rx, reader_rx))) })
+        Ok(RedisBroker { shared, publish_tx, presence_tx, receivers: Mutex::new(Some((publish_rx, presence_rx))) })
     }
 
     /// This node's id in Redis (presence and heartbeat keys).
@@ -157,28 +242,53 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     fn start(&self, sink: Arc<dyn DeliverySink>) {
         let _ = self.shared.sink.set(sink);
-        let Some((publish_rx, presence_rx, reader_rx)) = self.receivers.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some((publish_rx, presence_rx)) = self.receivers.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         tracing::info!(redis = %self.shared.target, node = %self.shared.node, "redis broker starting");
         tokio::spawn(writer::run(self.shared.clone(), publish_rx, presence_rx));
-        tokio::spawn(reader::run(self.shared.clone(), reader_rx));
+        tokio::spawn(reader::run(self.shared.clone()));
     }
 
     fn publish(&self, msg: Publish) -> Result<(), BrokerError> {
         if !self.shared.writer.is_up() {
-            return Err(BrokerError::Unavailable(format!("redis at {} is unreachable ({})", self.shared.target, self.shared.writer.detail())));
+            return Err(unreachable());
         }
-        self.publish_tx.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => BrokerError::Unavailable("broker stopped".into()),
+        // Admit a message while the queue's bytes stay under the cap (or the
+        // queue is empty, so one message larger than the cap still goes).
+        let bytes = publish_bytes(&msg);
+        let before = self.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > PUBLISH_QUEUE_BYTES {
+            self.shared.release(bytes);
+            return Err(BrokerError::Overloaded);
+        }
+        // Under the `awaiting` lock: a publish to a topic this connection is
+        // still subscribing to waits for that subscription (see `awaiting`).
+        let mut awaiting = self.shared.awaiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = awaiting.get_mut(&(msg.origin.conn, msg.topic.clone())) {
+            held.push(msg);
+            return Ok(());
+        }
+        let sent = self.publish_tx.try_send(msg);
+        drop(awaiting);
+        sent.map_err(|e| {
+            self.shared.release(bytes);
+            match e {
+                mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => BrokerError::Unavailable("broker stopped".into()),
+            }
         })
     }
 
     fn subscribe(&self, request: SubscribeRequest) {
-        let _ = self.reader_tx.send(ReaderOp::Subscribe(request));
+        // Before the reader can see the request: publishes that follow it
+        // on this connection wait for its answer.
+        self.shared.awaiting.lock().unwrap_or_else(|p| p.into_inner()).entry((request.conn, request.topic.clone())).or_default();
+        self.shared.ops.lock().unwrap_or_else(|p| p.into_inner()).subscribe(request);
+        self.shared.ops_ready.notify_one();
     }
 
     fn unsubscribe(&self, topic: &Arc<str>) {
-        let _ = self.reader_tx.send(ReaderOp::Unsubscribe(topic.clone()));
+        self.shared.ops.lock().unwrap_or_else(|p| p.into_inner()).unsubscribe(topic);
+        self.shared.ops_ready.notify_one();
     }
 
     fn shares_presence(&self) -> bool {
@@ -186,18 +296,23 @@ impl Broker for RedisBroker {
     }
 
     fn presence(&self, change: PresenceChange) {
-        {
-            let mut local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner());
-            if change.joined {
-                local.entry(change.topic.clone()).or_default().insert(change.session.clone());
-            } else if let Some(sessions) = local.get_mut(&change.topic) {
-                sessions.remove(&change.session);
-                if sessions.is_empty() {
-                    local.remove(&change.topic);
-                }
+        // Queued under the lock of `local`: the queue's order is the order
+        // of the changes, even when two connections race.
+        let mut local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner());
+        if change.joined {
+            local.entry(change.topic.clone()).or_default().insert(change.session.clone());
+        } else if let Some(sessions) = local.get_mut(&change.topic) {
+            sessions.remove(&change.session);
+            if sessions.is_empty() {
+                local.remove(&change.topic);
             }
         }
-        let _ = self.presence_tx.send(change);
+        if let Err(mpsc::error::TrySendError::Full(change)) = self.presence_tx.try_send(change) {
+            // Too many changes waiting: the writer makes the topic's presence
+            // match `local` once the queue before it has been sent.
+            self.shared.presence_overflow.lock().unwrap_or_else(|p| p.into_inner()).insert(change.topic);
+            self.shared.presence_overflowed.notify_one();
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -206,12 +321,41 @@ impl Broker for RedisBroker {
 
     fn health(&self) -> BrokerHealth {
         let (w, r) = (self.shared.writer.is_up(), self.shared.reader.is_up());
+        // Never the address: /health is public. Logs have it.
         let detail = match (w, r) {
-            (true, true) => format!("connected to redis at {}", self.shared.target),
-            (false, _) => format!("redis at {}: publishing {}", self.shared.target, self.shared.writer.detail()),
-            (true, false) => format!("redis at {}: subscriptions {}", self.shared.target, self.shared.reader.detail()),
+            (true, true) => "connected".to_string(),
+            (false, _) => format!("publishing: {}", self.shared.writer.detail()),
+            (true, false) => format!("subscriptions: {}", self.shared.reader.detail()),
         };
         BrokerHealth { ok: w && r, detail }
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        // The writer ends when the publish queue closes; the reader is told.
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.ops_ready.notify_one();
+    }
+}
+
+/// What a client is told when Redis cannot be reached (no address: it goes
+/// to clients; the logs say which Redis and why).
+fn unreachable() -> BrokerError {
+    BrokerError::Unavailable("redis unreachable".into())
+}
+
+/// A connection failure in words that are safe to show anyone: the kind of
+/// failure, never an address or a server's message.
+fn describe(error: &redis::RedisError) -> &'static str {
+    if error.is_timeout() {
+        "timed out"
+    } else if error.is_connection_refusal() {
+        "connection refused"
+    } else if error.is_connection_dropped() || error.is_io_error() {
+        "connection lost"
+    } else {
+        "redis error"
     }
 }
 
@@ -243,9 +387,9 @@ impl Backoff {
 }
 
 /// Log a lost or failed connection: a warning when it goes down, then quietly.
-fn report_down(link: &Link, what: &str, target: &str, error: &str, attempts: u32) {
+fn report_down(link: &Link, what: &str, target: &str, error: &redis::RedisError, attempts: u32) {
     let was_up = link.is_up();
-    link.set(false, format!("reconnecting: {error}"));
+    link.set(false, format!("reconnecting ({})", describe(error)));
     if was_up || attempts == 1 {
         tracing::warn!(redis = %target, %error, "redis broker: {what} connection lost; reconnecting with backoff");
     } else if attempts % 20 == 0 {

@@ -4,72 +4,147 @@
 //! not follow that position sends the reader to the topic's stream first,
 //! so a dropped connection or a reconnect loses nothing that is still kept;
 //! what is no longer kept is reported to subscribers (`resync`).
+//!
+//! The hub's subscription changes reach the reader through [`PendingOps`]:
+//! coalesced per topic under a mutex, with a wakeup. Nothing is ever
+//! refused (an unsubscribe lost would leak a followed channel; a subscribe
+//! not answered would hold its subscriber's messages for good), and nothing
+//! grows past the hub's own limits: per topic, two counts and at most one
+//! waiting request per connection.
 
-use super::scripts::{self, decode_event, decode_sync, key, topic_of_channel, Event};
+use super::scripts::{self, decode_entries, decode_event, decode_sync, id_before, key, topic_of_channel, Event};
 use super::{report_down, Backoff, Shared, CONNECT_TIMEOUT, NODE_BEAT, RESPONSE_TIMEOUT};
 use crate::broker::{new_epoch, History, Published, Resume, SubscribeRequest};
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use redis::{RedisError, RedisResult, Script};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
 
-/// A request from the hub, handled in order.
-pub(crate) enum ReaderOp {
-    Subscribe(SubscribeRequest),
-    Unsubscribe(Arc<str>),
+/// Stream entries read per command when replaying or catching up: one
+/// read never returns the whole stream, and a page is bounded in bytes by
+/// the topic's byte cap.
+const REPLAY_PAGE: usize = 128;
+/// Topics handled per wakeup before the reader looks at Pub/Sub again.
+const TOPICS_PER_ROUND: usize = 64;
+/// Sequence numbers beyond this cannot exist (Redis counts in i64, and Lua
+/// compares in doubles, exact up to 2^53): a larger `since` is clamped to
+/// it, which changes no answer.
+const SEQ_LIMIT: u64 = 1 << 53;
+
+/// Subscription changes waiting for the reader, per topic, in the order
+/// the topics first changed.
+#[derive(Default)]
+pub(crate) struct PendingOps {
+    topics: HashMap<Arc<str>, TopicOps>,
+    order: VecDeque<Arc<str>>,
+}
+
+/// What changed on one topic since the reader last looked.
+#[derive(Default)]
+struct TopicOps {
+    /// Local subscriptions added and removed.
+    added: usize,
+    removed: usize,
+    /// Requests to answer, at most one per connection: the hub keeps one
+    /// subscription per connection and topic, so a newer request of the same
+    /// connection (after an unsubscribe) replaces the older one.
+    requests: HashMap<u64, SubscribeRequest>,
+}
+
+impl PendingOps {
+    fn entry(&mut self, topic: &Arc<str>) -> &mut TopicOps {
+        if !self.topics.contains_key(topic) {
+            self.order.push_back(topic.clone());
+        }
+        self.topics.entry(topic.clone()).or_default()
+    }
+
+    /// A local subscription of `request.topic` starts.
+    pub(super) fn subscribe(&mut self, request: SubscribeRequest) {
+        let ops = self.entry(&request.topic);
+        ops.added += 1;
+        ops.requests.insert(request.conn, request);
+    }
+
+    /// A local subscription of `topic` ended.
+    pub(super) fn unsubscribe(&mut self, topic: &Arc<str>) {
+        self.entry(topic).removed += 1;
+    }
+
+    /// Requests that could not be answered (Redis failed) wait again, unless
+    /// their connection asked again meanwhile.
+    fn retry(&mut self, topic: &Arc<str>, requests: impl IntoIterator<Item = SubscribeRequest>) {
+        let ops = self.entry(topic);
+        for request in requests {
+            ops.requests.entry(request.conn).or_insert(request);
+        }
+    }
+
+    fn next(&mut self) -> Option<(Arc<str>, TopicOps)> {
+        let topic = self.order.pop_front()?;
+        let ops = self.topics.remove(&topic).unwrap_or_default();
+        Some((topic, ops))
+    }
 }
 
 /// A topic this node follows.
 struct Followed {
     /// Local subscriptions.
     refs: usize,
+    /// Subscribed on the current Pub/Sub connection.
+    on_channel: bool,
+    /// The position was read from Redis (else `epoch` and `last` mean nothing yet).
+    synced: bool,
     /// The last message delivered on this node.
     epoch: Arc<str>,
     last: u64,
+}
+
+/// Where a topic stands, and the kept messages a resume asked for.
+struct Synced {
+    epoch: Arc<str>,
+    seq: u64,
+    /// Oldest first, none after `seq`.
+    messages: Vec<Published>,
 }
 
 struct Reader {
     shared: Arc<Shared>,
     sync: Script,
     topics: HashMap<Arc<str>, Followed>,
-    /// Requests interrupted by a failure, retried first after reconnecting.
-    deferred: VecDeque<ReaderOp>,
 }
 
 fn failed(what: &str) -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, what.to_string()))
 }
 
-pub(super) async fn run(shared: Arc<Shared>, mut ops: mpsc::UnboundedReceiver<ReaderOp>) {
-    let mut reader = Reader { shared: shared.clone(), sync: Script::new(scripts::SYNC), topics: HashMap::new(), deferred: VecDeque::new() };
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut reader = Reader { shared: shared.clone(), sync: Script::new(scripts::SYNC), topics: HashMap::new() };
     let mut backoff = Backoff::new();
     let mut attempts = 0u32;
     let mut down_since: Option<Instant> = None;
     loop {
-        let error = match reader.session(&mut ops, &mut backoff, &mut attempts, &mut down_since).await {
+        let error = match reader.session(&mut backoff, &mut attempts, &mut down_since).await {
             None => return,
             Some(e) => e,
         };
         attempts += 1;
         down_since.get_or_insert_with(Instant::now);
-        report_down(&shared.reader, "subscription", &shared.target, &error.to_string(), attempts);
+        report_down(&shared.reader, "subscription", &shared.target, &error, attempts);
         shared.check.notify_one();
         tokio::time::sleep(backoff.next()).await;
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
     }
 }
 
 impl Reader {
     /// One connection's life; `None` when the broker was dropped.
-    async fn session(
-        &mut self,
-        ops: &mut mpsc::UnboundedReceiver<ReaderOp>,
-        backoff: &mut Backoff,
-        attempts: &mut u32,
-        down_since: &mut Option<Instant>,
-    ) -> Option<RedisError> {
+    async fn session(&mut self, backoff: &mut Backoff, attempts: &mut u32, down_since: &mut Option<Instant>) -> Option<RedisError> {
         let mut con = match self.shared.connect().await {
             Ok(c) => c,
             Err(e) => return Some(e),
@@ -82,10 +157,16 @@ impl Reader {
         let (mut sink, mut stream) = pubsub.split();
         // Channels first, then the streams: nothing published after the
         // catch-up read can be missed.
+        for followed in self.topics.values_mut() {
+            followed.on_channel = false;
+        }
         let followed: Vec<Arc<str>> = self.topics.keys().cloned().collect();
         for topic in &followed {
             if let Err(e) = subscribe_channel(&mut sink, topic).await {
                 return Some(e);
+            }
+            if let Some(f) = self.topics.get_mut(topic) {
+                f.on_channel = true;
             }
         }
         for topic in &followed {
@@ -100,11 +181,9 @@ impl Reader {
             None => tracing::info!(redis = %self.shared.target, "redis broker: subscriptions connected"),
         }
         *attempts = 0;
-        while let Some(op) = self.deferred.pop_front() {
-            if let Err(e) = self.handle(&op, &mut sink, &mut con).await {
-                self.deferred.push_front(op);
-                return Some(e);
-            }
+        // Requests that waited (or were interrupted) while Redis was away.
+        if let Err(e) = self.handle_pending(&mut sink, &mut con).await {
+            return Some(e);
         }
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + NODE_BEAT, NODE_BEAT);
         loop {
@@ -115,10 +194,11 @@ impl Reader {
                         return Some(e);
                     }
                 }
-                op = ops.recv() => {
-                    let op = op?;
-                    if let Err(e) = self.handle(&op, &mut sink, &mut con).await {
-                        self.deferred.push_back(op);
+                () = self.shared.ops_ready.notified() => {
+                    if self.shared.closed.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    if let Err(e) = self.handle_pending(&mut sink, &mut con).await {
                         return Some(e);
                     }
                 }
@@ -133,63 +213,150 @@ impl Reader {
         }
     }
 
-    async fn handle(&mut self, op: &ReaderOp, sink: &mut PubSubSink, con: &mut MultiplexedConnection) -> RedisResult<()> {
-        match op {
-            ReaderOp::Subscribe(request) => {
-                let fresh = !self.topics.contains_key(&request.topic);
-                if fresh {
-                    subscribe_channel(sink, &request.topic).await?;
-                }
-                let (epoch, seq, messages) = self.sync(con, &request.topic, request.resume.as_ref()).await?;
-                let epoch: Arc<str> = Arc::from(epoch);
-                let followed = self.topics.entry(request.topic.clone()).or_insert_with(|| Followed { refs: 0, epoch: epoch.clone(), last: seq });
-                followed.refs += 1;
-                self.shared.sink().subscribed(request.clone(), History { epoch, last_seq: seq, messages });
+    /// Apply waiting subscription changes, a bounded number of topics at a
+    /// time (the rest after a look at Pub/Sub).
+    async fn handle_pending(&mut self, sink: &mut PubSubSink, con: &mut MultiplexedConnection) -> RedisResult<()> {
+        for _ in 0..TOPICS_PER_ROUND {
+            let Some((topic, ops)) = self.shared.ops.lock().unwrap_or_else(|p| p.into_inner()).next() else { return Ok(()) };
+            self.apply(&topic, ops, sink, con).await?;
+        }
+        self.shared.ops_ready.notify_one();
+        Ok(())
+    }
+
+    /// One topic's changes: count, follow or leave the channel, answer.
+    async fn apply(&mut self, topic: &Arc<str>, ops: TopicOps, sink: &mut PubSubSink, con: &mut MultiplexedConnection) -> RedisResult<()> {
+        // Counts first: local state, cannot fail, never applied twice.
+        let followed = self.topics.entry(topic.clone()).or_insert_with(|| Followed { refs: 0, on_channel: false, synced: false, epoch: Arc::from(""), last: 0 });
+        followed.refs = (followed.refs + ops.added).saturating_sub(ops.removed);
+        if followed.refs == 0 {
+            // Every subscription of the topic here has ended: the requests'
+            // subscribers are gone, nobody waits for an answer (their held
+            // publishes go now).
+            let on_channel = followed.on_channel;
+            self.topics.remove(topic);
+            for conn in ops.requests.keys() {
+                self.shared.release_awaiting(*conn, topic);
             }
-            ReaderOp::Unsubscribe(topic) => {
-                let Some(followed) = self.topics.get_mut(topic) else { return Ok(()) };
-                followed.refs = followed.refs.saturating_sub(1);
-                if followed.refs == 0 {
-                    self.topics.remove(topic);
-                    tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(key(topic, "ch"))).await.map_err(|_| failed("unsubscribe timed out"))??;
-                }
+            if on_channel {
+                tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(key(topic, "ch"))).await.map_err(|_| failed("unsubscribe timed out"))??;
             }
+            return Ok(());
+        }
+        let mut requests: Vec<SubscribeRequest> = ops.requests.into_values().collect();
+        let result = self.answer(topic, &mut requests, sink, con).await;
+        if result.is_err() {
+            self.shared.ops.lock().unwrap_or_else(|p| p.into_inner()).retry(topic, requests);
+        }
+        result
+    }
+
+    /// Answer `requests` (removing each once answered): the channel first,
+    /// then where the topic stands.
+    async fn answer(&mut self, topic: &Arc<str>, requests: &mut Vec<SubscribeRequest>, sink: &mut PubSubSink, con: &mut MultiplexedConnection) -> RedisResult<()> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        if self.topics.get(topic).is_some_and(|f| !f.on_channel) {
+            subscribe_channel(sink, topic).await?;
+            if let Some(f) = self.topics.get_mut(topic) {
+                f.on_channel = true;
+            }
+        }
+        while let Some(request) = requests.last() {
+            let followed = self.topics.get(topic).filter(|f| f.synced);
+            let history = match (followed, &request.resume) {
+                // Already followed here and nothing to replay: live delivery
+                // continues after what this node delivered last, exactly.
+                (Some(f), None) => History { epoch: f.epoch.clone(), last_seq: f.last, messages: Vec::new() },
+                _ => {
+                    let synced = self.sync(con, topic, request.resume.as_ref(), false).await?;
+                    if let Some(f) = self.topics.get_mut(topic).filter(|f| !f.synced) {
+                        (f.synced, f.epoch, f.last) = (true, synced.epoch.clone(), synced.seq);
+                    }
+                    History { epoch: synced.epoch, last_seq: synced.seq, messages: synced.messages }
+                }
+            };
+            let Some(request) = requests.pop() else { break };
+            let conn = request.conn;
+            self.shared.sink().subscribed(clamped(request), history);
+            // In effect: what the connection published since goes to Redis,
+            // after the starting point just given.
+            self.shared.release_awaiting(conn, topic);
         }
         Ok(())
     }
 
-    /// Where `topic` stands, with the kept messages after `resume`.
-    async fn sync(&self, con: &mut MultiplexedConnection, topic: &Arc<str>, resume: Option<&Resume>) -> RedisResult<(String, u64, Vec<Published>)> {
-        let since = resume.map_or(-1, |r| i64::try_from(r.since).unwrap_or(i64::MAX));
-        let epoch = resume.and_then(|r| r.epoch.as_deref()).unwrap_or("*");
+    /// Where `topic` stands, with the kept messages after `resume` (all of
+    /// the window if its epoch differs), read newest first in pages of
+    /// [`REPLAY_PAGE`] and at most the history limit. Reading newest first
+    /// keeps the replay contiguous up to `seq` even if trimming runs between
+    /// pages: what is lost is at the old end, and the hub tells the client.
+    ///
+    /// `catch_up`: this node's own position (never a client's): see
+    /// [`scripts::SYNC`].
+    async fn sync(&self, con: &mut MultiplexedConnection, topic: &Arc<str>, resume: Option<&Resume>, catch_up: bool) -> RedisResult<Synced> {
+        let since = resume.map(|r| r.since.min(SEQ_LIMIT));
+        let claimed = resume.and_then(|r| r.epoch.as_deref()).unwrap_or("*");
         let h = &self.shared.history;
+        let limit = h.max_messages;
         let reply: redis::Value = self
             .sync
             .key(key(topic, "seq"))
             .key(key(topic, "log"))
             .arg(new_epoch())
             .arg(self.shared.seq_ttl_ms())
-            .arg(since)
-            .arg(epoch)
-            .arg(h.max_messages)
+            .arg(since.map_or(-1, |s| s as i64))
+            .arg(claimed)
+            .arg(limit.min(REPLAY_PAGE))
             .arg(self.shared.age_ms())
+            .arg(if catch_up { "1" } else { "0" })
             .invoke_async(con)
             .await?;
-        decode_sync(topic, reply).ok_or_else(|| failed("unexpected reply from the sync script"))
+        let reply = decode_sync(reply).ok_or_else(|| failed("unexpected reply from the sync script"))?;
+        let epoch: Arc<str> = Arc::from(reply.epoch.as_str());
+        let Some(since) = since else { return Ok(Synced { epoch, seq: reply.seq, messages: Vec::new() }) };
+        let same = claimed == "*" || claimed == &*epoch;
+        // Messages wanted: after `since` in the same epoch, else the window.
+        let want = if same { reply.seq.saturating_sub(since) } else { reply.seq }.min(limit as u64) as usize;
+        let mut messages: Vec<Published> = Vec::new();
+        let mut page = decode_entries(topic, &epoch, reply.entries);
+        let mut asked = limit.min(REPLAY_PAGE);
+        loop {
+            let full = page.len() == asked;
+            let (mut oldest, mut done) = (None, false);
+            for (id, msg) in page {
+                if (same && msg.seq <= since) || messages.len() >= want {
+                    done = true;
+                    break;
+                }
+                if msg.seq <= reply.seq {
+                    messages.push(msg);
+                }
+                oldest = Some(id);
+            }
+            let (Some(oldest), false, true) = (oldest, done, full && messages.len() < want) else { break };
+            let Some(before) = id_before(&oldest) else { break };
+            asked = (want - messages.len()).min(REPLAY_PAGE);
+            let entries: redis::Value =
+                redis::cmd("XREVRANGE").arg(key(topic, "log")).arg(before).arg(reply.cutoff_ms).arg("COUNT").arg(asked).query_async(con).await?;
+            page = decode_entries(topic, &epoch, entries);
+        }
+        messages.reverse();
+        Ok(Synced { epoch, seq: reply.seq, messages })
     }
 
     /// Deliver what this node missed on `topic` (still kept in its stream),
     /// then tell subscribers that are still behind.
     async fn catch_up(&mut self, con: &mut MultiplexedConnection, topic: &Arc<str>) -> RedisResult<()> {
-        let Some(followed) = self.topics.get(topic) else { return Ok(()) };
+        let Some(followed) = self.topics.get(topic).filter(|f| f.synced) else { return Ok(()) };
         let resume = Resume { since: followed.last, epoch: Some(followed.epoch.to_string()) };
-        let (epoch, seq, messages) = self.sync(con, topic, Some(&resume)).await?;
+        let Synced { epoch, seq, messages } = self.sync(con, topic, Some(&resume), true).await?;
         let Some(followed) = self.topics.get_mut(topic) else { return Ok(()) };
         let sink = self.shared.sink();
-        let same = *followed.epoch == *epoch;
-        if !same {
+        if followed.epoch != epoch {
             tracing::warn!(%topic, old = %followed.epoch, new = %epoch, "redis broker: topic history was reset (new epoch)");
-            followed.epoch = Arc::from(epoch.as_str());
+            followed.epoch = epoch.clone();
             followed.last = 0;
         }
         let mut delivered = 0;
@@ -227,11 +394,15 @@ impl Reader {
             }
             Event::Message { epoch, seq, sender, timestamp_ms, body } => (epoch, seq, sender, timestamp_ms, body),
         };
+        if !followed.synced {
+            // Not answered yet: the first sync sets the position past this.
+            return Ok(());
+        }
         let same = *followed.epoch == *epoch;
         if same && seq <= followed.last {
             return Ok(()); // already delivered (by a catch-up)
         }
-        if !(same && seq == followed.last + 1) {
+        if !(same && Some(seq) == followed.last.checked_add(1)) {
             if self.shared.history.max_messages > 0 {
                 // A gap or a new epoch: the stream has what is missing.
                 self.catch_up(con, &topic).await?;
@@ -254,10 +425,64 @@ impl Reader {
     }
 }
 
+/// The request as the hub gets it back: a `since` no topic can reach is
+/// clamped (the answer is the same, "never sent"), so that no arithmetic on
+/// it can overflow.
+fn clamped(mut request: SubscribeRequest) -> SubscribeRequest {
+    if let Some(resume) = &mut request.resume {
+        resume.since = resume.since.min(SEQ_LIMIT);
+    }
+    request
+}
+
 async fn subscribe_channel(sink: &mut PubSubSink, topic: &str) -> RedisResult<()> {
     // One channel per SUBSCRIBE: the client matches one reply per request.
     match tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(key(topic, "ch"))).await {
         Ok(result) => result,
         Err(_) => Err(failed("subscribe timed out")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(conn: u64, topic: &Arc<str>, id: &str) -> SubscribeRequest {
+        SubscribeRequest { conn, topic: topic.clone(), resume: None, id: Some(serde_json::json!(id)) }
+    }
+
+    #[test]
+    fn pending_ops_coalesce_per_topic_and_connection() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let mut ops = PendingOps::default();
+        ops.subscribe(request(1, &a, "first"));
+        ops.subscribe(request(2, &b, "b"));
+        ops.unsubscribe(&a);
+        ops.subscribe(request(1, &a, "again"));
+        ops.unsubscribe(&b);
+        // Topics in the order they first changed; counts kept, one request
+        // per connection (the newest).
+        let (topic, first) = ops.next().unwrap();
+        assert_eq!((&*topic, first.added, first.removed, first.requests.len()), ("a", 2, 1, 1));
+        assert_eq!(first.requests[&1].id, Some(serde_json::json!("again")));
+        let (topic, second) = ops.next().unwrap();
+        assert_eq!((&*topic, second.added, second.removed, second.requests.len()), ("b", 1, 1, 1));
+        assert!(ops.next().is_none());
+        // A retried request does not replace a newer one of its connection.
+        ops.subscribe(request(1, &a, "newer"));
+        ops.retry(&a, [request(1, &a, "older"), request(3, &a, "other")]);
+        let (_, retried) = ops.next().unwrap();
+        assert_eq!((retried.added, retried.requests.len()), (1, 2));
+        assert_eq!(retried.requests[&1].id, Some(serde_json::json!("newer")));
+    }
+
+    #[test]
+    fn since_is_clamped_where_no_arithmetic_overflows() {
+        let topic: Arc<str> = Arc::from("t");
+        let mut r = request(1, &topic, "x");
+        r.resume = Some(Resume { since: u64::MAX, epoch: None });
+        let since = clamped(r).resume.unwrap().since;
+        assert_eq!(since, SEQ_LIMIT);
+        assert!(since.checked_add(1).is_some());
     }
 }

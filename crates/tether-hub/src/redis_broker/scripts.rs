@@ -16,11 +16,19 @@ use redis::Value;
 use std::sync::Arc;
 
 /// Assign the next seq (creating the epoch if the topic has none), keep the
-/// message in the stream (trimmed by count and age), refresh expiries, and
-/// fan it out on the topic's channel, all in one atomic step.
+/// message in the stream, trim the stream to its limits (count, age and
+/// bytes, oldest first), refresh expiries, and fan the message out on the
+/// topic's channel, all in one atomic step.
+///
+/// The seq hash's `bytes` field is the running total of what the stream
+/// holds (body + sender + 64 bytes per entry for its ID and field names); entries are removed
+/// one by one (`XDEL`, oldest first) so the total stays exact. A message
+/// larger than the cap is delivered but not kept (a resume past it is told
+/// of the gap). Each entry is added and removed once, so the trimming work
+/// per publish is constant on average.
 ///
 /// KEYS: seq, log. ARGV: epoch candidate, max messages, max age ms, seq-key
-/// expiry ms, channel, sender, ts, kind, body. Returns {seq, epoch}.
+/// expiry ms, channel, sender, ts, kind, body, max bytes. Returns {seq, epoch}.
 pub const PUBLISH: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -29,72 +37,113 @@ if not epoch then
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if tonumber(ARGV[2]) > 0 then
+local max = tonumber(ARGV[2])
+if max > 0 then
+  local cap = tonumber(ARGV[10])
+  local overhead = 64
+  local count = redis.call('XLEN', KEYS[2])
+  local bytes = 0
+  if count > 0 then bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0') end
+  local size = #ARGV[6] + #ARGV[9] + overhead
+  if size <= cap then
+    redis.call('XADD', KEYS[2], '*', 's', seq, 'f', ARGV[6], 't', ARGV[7], 'k', ARGV[8], 'b', ARGV[9])
+    bytes = bytes + size
+    count = count + 1
+  end
+  local function drop(entry)
+    local fields = entry[2]
+    local n = overhead
+    for i = 1, #fields, 2 do
+      if fields[i] == 'f' or fields[i] == 'b' then n = n + #fields[i + 1] end
+    end
+    redis.call('XDEL', KEYS[2], entry[1])
+    bytes = bytes - n
+    count = count - 1
+  end
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'f', ARGV[6], 't', ARGV[7], 'k', ARGV[8], 'b', ARGV[9])
-  redis.call('XTRIM', KEYS[2], 'MINID', now - tonumber(ARGV[3]))
+  local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[3])
+  if cutoff > 0 then
+    local older = string.format('%d', cutoff - 1)
+    repeat
+      local old = redis.call('XRANGE', KEYS[2], '-', older, 'COUNT', 16)
+      for _, entry in ipairs(old) do drop(entry) end
+    until #old < 16
+  end
+  while count > 0 and (count > max or bytes > cap) do
+    local old = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+    if #old == 0 then break end
+    drop(old[1])
+  end
+  if count <= 0 or bytes < 0 then bytes = 0 end
+  redis.call('HSET', KEYS[1], 'bytes', bytes)
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
 redis.call('PUBLISH', ARGV[5], 'm\n' .. epoch .. '\n' .. seq .. '\n' .. ARGV[6] .. '\n' .. ARGV[7] .. '\n' .. ARGV[8] .. '\n' .. ARGV[9])
 return {seq, epoch}
 "#;
 
-/// Where a topic stands, and (for a resume) the kept messages after `since`:
-/// all of the window if the epoch differs. If the sequence went backwards
-/// under the same epoch (Redis came back from an older snapshot), a new
-/// epoch is set so nobody mistakes new messages for old ones.
+/// Where a topic stands, and the first page of kept messages (newest
+/// first) of a replay; the reader pages on with `XREVRANGE` from there.
+///
+/// Never changes a topic for anyone else: it creates the epoch of a topic
+/// that has none, and otherwise only reads. The one exception is a node's
+/// own catch-up (ARGV[7] = '1', never a client's resume): if the node
+/// delivered a sequence number beyond the topic's under the same epoch,
+/// Redis came back from an older snapshot, and a new epoch is set so
+/// nobody mistakes new messages for old ones.
 ///
 /// KEYS: seq, log. ARGV: epoch candidate, seq-key expiry ms, since (-1: no
-/// replay), the client's epoch ('*': any), max messages, max age ms.
-/// Returns {epoch, seq, entries (newest first)}.
+/// replay; at most 2^53), the epoch of `since` ('*': any), most entries to
+/// read now, max age ms, '1' for a node's catch-up. Returns {epoch, seq,
+/// oldest stream ID still replayed (ms), entries (newest first)}.
 pub const SYNC: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local since = tonumber(ARGV[3])
 if not epoch then
   epoch = ARGV[1]
   seq = 0
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
-end
-local since = tonumber(ARGV[3])
-local same = ARGV[4] == '*' or ARGV[4] == epoch
-if since >= 0 and same and since > seq then
+elseif ARGV[7] == '1' and ARGV[4] == epoch and since > seq then
   epoch = ARGV[1]
-  same = false
   redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local entries = {}
-local limit = tonumber(ARGV[5])
-if since >= 0 and limit > 0 then
-  local want = seq
-  if same then want = seq - since end
-  if want > limit then want = limit end
-  if want > 0 then
-    local t = redis.call('TIME')
-    local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[6])
-    if cutoff < 0 then cutoff = 0 end
-    entries = redis.call('XREVRANGE', KEYS[2], '+', cutoff, 'COUNT', want)
-  end
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[6])
+if cutoff < 0 then cutoff = 0 end
+local want = 0
+if since >= 0 then
+  if ARGV[4] == '*' or ARGV[4] == epoch then want = seq - since else want = seq end
 end
-return {epoch, seq, entries}
+local page = tonumber(ARGV[5])
+if want > page then want = page end
+local entries = {}
+if want > 0 then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', string.format('%d', cutoff), 'COUNT', want)
+end
+return {epoch, seq, cutoff, entries}
 "#;
 
 /// A local join or leave: update the topic's session → node hash and the
-/// node's topic set, then announce it with the cluster-wide count.
+/// node's topic set, then announce it with the cluster-wide count (only if
+/// it changed something: applying a change twice announces it once).
 ///
 /// KEYS: who, node topics. ARGV: 'join' or 'leave', session, node, channel,
 /// topic, '1' if the node has no subscriber of the topic left.
 pub const PRESENCE: &str = r#"
+local changed
 if ARGV[1] == 'join' then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  changed = redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) == 1
   redis.call('SADD', KEYS[2], ARGV[5])
 else
-  redis.call('HDEL', KEYS[1], ARGV[2])
+  changed = redis.call('HDEL', KEYS[1], ARGV[2]) == 1
   if ARGV[6] == '1' then redis.call('SREM', KEYS[2], ARGV[5]) end
 end
 local count = redis.call('HLEN', KEYS[1])
-redis.call('PUBLISH', ARGV[4], 'p\n' .. ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. count)
+if changed then
+  redis.call('PUBLISH', ARGV[4], 'p\n' .. ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. count)
+end
 return count
 "#;
 
@@ -224,22 +273,39 @@ pub fn decode_event(payload: &[u8]) -> Option<Event> {
     }
 }
 
-/// Parse the reply of [`SYNC`]: (epoch, seq, messages oldest first).
-pub fn decode_sync(topic: &Arc<str>, reply: Value) -> Option<(String, u64, Vec<Published>)> {
+/// Where a topic stands, as [`SYNC`] reports it.
+pub struct Sync {
+    pub epoch: String,
+    pub seq: u64,
+    /// Entries with an ID before this (ms) are too old to replay.
+    pub cutoff_ms: u64,
+    /// The first page of entries, newest first.
+    pub entries: Value,
+}
+
+/// Parse the reply of [`SYNC`].
+pub fn decode_sync(reply: Value) -> Option<Sync> {
     let Value::Array(mut parts) = reply else { return None };
-    if parts.len() != 3 {
+    if parts.len() != 4 {
         return None;
     }
     let entries = parts.pop()?;
+    let cutoff_ms: u64 = redis::from_redis_value(&parts[2]).ok()?;
     let seq: u64 = redis::from_redis_value(&parts[1]).ok()?;
     let epoch: String = redis::from_redis_value(&parts[0]).ok()?;
-    let epoch_arc: Arc<str> = Arc::from(epoch.as_str());
-    let Value::Array(entries) = entries else { return Some((epoch, seq, Vec::new())) };
+    Some(Sync { epoch, seq, cutoff_ms, entries })
+}
+
+/// Parse stream entries (`XRANGE`/`XREVRANGE` replies) in the order given,
+/// each with its stream ID; malformed entries are skipped.
+pub fn decode_entries(topic: &Arc<str>, epoch: &Arc<str>, entries: Value) -> Vec<(String, Published)> {
+    let Value::Array(entries) = entries else { return Vec::new() };
     let mut messages = Vec::with_capacity(entries.len());
-    for entry in entries.into_iter().rev() {
+    for entry in entries {
         // [id, [field, value, ...]]
         let Value::Array(mut pair) = entry else { continue };
-        let Some(Value::Array(fields)) = pair.pop() else { continue };
+        let (Some(Value::Array(fields)), Some(Value::BulkString(id))) = (pair.pop(), pair.pop()) else { continue };
+        let Ok(id) = String::from_utf8(id) else { continue };
         let (mut s, mut f, mut t, mut k, mut b) = (None, None, None, None, None);
         for kv in fields.chunks(2) {
             let (Value::BulkString(name), Some(Value::BulkString(value))) = (&kv[0], kv.get(1)) else { continue };
@@ -254,9 +320,21 @@ pub fn decode_sync(topic: &Arc<str>, reply: Value) -> Option<(String, u64, Vec<P
         }
         let (Some(seq), Some(sender), Some(kind)) = (s, f, k) else { continue };
         let Some(body) = decode_body(kind, b.unwrap_or(b"")) else { continue };
-        messages.push(Published { topic: topic.clone(), epoch: epoch_arc.clone(), seq, sender, timestamp_ms: t.unwrap_or(0), body });
+        messages.push((id, Published { topic: topic.clone(), epoch: epoch.clone(), seq, sender, timestamp_ms: t.unwrap_or(0), body }));
     }
-    Some((epoch, seq, messages))
+    messages
+}
+
+/// The stream ID just before `id` (`ms-n`), for paging backwards with an
+/// inclusive range; `None` before the first possible ID.
+pub fn id_before(id: &str) -> Option<String> {
+    let (ms, n) = id.split_once('-')?;
+    let (ms, n): (u64, u64) = (ms.parse().ok()?, n.parse().ok()?);
+    Some(match (ms, n) {
+        (_, 1..) => format!("{ms}-{}", n - 1),
+        (1.., 0) => format!("{}-{}", ms - 1, u64::MAX),
+        (0, 0) => return None,
+    })
 }
 
 #[cfg(test)]
@@ -279,5 +357,13 @@ mod tests {
         let Some(Event::Presence { joined, session, count }) = decode_event(b"p\nleave\ns-2\n3") else { panic!("not presence") };
         assert_eq!((joined, session.as_str(), count), (false, "s-2", 3));
         assert!(decode_event(b"m\nabc\nnot-a-number").is_none());
+    }
+
+    #[test]
+    fn ids_step_back() {
+        assert_eq!(id_before("1700000000000-3").as_deref(), Some("1700000000000-2"));
+        assert_eq!(id_before("1700000000000-0").as_deref(), Some("1699999999999-18446744073709551615"));
+        assert_eq!(id_before("0-0"), None);
+        assert_eq!(id_before("garbage"), None);
     }
 }

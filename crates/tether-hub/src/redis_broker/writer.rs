@@ -2,9 +2,15 @@
 //! pipeline of script calls per round trip (order kept: one pipeline in
 //! flight), sends presence changes, beats the node's heartbeat key and reaps
 //! dead nodes. Reconnects with backoff; while down, publishes are refused.
+//!
+//! The heartbeat comes first: between two batches the loop looks at the
+//! beat deadline before anything else, and a batch is bounded (count and
+//! bytes, within the response timeout), so a publish flood delays the beat
+//! by one batch at most, far less than the time other nodes wait before
+//! they reap this one.
 
 use super::scripts::{self, encode_body, key, node_key, node_topics, NODES};
-use super::{report_down, Backoff, Shared, NODE_BEAT, NODE_TTL};
+use super::{publish_bytes, report_down, unreachable, Backoff, Shared, NODE_BEAT, NODE_TTL};
 use crate::broker::{new_epoch, BrokerError, PresenceChange, Publish};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{ErrorKind, RedisError, RedisResult, Script};
@@ -13,8 +19,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Most publishes sent in one pipeline.
+/// Most publishes sent in one pipeline...
 const BATCH: usize = 256;
+/// ...and most bytes (past this the batch ends after the message that
+/// crossed it).
+const BATCH_BYTES: usize = 1 << 20;
 
 struct Scripts {
     publish: Script,
@@ -36,7 +45,7 @@ impl From<RedisError> for Stop {
     }
 }
 
-pub(super) async fn run(shared: Arc<Shared>, mut publishes: mpsc::Receiver<Publish>, mut presence: mpsc::UnboundedReceiver<PresenceChange>) {
+pub(super) async fn run(shared: Arc<Shared>, mut publishes: mpsc::Receiver<Publish>, mut presence: mpsc::Receiver<PresenceChange>) {
     let scripts = Scripts {
         publish: Script::new(scripts::PUBLISH),
         presence: Script::new(scripts::PRESENCE),
@@ -53,14 +62,16 @@ pub(super) async fn run(shared: Arc<Shared>, mut publishes: mpsc::Receiver<Publi
         };
         attempts += 1;
         down_since.get_or_insert_with(Instant::now);
-        report_down(&shared.writer, "publishing", &shared.target, &error.to_string(), attempts);
+        report_down(&shared.writer, "publishing", &shared.target, &error, attempts);
         // Never silent: what was waiting is refused now, not later.
-        let refused = BrokerError::Unavailable(format!("lost the connection to redis: {error}"));
+        let refused = unreachable();
         while let Ok(p) = publishes.try_recv() {
+            shared.release(publish_bytes(&p));
             shared.sink().reject(&p.origin, &p.topic, &refused);
         }
         // Presence is re-registered as a whole after the reconnect.
         while presence.try_recv().is_ok() {}
+        shared.presence_overflow.lock().unwrap_or_else(|p| p.into_inner()).clear();
         tokio::time::sleep(backoff.next()).await;
     }
 }
@@ -69,7 +80,7 @@ async fn session(
     shared: &Shared,
     scripts: &Scripts,
     publishes: &mut mpsc::Receiver<Publish>,
-    presence: &mut mpsc::UnboundedReceiver<PresenceChange>,
+    presence: &mut mpsc::Receiver<PresenceChange>,
     backoff: &mut Backoff,
     attempts: &mut u32,
     down_since: &mut Option<Instant>,
@@ -97,21 +108,32 @@ async fn session(
     *attempts = 0;
     let mut batch = Vec::with_capacity(BATCH);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + NODE_BEAT, NODE_BEAT);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Biased, heartbeat first: however many publishes wait, the beat
+        // goes out after the batch in flight.
         let result = tokio::select! {
             biased;
-            n = publishes.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    return Stop::Closed;
-                }
-                publish_batch(shared, &publish_sha, scripts, &mut con, &mut batch).await
-            }
+            _ = ticker.tick() => beat(shared, scripts, &mut con).await,
+            () = shared.check.notified() => beat(shared, scripts, &mut con).await,
             change = presence.recv() => match change {
                 None => return Stop::Closed,
                 Some(change) => announce(shared, scripts, &mut con, change).await,
             },
-            _ = ticker.tick() => beat(shared, scripts, &mut con).await,
-            () = shared.check.notified() => beat(shared, scripts, &mut con).await,
+            () = shared.presence_overflowed.notified() => resync_overflowed(shared, scripts, &mut con, presence).await,
+            first = publishes.recv() => {
+                let Some(first) = first else { return Stop::Closed };
+                let mut bytes = publish_bytes(&first);
+                batch.push(first);
+                while batch.len() < BATCH && bytes < BATCH_BYTES {
+                    let Ok(p) = publishes.try_recv() else { break };
+                    bytes += publish_bytes(&p);
+                    batch.push(p);
+                }
+                let result = publish_batch(shared, &publish_sha, scripts, &mut con, &mut batch).await;
+                shared.release(bytes);
+                result
+            }
         };
         if let Err(e) = result {
             return Stop::Failed(e);
@@ -139,7 +161,8 @@ async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut 
                 .arg(&*p.sender)
                 .arg(p.timestamp_ms)
                 .arg(kind)
-                .arg(body);
+                .arg(body)
+                .arg(shared.history.max_topic_bytes);
         }
         pipe
     };
@@ -154,7 +177,7 @@ async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut 
         let replies = match con.req_packed_commands(&pipe, 0, msgs.len()).await {
             Ok(r) => r,
             Err(e) => {
-                let refused = BrokerError::Unavailable(format!("redis failed: {e}"));
+                let refused = unreachable();
                 for p in &msgs {
                     sink.reject(&p.origin, &p.topic, &refused);
                 }
@@ -166,7 +189,10 @@ async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut 
                 Ok((seq, epoch)) => sink.ack(&p.origin, &p.topic, &epoch, seq),
                 // Scripts were flushed (SCRIPT FLUSH): load again and retry, in order.
                 Err(e) if e.kind() == ErrorKind::NoScriptError && round == 0 => retry.push(p),
-                Err(e) => sink.reject(&p.origin, &p.topic, &BrokerError::Unavailable(format!("redis refused the message: {e}"))),
+                Err(e) => {
+                    tracing::warn!(redis = %shared.target, topic = %p.topic, error = %e, "redis broker: redis refused a message");
+                    sink.reject(&p.origin, &p.topic, &BrokerError::Unavailable("redis refused the message".into()));
+                }
             }
         }
         if !retry.is_empty() {
@@ -215,6 +241,36 @@ async fn beat(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnectio
     Ok(())
 }
 
+/// Presence changes overflowed the queue: send what is queued (in order),
+/// then make each overflowed topic's presence match this node's sessions.
+/// (The scripts are idempotent: a change applied by both is announced once.)
+async fn resync_overflowed(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection, presence: &mut mpsc::Receiver<PresenceChange>) -> RedisResult<()> {
+    while let Ok(change) = presence.try_recv() {
+        announce(shared, scripts, con, change).await?;
+    }
+    let topics: Vec<Arc<str>> = shared.presence_overflow.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+    for topic in &topics {
+        let sessions: Vec<Arc<str>> = {
+            let local = shared.local.lock().unwrap_or_else(|p| p.into_inner());
+            local.get(topic).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        };
+        resync_topic(shared, scripts, con, topic, &sessions).await?;
+    }
+    tracing::debug!(topics = topics.len(), "redis broker: presence queue overflowed; topics resynchronised");
+    Ok(())
+}
+
+/// Make `topic`'s presence in Redis match this node's `sessions`.
+async fn resync_topic(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection, topic: &str, sessions: &[Arc<str>]) -> RedisResult<()> {
+    let mut call = scripts.resync.key(key(topic, "who"));
+    call.key(node_topics(&shared.node)).arg(&shared.node).arg(key(topic, "ch")).arg(topic);
+    for s in sessions {
+        call.arg(&**s);
+    }
+    let _count: u64 = call.invoke_async(con).await?;
+    Ok(())
+}
+
 /// After a (re)connect: make Redis's presence match this node's sessions,
 /// for every topic this node has or had subscribers in.
 async fn resync_presence(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection) -> RedisResult<()> {
@@ -227,12 +283,7 @@ async fn resync_presence(shared: &Shared, scripts: &Scripts, con: &mut Multiplex
     topics.extend(local.iter().map(|(t, _)| &**t));
     for topic in topics {
         let sessions = local.iter().find(|(t, _)| &**t == topic).map(|(_, s)| s.as_slice()).unwrap_or(&[]);
-        let mut call = scripts.resync.key(key(topic, "who"));
-        call.key(node_topics(&shared.node)).arg(&shared.node).arg(key(topic, "ch")).arg(topic);
-        for s in sessions {
-            call.arg(&**s);
-        }
-        let _count: u64 = call.invoke_async(con).await?;
+        resync_topic(shared, scripts, con, topic, sessions).await?;
     }
     Ok(())
 }
