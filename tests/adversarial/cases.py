@@ -689,15 +689,21 @@ def bomb(size):
 @case("decompression_bomb")
 async def decompression_bomb(ctx):
     """permessage-deflate: ~1 MiB of deflate that inflates to 1 GiB, sent as
-    64 KiB frames; and 256 KiB in one frame that inflates to 256 MiB. Closed
-    with 1009 as soon as the inflated size passes --max-message-size; RSS
-    bounded."""
+    16 KiB frames (paced: the attacker reads between frames, as any client
+    does) and as 64 KiB frames back to back; and 254 KiB in one frame that
+    inflates to 256 MiB. Closed with 1009 as soon as the inflated size
+    passes --max-message-size; RSS bounded.
+
+    Back to back, the close frame often does not reach the attacker: the
+    server drops TCP right after sending 1009 while the attacker's bytes are
+    still arriving, so the kernel answers with RST and the 1009 is lost. For
+    that variant any close (1009 or EOF) passes."""
     srv = ctx.server(["--deflate"])
     by = await Bystander(srv).start()
     results = []
     by.watch()
 
-    async def one(size, piece):
+    async def one(label, size, piece, pace):
         data = bomb(size)
         ws = await RawWS.connect(srv.port, "/bomb", extensions="permessage-deflate; client_max_window_bits")
         ext = ws.headers.get("sec-websocket-extensions", "")
@@ -710,22 +716,24 @@ async def decompression_bomb(ctx):
                 await ws.send_raw(f, timeout=5)
             except Closed:
                 break
+            if pace:
+                await asyncio.sleep(pace)
             if rd.done():
                 break
         code = await rd
         ws.close()
-        results.append((len(data), size, code))
+        results.append(f"{label}:{len(data) // 1024}KiB->{size // MiB}MiB:{code}")
         return code
 
     async def attack():
-        c1 = await one(1 << 30, 64 * 1024)
-        c2 = await one(256 * MiB, 1 << 30)
-        return c1, c2
+        return (await one("paced", 1 << 30, 16 * 1024, 0.05), await one("burst", 1 << 30, 64 * 1024, 0),
+                await one("single", 256 * MiB, 1 << 30, 0))
 
-    c1, c2 = await rss_phase(ctx, srv, attack)
-    ctx.num("bombs", " ".join(f"{z // 1024}KiB->{s // MiB}MiB:{c}" for z, s, c in results))
-    ctx.expect(c1 == 1009, f"fragmented 1 GiB bomb closed with {c1}, expected 1009")
-    ctx.expect(c2 == 1009, f"single-frame 256 MiB bomb closed with {c2}, expected 1009")
+    paced, burst, single = await rss_phase(ctx, srv, attack)
+    ctx.num("bombs", " ".join(results))
+    ctx.expect(paced == 1009, f"fragmented 1 GiB bomb (paced) closed with {paced}, expected 1009")
+    ctx.expect(burst in (1009, "EOF"), f"fragmented 1 GiB bomb (back to back): {burst}, expected closed")
+    ctx.expect(single == 1009, f"single-frame 256 MiB bomb closed with {single}, expected 1009")
     await bystander_final(ctx, by)
     await by.close()
 

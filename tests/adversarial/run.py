@@ -14,6 +14,7 @@ Prints one line per case; exit status 0 only if every case passed.
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 import traceback
@@ -107,4 +108,5 @@ async def main():
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `run.py | head` ends quietly
     sys.exit(asyncio.run(main()))
