@@ -39,7 +39,7 @@ if [[ "${TETHER_SKIP_BROWSER:-0}" != 1 ]]; then
 fi
 
 step "adversarial tests (hostile peers against tether serve)"
-"${TETHER_PYTHON:-python3}" tests/adversarial/run.py --bin "$ROOT/target/release/tether"
+"${TETHER_PYTHON:-python3}" tests/adversarial/run.py --bin "$ROOT/target/release/tether" --debug-bin "$ROOT/target/debug/tether"
 
 if [[ "${TETHER_SKIP_AUTOBAHN:-0}" != 1 ]]; then
     step "Autobahn|Testsuite"

@@ -418,9 +418,16 @@ async def _discard(ws):
 @case("since_overflow")
 async def since_overflow(ctx):
     """`since` at u64::MAX, beyond the newest, or with a bogus epoch: that
-    client is told history_gap; nothing crashes (`since + 1` overflows in a
-    debug build today); others see no gap; numbering goes on."""
-    srv = ctx.server([])
+    client is told history_gap; nothing crashes; others see no gap;
+    numbering goes on. Run against --debug-bin too when given: the hub
+    computes `since + 1`, which panics on overflow in a debug build."""
+    builds = [("release", ctx.bin)] + ([("debug", ctx.debug_bin)] if ctx.debug_bin else [])
+    ctx.num("builds", "+".join(b for b, _ in builds))
+    for build, bin_path in builds:
+        await _since_overflow(ctx, ctx.server([], bin_path=bin_path), build)
+
+
+async def _since_overflow(ctx, srv, build):
     by = await Bystander(srv).start()
     pub, _ = await v1_client(srv, "/pub")
     for i in range(3):
@@ -455,7 +462,7 @@ async def since_overflow(ctx):
         m = await v1_next(ws, lambda m: m["type"] == "message" and m.get("content") == "next", timeout=5)
         ctx.expect(m["seq"] == newest + 1 and m["epoch"] == epoch, f"{label} got {m}")
         await ws.close()
-    ctx.expect(srv.alive(), "server died")
+    ctx.expect(srv.alive(), f"{build} server died")
     await bystander_final(ctx, by)
     await good.close()
     await pub.close()

@@ -65,7 +65,8 @@ class Server:
         if not line.startswith("listening on"):
             self.proc.wait(timeout=5)
             err = self.stderr_text().strip().splitlines()
-            raise SetupError(f"server did not start (rc={self.proc.returncode}): {err[-1] if err else line!r}")
+            why = next((l for l in err if l.startswith("error:")), err[-1] if err else line)
+            raise SetupError(f"server did not start (rc={self.proc.returncode}): {why.strip()}")
         self.pid = self.proc.pid
 
     def _drop_unknown(self, args):
@@ -139,8 +140,10 @@ class Server:
             pass
 
     async def metrics(self, token=None):
+        # From an address of its own, so that per-address limits on the
+        # attackers' 127.0.0.1 do not refuse the operator's scrape.
         headers = [("Authorization", f"Bearer {token}")] if token else []
-        status, _, body = await http_request(self.port, "GET", "/metrics", headers)
+        status, _, body = await http_request(self.port, "GET", "/metrics", headers, source="127.0.0.254")
         if status != 200:
             return {}
         return parse_metrics(body.decode(errors="replace"))

@@ -28,14 +28,15 @@ CASE_TIMEOUT = 90
 
 
 class Context:
-    def __init__(self, bin_path):
+    def __init__(self, bin_path, debug_bin=None):
         self.bin = bin_path
+        self.debug_bin = debug_bin
         self.servers = []
         self.failures = []
         self.numbers = []
 
-    def server(self, args, rust_log="warn"):
-        s = harness.Server(self.bin, args, rust_log=rust_log)
+    def server(self, args, rust_log="warn", bin_path=None):
+        s = harness.Server(bin_path or self.bin, args, rust_log=rust_log)
         self.servers.append(s)
         return s
 
@@ -48,8 +49,8 @@ class Context:
         self.numbers.append((key, value))
 
 
-async def run_case(name, fn, bin_path):
-    ctx = Context(bin_path)
+async def run_case(name, fn, bin_path, debug_bin=None):
+    ctx = Context(bin_path, debug_bin)
     t0 = time.monotonic()
     error = None
     harness.Server.dropped_flags = []
@@ -84,6 +85,7 @@ async def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", default=os.environ.get("TETHER_BIN", "target/release/tether"), help="the tether binary")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this case (repeatable)")
+    p.add_argument("--debug-bin", help="a debug build too, for the cases where debug and release differ (integer overflow checks)")
     p.add_argument("--lenient", action="store_true", help="drop `tether serve` flags the binary does not know (to measure an older binary)")
     p.add_argument("--list", action="store_true", help="list the cases")
     args = p.parse_args()
@@ -101,7 +103,8 @@ async def main():
         print(f"unknown case(s): {', '.join(unknown)}; --list shows them", file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    results = [await run_case(n, CASES[n], args.bin) for n in names]
+    debug_bin = args.debug_bin if args.debug_bin and os.access(args.debug_bin, os.X_OK) else None
+    results = [await run_case(n, CASES[n], args.bin, debug_bin) for n in names]
     failed = [n for n, ok in zip(names, results) if not ok]
     print(f"\n{len(results) - len(failed)}/{len(results)} passed in {time.monotonic() - t0:.0f} s" + (f"; failed: {' '.join(failed)}" if failed else ""))
     return 1 if failed else 0
