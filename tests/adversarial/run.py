@@ -65,6 +65,9 @@ async def run_case(name, fn, bin_path, debug_bin=None):
         where = next((f"{os.path.basename(f.filename)}:{f.lineno}" for f in reversed(tb) if f.filename.endswith("cases.py")), "?")
         error = f"{type(e).__name__}: {e} (at {where})"
     for s in ctx.servers:
+        panics = [l for l in s.stderr_text().splitlines() if "panicked at" in l]
+        if panics:
+            ctx.failures.append(f"a server task panicked ({os.path.basename(s.bin)}): {panics[0].strip()[:160]}")
         if not s.alive():
             ctx.failures.append(f"server exited with {s.proc.returncode}: {s.stderr_text().strip().splitlines()[-1:] }")
         s.stop()
