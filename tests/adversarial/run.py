@@ -54,12 +54,15 @@ async def run_case(name, fn, bin_path, debug_bin=None):
     t0 = time.monotonic()
     error = None
     harness.Server.dropped_flags = []
+    task = asyncio.ensure_future(fn(ctx))
     try:
-        await asyncio.wait_for(fn(ctx), CASE_TIMEOUT)
+        done, _ = await asyncio.wait([task], timeout=CASE_TIMEOUT)
+        if not done:
+            task.cancel()
+            raise harness.SetupError(f"case timed out after {CASE_TIMEOUT} s")
+        task.result()
     except harness.SetupError as e:
         error = str(e)
-    except asyncio.TimeoutError:
-        error = f"timed out after {CASE_TIMEOUT} s"
     except Exception as e:  # noqa: BLE001 - a case's failure, reported
         tb = traceback.extract_tb(e.__traceback__)
         where = next((f"{os.path.basename(f.filename)}:{f.lineno}" for f in reversed(tb) if f.filename.endswith("cases.py")), "?")
