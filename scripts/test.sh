@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of the project, installing what the tests need first.
 #
-#   scripts/test.sh            everything (unit, integration, interop, Autobahn)
+#   scripts/test.sh            everything (unit, integration, interop, browser, adversarial, Autobahn)
 #   TETHER_SKIP_AUTOBAHN=1     skip the Autobahn|Testsuite run
 #   TETHER_SKIP_BROWSER=1      skip the headless-Chromium tests
 #   TETHER_AUTOBAHN_DEFLATE=1  also run Autobahn 12.x/13.x (permessage-deflate)
@@ -37,6 +37,9 @@ if [[ "${TETHER_SKIP_BROWSER:-0}" != 1 ]]; then
     (cd tests/browser && TETHER_BIN="$ROOT/target/release/tether" TETHER_SCREENSHOTS="$ROOT/target/browser-screenshots" \
         node --test --test-concurrency=1)
 fi
+
+step "adversarial tests (hostile peers against tether serve)"
+"${TETHER_PYTHON:-python3}" tests/adversarial/run.py --bin "$ROOT/target/release/tether" --debug-bin "$ROOT/target/debug/tether"
 
 if [[ "${TETHER_SKIP_AUTOBAHN:-0}" != 1 ]]; then
     step "Autobahn|Testsuite"
