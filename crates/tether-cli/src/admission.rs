@@ -115,14 +115,34 @@ pub fn has_token(token: &str, authorization: Option<&str>, query: Option<&str>) 
 }
 
 /// The client's address: the TCP peer, or, when the peer is a trusted
-/// proxy and a client-address header is configured, the address the proxy
-/// put there (the right-most entry of a list such as X-Forwarded-For: the
-/// one our proxy appended; entries to its left came from the client).
-pub fn client_ip(peer: IpAddr, header: Option<&str>, trusted: bool) -> IpAddr {
+/// proxy and a client-address header is configured, the address the
+/// proxies recorded: in a list such as X-Forwarded-For, the right-most entry
+/// that is not itself a trusted proxy (entries further left were written by
+/// the client and prove nothing).
+pub fn client_ip(peer: IpAddr, header: Option<&str>, trusted: bool, proxies: &[IpAddr]) -> IpAddr {
     if !trusted {
-        return peer;
+        return address_key(peer);
     }
-    header.and_then(|v| v.rsplit(',').next()).and_then(|last| last.trim().parse().ok()).unwrap_or(peer)
+    let forwarded = header.and_then(|v| {
+        v.rsplit(',').map(|entry| entry.trim().parse::<IpAddr>()).find(|ip| !matches!(ip, Ok(ip) if proxies.contains(ip)))
+    });
+    address_key(match forwarded {
+        Some(Ok(ip)) => ip,
+        _ => peer,
+    })
+}
+
+/// What limits per address count: an IPv4 address, or an IPv6 /64 (one
+/// subscriber line usually holds a whole /64, so counting single IPv6
+/// addresses would give one attacker 2^64 of them).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
 }
 
 /// Refusals written before reading the request (no slot, or too many
@@ -211,8 +231,22 @@ mod tests {
     #[test]
     fn client_address_from_a_trusted_proxy_only() {
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(peer, Some("1.2.3.4, 10.0.0.9"), true), "10.0.0.9".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, Some("10.0.0.9"), false), peer);
-        assert_eq!(client_ip(peer, Some("garbage"), true), peer);
+        let proxies = [peer, "10.1.1.1".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_ip(peer, Some("1.2.3.4, 10.0.0.9"), true, &proxies), ip("10.0.0.9"));
+        // Two trusted hops: the entry our first proxy wrote.
+        assert_eq!(client_ip(peer, Some("6.6.6.6, 10.0.0.9, 10.1.1.1"), true, &proxies), ip("10.0.0.9"));
+        assert_eq!(client_ip(peer, Some("10.0.0.9"), false, &proxies), peer);
+        assert_eq!(client_ip(peer, Some("garbage"), true, &proxies), peer);
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let a = address_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = address_key("2001:db8:1:2:bbbb::2".parse().unwrap());
+        let c = address_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(address_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 }

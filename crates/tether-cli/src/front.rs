@@ -62,6 +62,8 @@ pub enum FirstRequest {
     Upgrade,
     /// Anything else, including malformed requests (hyper answers those).
     Http,
+    /// The head passed the size limit before it was complete (answer 431).
+    TooLarge,
 }
 
 /// Read until the first request head is complete (or malformed, or over
@@ -84,6 +86,7 @@ pub async fn read_first_request<S: AsyncRead + Unpin>(stream: &mut S, max: usize
                 return Ok((buf, if upgrade { FirstRequest::Upgrade } else { FirstRequest::Http }));
             }
             Ok(httparse::Status::Partial) if n > 0 && buf.len() <= max => continue,
+            Ok(httparse::Status::Partial) if n > 0 => return Ok((buf, FirstRequest::TooLarge)),
             // EOF, too large or malformed: let hyper (or the handshake) answer.
             _ => return Ok((buf, FirstRequest::Http)),
         }

@@ -49,6 +49,9 @@ struct Slot {
     ip: Option<IpGuard>,
 }
 
+/// Largest request head (request line and headers) accepted; larger get 431.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
 /// Connections accepted beyond the WebSocket slots to read their first request.
 const SPARE_SLOTS: usize = 64;
 
@@ -136,7 +139,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 // request: it is counted at the upgrade instead.
                 let ip = if app.behind_proxy(peer) {
                     None
-                } else if let Some(guard) = app.per_ip.acquire(peer.ip()) {
+                } else if let Some(guard) = app.per_ip.acquire(admission::address_key(peer.ip())) {
                     Some(guard)
                 } else {
                     tether_hub::Metrics::add(&refused.per_ip, 1);
@@ -204,7 +207,7 @@ where
 {
     async move {
     let timeout = app.settings.handshake_timeout;
-    let (head, kind) = match tokio::time::timeout(timeout, front::read_first_request(&mut stream, 16 * 1024)).await {
+    let (head, kind) = match tokio::time::timeout(timeout, front::read_first_request(&mut stream, MAX_REQUEST_HEAD)).await {
         Ok(Ok(first)) => first,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "connection failed before a request arrived");
@@ -215,8 +218,19 @@ where
             return;
         }
     };
-    let stream = Prefixed::new(head, stream);
+    let mut stream = Prefixed::new(head, stream);
     match kind {
+        FirstRequest::TooLarge => {
+            use tokio::io::AsyncWriteExt;
+            tracing::debug!(%peer, "refused a request head over 16 KiB");
+            let body = "request head too large (at most 16 KiB)\n";
+            let response = format!("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = tokio::time::timeout(timeout, async {
+                stream.write_all(response.as_bytes()).await?;
+                stream.shutdown().await
+            })
+            .await;
+        }
         FirstRequest::Upgrade => {
             let Some(slot) = app.take_slot(slot, &app.ws_slots) else {
                 return app.refuse_busy(stream, peer).await;
@@ -232,7 +246,7 @@ where
                 let ctx = ConnCtx { peer, slot: Arc::new(Mutex::new(Some(slot))) };
                 let service = hyper_util::service::TowerToHyperService::new(router.layer(axum::Extension(ctx)));
                 let mut http = hyper::server::conn::http1::Builder::new();
-                http.timer(TokioTimer::new()).header_read_timeout(timeout);
+                http.timer(TokioTimer::new()).header_read_timeout(timeout).max_buf_size(MAX_REQUEST_HEAD);
                 http.serve_connection(TokioIo::new(stream), service).with_upgrades().await
             });
             // Bounded: a client that stops reading a response (or idles on
@@ -329,7 +343,7 @@ impl App {
             tracing::info!(origin = ?req.origin.unwrap_or(""), "refused upgrade: origin not allowed");
             return Err((StatusCode::FORBIDDEN, "origin not allowed"));
         }
-        let ip = admission::client_ip(req.peer.ip(), req.client_ip, self.behind_proxy(req.peer));
+        let ip = admission::client_ip(req.peer.ip(), req.client_ip, self.behind_proxy(req.peer), &s.trusted_proxies);
         if let Some(token) = &s.token {
             if self.auth_failures.throttled(ip) {
                 count(&refused.auth_throttled);

@@ -162,6 +162,10 @@ pub struct ServeArgs {
     /// [default: 67108864]
     #[arg(long, env = "TETHER_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
+    /// (redis broker) Most bytes of history kept per topic in Redis; the
+    /// oldest messages go first [default: 4194304]
+    #[arg(long, env = "TETHER_HISTORY_TOPIC_MAX_BYTES")]
+    pub history_topic_max_bytes: Option<usize>,
     /// Drop a connection that has written nothing for this long while data
     /// waits for it (a peer that stopped reading); checked at each
     /// heartbeat [default: 90s]
@@ -234,6 +238,7 @@ struct FileConfig {
     history_ttl: Option<String>,
     history_topics: Option<usize>,
     history_max_bytes: Option<usize>,
+    history_topic_max_bytes: Option<usize>,
     write_stall_timeout: Option<String>,
     message_rate: Option<u32>,
     message_burst: Option<u32>,
@@ -330,7 +335,7 @@ impl Settings {
                     max_age: dur(args.history_ttl, file.history_ttl, "history-ttl", d.max_age)?,
                     max_topics: args.history_topics.or(file.history_topics).unwrap_or(d.max_topics),
                     max_bytes: args.history_max_bytes.or(file.history_max_bytes).unwrap_or(d.max_bytes),
-                    ..d
+                    max_topic_bytes: args.history_topic_max_bytes.or(file.history_topic_max_bytes).unwrap_or(d.max_topic_bytes),
                 }
             },
             write_stall_timeout: dur(args.write_stall_timeout, file.write_stall_timeout, "write-stall-timeout", Duration::from_secs(90))?,

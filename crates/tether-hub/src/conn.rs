@@ -232,33 +232,13 @@ impl Hub {
         }
         Metrics::add(&self.metrics.messages_in, 1);
         Metrics::add(&self.metrics.bytes_in, msg.len() as u64);
-        match limiter.message(&self.config.message_rate, self.now_ns()) {
-            Verdict::Allow => {}
-            Verdict::Refuse => {
-                let RateLimit { per_second, burst } = self.config.message_rate;
-                self.refuse_rate(conn, &msg, &format!("rate limited: at most {per_second} messages per second (bursts of {burst}); this one was not delivered"));
-                return ControlFlow::Continue(());
-            }
-            Verdict::Close => return ControlFlow::Break(()),
-        }
-        if !conn.json {
-            let body = match msg {
-                Message::Text(t) => Body::Text(Arc::from(t.as_str())),
-                Message::Binary(b) => Body::Binary(b),
-                _ => return ControlFlow::Continue(()),
-            };
-            self.publish(conn, room.clone(), body, None);
-            return ControlFlow::Continue(());
-        }
-        let text = match &msg {
-            Message::Text(t) => t.as_str(),
-            _ => {
-                self.reply_error(conn, "binary_not_supported", "tether.v1 messages are JSON text; binary messages are not accepted", None);
-                return ControlFlow::Continue(());
-            }
+        // Subscribe and unsubscribe requests have their own limit; every
+        // other message counts against the message rate.
+        let parsed = match &msg {
+            Message::Text(t) if conn.json => Some(envelope::parse(t.as_str())),
+            _ => None,
         };
-        let parsed = envelope::parse(text);
-        if let Ok(ClientMessage::Subscribe { id, .. } | ClientMessage::Unsubscribe { id, .. }) = &parsed {
+        if let Some(Ok(ClientMessage::Subscribe { id, .. } | ClientMessage::Unsubscribe { id, .. })) = &parsed {
             match limiter.subscription(&self.config.subscribe_rate, self.now_ns()) {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
@@ -270,7 +250,30 @@ impl Hub {
                 }
                 Verdict::Close => return ControlFlow::Break(()),
             }
+        } else {
+            match limiter.message(&self.config.message_rate, self.now_ns()) {
+                Verdict::Allow => {}
+                Verdict::Refuse => {
+                    let RateLimit { per_second, burst } = self.config.message_rate;
+                    self.refuse_rate(conn, &msg, &format!("rate limited: at most {per_second} messages per second (bursts of {burst}); this one was not delivered"));
+                    return ControlFlow::Continue(());
+                }
+                Verdict::Close => return ControlFlow::Break(()),
+            }
         }
+        if !conn.json {
+            let body = match msg {
+                Message::Text(t) => Body::Text(Arc::from(t.as_str())),
+                Message::Binary(b) => Body::Binary(b),
+                _ => return ControlFlow::Continue(()),
+            };
+            self.publish(conn, room.clone(), body, None);
+            return ControlFlow::Continue(());
+        }
+        let Some(parsed) = parsed else {
+            self.reply_error(conn, "binary_not_supported", "tether.v1 messages are JSON text; binary messages are not accepted", None);
+            return ControlFlow::Continue(());
+        };
         match parsed {
             Err(e) => self.reply_error(conn, e.code, &e.message, e.id.as_ref()),
             Ok(ClientMessage::Chat { content, id }) => self.publish(conn, room.clone(), Body::Json(Arc::from(content)), id),
