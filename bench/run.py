@@ -40,14 +40,18 @@ ECHO_SERVERS = {
     "node-ws": lambda port: ["node", f"{NODE_DIR}/echo.js", "--listen", f"127.0.0.1:{port}"],
 }
 BROADCAST_SERVERS = {
+    # The load comes from one address and one publisher per topic: the
+    # per-address and per-connection rate limits of a public server are off.
     "tether serve": lambda port: [TETHER, "serve", "--listen", f"127.0.0.1:{port}", "--queue-max-messages", "100000",
-                                  "--queue-max-bytes", "268435456"],
+                                  "--queue-max-bytes", "268435456", "--message-rate", "0",
+                                  "--max-connections", "100000", "--max-connections-per-ip", "100000"],
     "tokio-tungstenite": lambda port: [f"{PEERS}/tungstenite-broadcast", "--listen", f"127.0.0.1:{port}"],
     "node-ws": lambda port: ["node", f"{NODE_DIR}/broadcast.js", "--listen", f"127.0.0.1:{port}"],
 }
 IDLE_SERVERS = dict(ECHO_SERVERS)
 IDLE_SERVERS["tether serve (heartbeat 30s)"] = lambda port: [TETHER, "serve", "--listen", f"127.0.0.1:{port}",
-                                                             "--max-connections", "100000"]
+                                                             "--max-connections", "100000",
+                                                             "--max-connections-per-ip", "100000"]
 
 ECHO_SCENARIOS = [
     # (name, connections, size)
