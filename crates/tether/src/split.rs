@@ -27,16 +27,50 @@ struct WriteState<S> {
 
 struct Shared<S> {
     write: Mutex<WriteState<S>>,
-    /// The socket keeps one waker per direction, so when one half is parked
-    /// on a full socket and the other half writes, the writer of those bytes
-    /// wakes the parked half here (it may have taken over the socket's waker).
-    reader_waiting: AtomicWaker,
-    writer_waiting: AtomicWaker,
+    /// Both halves write to the socket (the reader its pongs and close
+    /// echoes), and a socket keeps one waker per direction: whichever half
+    /// polled last would be the only one woken. So writes are polled with
+    /// this waker, which wakes both halves' latest wakers.
+    write_wakers: Arc<WriteWakers>,
     /// Set by the reader when the peer's close frame arrived.
     close_received: AtomicBool,
 }
 
+#[derive(Default)]
+struct WriteWakers {
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl std::task::Wake for WriteWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.reader.wake();
+        self.writer.wake();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Half {
+    Reader,
+    Writer,
+}
+
 impl<S> Shared<S> {
+    /// Run a write step on the socket for `half`: its waker is kept, and the
+    /// socket is polled with the waker that wakes both halves.
+    fn write_step<R>(&self, half: Half, cx: &mut Context<'_>, step: impl FnOnce(&mut WriteState<S>, &mut Context<'_>) -> R) -> R {
+        match half {
+            Half::Reader => self.write_wakers.reader.register(cx.waker()),
+            Half::Writer => self.write_wakers.writer.register(cx.waker()),
+        }
+        let waker = std::task::Waker::from(self.write_wakers.clone());
+        let mut both = Context::from_waker(&waker);
+        step(&mut self.lock(), &mut both)
+    }
+
     fn lock(&self) -> MutexGuard<'_, WriteState<S>> {
         self.write.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -77,8 +111,7 @@ pub(crate) fn split<S: AsyncRead + AsyncWrite + Send + 'static>(
     let (read, write) = tokio::io::split(io);
     let shared = Arc::new(Shared {
         write: Mutex::new(WriteState { io: write, tx, shut_down: false }),
-        reader_waiting: AtomicWaker::new(),
-        writer_waiting: AtomicWaker::new(),
+        write_wakers: Arc::default(),
         close_received: AtomicBool::new(false),
     });
     (
@@ -115,28 +148,25 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
     }
 
     fn reply(&mut self, reply: Reply, cx: &mut Context<'_>) {
-        let mut w = self.shared.lock();
-        let _ = w.tx.send_reply(reply);
-        let WriteState { io, tx, .. } = &mut *w;
-        let before = tx.pending_len();
-        let _ = poll_drain(io, tx, cx);
-        if tx.pending_len() < before {
-            self.shared.writer_waiting.wake();
-        }
+        self.shared.write_step(Half::Reader, cx, |w, cx| {
+            let _ = w.tx.send_reply(reply);
+            let WriteState { io, tx, .. } = w;
+            let _ = poll_drain(io, tx, cx);
+        });
     }
 
     /// Whether the shared write buffer is at its high-water mark: then the
     /// reader decodes nothing more (each ping would queue a pong) until it
     /// drains; TCP backpressure reaches the peer.
     fn poll_below_high_water(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let mut w = self.shared.lock();
-        while w.tx.pending_len() >= self.high_water {
-            self.shared.reader_waiting.register(cx.waker());
-            let WriteState { io, tx, .. } = &mut *w;
-            ready!(poll_write_some(io, tx, cx))?;
-            self.shared.writer_waiting.wake();
-        }
-        Poll::Ready(Ok(()))
+        let high_water = self.high_water;
+        self.shared.write_step(Half::Reader, cx, |w, cx| {
+            while w.tx.pending_len() >= high_water {
+                let WriteState { io, tx, .. } = &mut *w;
+                ready!(poll_write_some(io, tx, cx))?;
+            }
+            Poll::Ready(Ok(()))
+        })
     }
 
     /// Poll for the next message.
@@ -178,13 +208,15 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
             let handshake_done = close_sent && self.rx.close_received();
             if failed || self.rx.eof_received() || (handshake_done && self.role == Role::Server) {
                 // Flush and close the transport (§7.1.1: the server closes first).
-                let mut w = self.shared.lock();
-                let WriteState { io, tx, shut_down } = &mut *w;
-                let _ = ready!(poll_drain(io, tx, cx));
-                if !*shut_down {
-                    let _ = ready!(Pin::new(io).poll_shutdown(cx));
-                    *shut_down = true;
-                }
+                ready!(self.shared.write_step(Half::Reader, cx, |w, cx| {
+                    let WriteState { io, tx, shut_down } = w;
+                    let _ = ready!(poll_drain(io, tx, cx));
+                    if !*shut_down {
+                        let _ = ready!(Pin::new(io).poll_shutdown(cx));
+                        *shut_down = true;
+                    }
+                    Poll::Ready(())
+                }));
                 self.finished = true;
                 return Poll::Ready(None);
             }
@@ -252,29 +284,24 @@ impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
     }
 
     fn poll_ready_to_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let mut w = self.shared.lock();
-        if w.tx.close_sent() {
-            return Poll::Ready(Err(Error::Closed));
-        }
-        while w.tx.pending_len() >= self.high_water {
-            self.shared.writer_waiting.register(cx.waker());
-            let WriteState { io, tx, .. } = &mut *w;
-            ready!(poll_write_some(io, tx, cx))?;
-            self.shared.reader_waiting.wake();
-        }
-        Poll::Ready(Ok(()))
+        let high_water = self.high_water;
+        self.shared.write_step(Half::Writer, cx, |w, cx| {
+            if w.tx.close_sent() {
+                return Poll::Ready(Err(Error::Closed));
+            }
+            while w.tx.pending_len() >= high_water {
+                let WriteState { io, tx, .. } = &mut *w;
+                ready!(poll_write_some(io, tx, cx))?;
+            }
+            Poll::Ready(Ok(()))
+        })
     }
 
     fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let mut w = self.shared.lock();
-        self.shared.writer_waiting.register(cx.waker());
-        let WriteState { io, tx, .. } = &mut *w;
-        let before = tx.pending_len();
-        let result = poll_drain(io, tx, cx).map_err(Error::from);
-        if tx.pending_len() < before {
-            self.shared.reader_waiting.wake();
-        }
-        result
+        self.shared.write_step(Half::Writer, cx, |w, cx| {
+            let WriteState { io, tx, .. } = w;
+            poll_drain(io, tx, cx).map_err(Error::from)
+        })
     }
 }
 
