@@ -130,6 +130,33 @@ async def reply_flood(ctx):
     await by.close()
 
 
+@case("write_stall")
+async def write_stall(ctx):
+    """The same non-reader, with the write-stall timeout shorter than the
+    heartbeat (--heartbeat-interval 3s --write-stall-timeout 1s): it is the
+    stall rule, not the missed pong, that drops it, at the second heartbeat
+    (the first one after its socket filled), and
+    tether_write_stall_closes_total counts it."""
+    srv = ctx.server(["--heartbeat-interval", "3s", "--write-stall-timeout", "1s"])
+    by = await Bystander(srv).start()
+    before = await srv.metrics()
+    sockets0 = srv.socket_count()
+    ws = await RawWS.connect(srv.port, "/stall", protocol="tether.v1")
+    chunk = frame(OP_TEXT, '{"type":"ping","id":"' + "x" * 200_000 + '"}')
+    by.watch()
+    t0 = time.monotonic()
+    outcome, secs = await rss_phase(ctx, srv, lambda: flood_without_reading(ws, chunk))
+    ctx.num("outcome", f"{outcome}@{secs:.1f}s")
+    closed = await wait_until(lambda: srv.socket_count() < sockets0 + 1, max(0.1, 15 - (time.monotonic() - t0)))
+    ctx.expect(closed is not None, "the server did not drop the stalled connection within 15 s")
+    ctx.num("closed_after_s", round(time.monotonic() - t0, 1) if closed is not None else "never")
+    ws.close()
+    d = await counters_up(ctx, srv, before, ["tether_write_stall_closes_total", "tether_terminated_connections_total"])
+    ctx.expect(d["tether_write_stall_closes_total"] >= 1, "tether_write_stall_closes_total did not go up")
+    await bystander_final(ctx, by)
+    await by.close()
+
+
 # --------------------------------------------------------------------------
 # 2. ping_flood
 
