@@ -170,11 +170,15 @@
     var self = this;
     this._stopHeartbeat();
     if (!this.options.heartbeatInterval) return;
+    // Only tether.v1 has a ping a page can send (and an ack to time): the
+    // browser answers the server's WebSocket pings itself and never shows
+    // them to JavaScript. In plain mode a quiet room has no traffic at all,
+    // so arming the timer there would close healthy connections; plain mode
+    // relies on the server's heartbeat and on TCP instead.
+    if (!this.options.json) return;
     this.timers.heartbeat = setInterval(function () {
       if (!self.ws || self.ws.readyState !== 1) return;
-      if (self.options.json) {
-        self.ws.send(JSON.stringify({ type: "ping", id: "hb-" + self.nextId++ }));
-      }
+      self.ws.send(JSON.stringify({ type: "ping", id: "hb-" + self.nextId++ }));
       clearTimeout(self.timers.dead);
       self.timers.dead = setTimeout(function () {
         // No traffic since the ping: the server (or the path to it) is gone.

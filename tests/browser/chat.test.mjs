@@ -207,6 +207,40 @@ test("tether.js: re-subscribes after a server restart and reports an unclean clo
   await other.close();
 });
 
+test("tether.js in plain mode stays open in a quiet room for several heartbeat periods", async () => {
+  const page = await browser.newPage();
+  await page.goto(`http://127.0.0.1:${port}/`);
+  const events = await page.evaluate(async (port) => {
+    const events = [];
+    // Short settings: the old client closed itself after interval + timeout (0.6 s).
+    const client = new TetherClient(`ws://127.0.0.1:${port}/quiet-room`, { json: false, heartbeatInterval: 300, heartbeatTimeout: 300 });
+    client.on("open", () => events.push("open"));
+    client.on("close", (e) => events.push(`close:${e.code}`));
+    client.on("error", (e) => events.push(`error:${e.message}`));
+    client.on("reconnecting", () => events.push("reconnecting"));
+    await new Promise((r) => setTimeout(r, 5000)); // > 8 periods, and two server pings (2 s)
+    events.push(`readyState:${client.ws && client.ws.readyState}`);
+    client.close();
+    return events;
+  }, port);
+  assert.deepEqual(events, ["open", "readyState:1"]);
+  await page.close();
+});
+
+test("the server echoes the close code and reason a browser sends", async () => {
+  const page = await browser.newPage();
+  await page.goto(`http://127.0.0.1:${port}/`);
+  const closed = await page.evaluate(async (port) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/bye-room`);
+    await new Promise((r) => { ws.onopen = r; });
+    ws.close(1000, "bye");
+    const e = await new Promise((r) => { ws.onclose = r; });
+    return { code: e.code, reason: e.reason, wasClean: e.wasClean };
+  }, port);
+  assert.deepEqual(closed, { code: 1000, reason: "bye", wasClean: true });
+  await page.close();
+});
+
 test("Chromium negotiates permessage-deflate with tether serve and round-trips large messages", async () => {
   const page = await browser.newPage();
   await page.goto(`http://127.0.0.1:${port}/`);

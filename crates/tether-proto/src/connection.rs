@@ -345,8 +345,10 @@ impl Receiver {
                     let frame = CloseFrame::parse(payload.freeze())?;
                     self.close_received = true;
                     self.buf = BytesMut::new();
-                    // §5.5.1: echo the status code received.
-                    let echo = frame.as_ref().map(|f| CloseFrame { code: f.code, reason: Utf8Bytes::new() });
+                    // §5.5.1: echo the status code received; the reason is
+                    // echoed too, as browsers, ws and python-websockets
+                    // expect (a CloseEvent shows what the client sent).
+                    let echo = frame.clone();
                     return Ok(Some((Event::Message(Message::Close(frame)), Some(Reply::Close(echo)))));
                 }
             }

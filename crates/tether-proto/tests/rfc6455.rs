@@ -254,7 +254,9 @@ mod section_5_5_1_closing {
         s.receive_data(&masked(0x88, b"\x03\xe8bye"));
         let evs = events(&mut s).unwrap();
         assert_eq!(evs, vec![Message::Close(Some(CloseFrame::new(1000, "bye")))]);
-        assert_eq!(s.take_data_to_send(), vec![0x88, 0x02, 0x03, 0xe8]);
+        // The code and the reason come back (§5.5.1 asks for the code; the
+        // reason is echoed as browsers, ws and python-websockets expect).
+        assert_eq!(s.take_data_to_send(), vec![0x88, 0x05, 0x03, 0xe8, b'b', b'y', b'e']);
         assert!(s.is_closed() && s.was_clean() && s.should_close_transport());
         assert_eq!(s.closed_by(), Some(tether_proto::connection::ClosedBy::Remote));
         assert_eq!(s.close_code(), CloseCode::NORMAL);
@@ -274,7 +276,7 @@ mod section_5_5_1_closing {
         s.receive_data(&sent);
         assert_eq!(events(&mut s).unwrap(), vec![Message::Close(Some(CloseFrame::new(1001, "bye")))]);
         c.receive_data(&s.take_data_to_send());
-        assert_eq!(events(&mut c).unwrap(), vec![Message::Close(Some(CloseFrame::new(1001, "")))]);
+        assert_eq!(events(&mut c).unwrap(), vec![Message::Close(Some(CloseFrame::new(1001, "bye")))]);
         assert!(c.is_closed() && c.was_clean());
         // The client waits for the server to close TCP (§7.1.1).
         assert!(!c.should_close_transport());
