@@ -100,20 +100,16 @@ async def counters_up(ctx, server, before, names):
 # --------------------------------------------------------------------------
 # 1. reply_flood
 
-@case("reply_flood")
-async def reply_flood(ctx):
-    """A tether.v1 client that never reads and sends pings with a 200 KB id:
-    each is answered by an ack echoing the id. Today every ack is queued
-    without bound (push_unbounded) while the server keeps reading: RSS grows
-    one-to-one with what the attacker sends until the heartbeat drops it.
-    Expected: the server stops reading once the replies back up (the
-    attacker's writes block), RSS flat, closed by the write-stall timeout
-    (or heartbeat) within ~15 s."""
-    srv = ctx.server(["--heartbeat-interval", "1s", "--write-stall-timeout", "3s"])
+async def non_reader(ctx, flags, path, counters):
+    """A tether.v1 client that never reads and sends pings with a 200 KB id
+    (each answered by an ack echoing the id), against a server started with
+    `flags`: RSS must stay flat and the server must drop it within 15 s.
+    Returns how much each of `counters` went up."""
+    srv = ctx.server(flags)
     by = await Bystander(srv).start()
     before = await srv.metrics()
     sockets0 = srv.socket_count()
-    ws = await RawWS.connect(srv.port, "/flood", protocol="tether.v1")
+    ws = await RawWS.connect(srv.port, path, protocol="tether.v1")
     chunk = frame(OP_TEXT, '{"type":"ping","id":"' + "x" * 200_000 + '"}')
     by.watch()
     t0 = time.monotonic()
@@ -124,10 +120,23 @@ async def reply_flood(ctx):
     ctx.expect(closed is not None, "the server did not close the flooding connection within 15 s")
     ctx.num("closed_after_s", round(time.monotonic() - t0, 1) if closed is not None else "never")
     ws.close()
-    d = await counters_up(ctx, srv, before, ["tether_write_stall_closes_total", "tether_terminated_connections_total"])
-    ctx.expect(sum(d.values()) >= 1, "neither tether_write_stall_closes_total nor tether_terminated_connections_total went up")
+    d = await counters_up(ctx, srv, before, counters)
     await bystander_final(ctx, by)
     await by.close()
+    return d
+
+
+@case("reply_flood")
+async def reply_flood(ctx):
+    """The non-reader with a 1 s heartbeat. Before #11 every ack was queued
+    without bound (push_unbounded) while the server kept reading: RSS grew
+    one-to-one with what the attacker sent until the heartbeat dropped it.
+    Expected: the server stops reading once the replies back up (the
+    attacker's writes block), RSS flat, closed by the heartbeat (or the
+    write-stall timeout) within ~15 s."""
+    d = await non_reader(ctx, ["--heartbeat-interval", "1s", "--write-stall-timeout", "3s"], "/flood",
+                         ["tether_write_stall_closes_total", "tether_terminated_connections_total"])
+    ctx.expect(sum(d.values()) >= 1, "neither tether_write_stall_closes_total nor tether_terminated_connections_total went up")
 
 
 @case("write_stall")
@@ -137,24 +146,9 @@ async def write_stall(ctx):
     stall rule, not the missed pong, that drops it, at the second heartbeat
     (the first one after its socket filled), and
     tether_write_stall_closes_total counts it."""
-    srv = ctx.server(["--heartbeat-interval", "3s", "--write-stall-timeout", "1s"])
-    by = await Bystander(srv).start()
-    before = await srv.metrics()
-    sockets0 = srv.socket_count()
-    ws = await RawWS.connect(srv.port, "/stall", protocol="tether.v1")
-    chunk = frame(OP_TEXT, '{"type":"ping","id":"' + "x" * 200_000 + '"}')
-    by.watch()
-    t0 = time.monotonic()
-    outcome, secs = await rss_phase(ctx, srv, lambda: flood_without_reading(ws, chunk))
-    ctx.num("outcome", f"{outcome}@{secs:.1f}s")
-    closed = await wait_until(lambda: srv.socket_count() < sockets0 + 1, max(0.1, 15 - (time.monotonic() - t0)))
-    ctx.expect(closed is not None, "the server did not drop the stalled connection within 15 s")
-    ctx.num("closed_after_s", round(time.monotonic() - t0, 1) if closed is not None else "never")
-    ws.close()
-    d = await counters_up(ctx, srv, before, ["tether_write_stall_closes_total", "tether_terminated_connections_total"])
+    d = await non_reader(ctx, ["--heartbeat-interval", "3s", "--write-stall-timeout", "1s"], "/stall",
+                         ["tether_write_stall_closes_total", "tether_terminated_connections_total"])
     ctx.expect(d["tether_write_stall_closes_total"] >= 1, "tether_write_stall_closes_total did not go up")
-    await bystander_final(ctx, by)
-    await by.close()
 
 
 # --------------------------------------------------------------------------

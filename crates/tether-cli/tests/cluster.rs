@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 use tether::split::WsWriter;
-use tether::{ClientBuilder, MaybeTlsStream, Message};
+use tether::MaybeTlsStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -39,26 +39,7 @@ struct Peer {
 
 impl Peer {
     async fn connect(url: &str, name: &str) -> Peer {
-        let (ws, resp) = ClientBuilder::new(url).protocol("tether.v1").connect().await.unwrap_or_else(|e| panic!("{name}: connect {url}: {e}"));
-        assert_eq!(resp.protocol.as_deref(), Some("tether.v1"));
-        let (mut reader, writer) = ws.split();
-        let (tx, mut inbox) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                match reader.recv().await {
-                    Some(Ok(Message::Text(t))) => {
-                        if tx.send(serde_json::from_str::<Value>(&t).unwrap()).is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => {
-                        let _ = tx.send(json!({"type": "_closed"}));
-                        return;
-                    }
-                }
-            }
-        });
+        let (writer, mut inbox) = common::v1_split(url, name).await;
         let welcome = timeout(Duration::from_secs(10), inbox.recv()).await.expect("welcome").expect("welcome");
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         let session = welcome["session"].as_str().unwrap().to_string();

@@ -9,7 +9,7 @@ use common::{find_program, http_get, Redis, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tether::split::WsWriter;
-use tether::{ClientBuilder, MaybeTlsStream, Message};
+use tether::MaybeTlsStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -24,25 +24,7 @@ struct Client {
 
 impl Client {
     async fn connect(url: &str, name: &str) -> Client {
-        let (ws, _) = ClientBuilder::new(url).protocol("tether.v1").connect().await.unwrap_or_else(|e| panic!("{name}: connect {url}: {e}"));
-        let (mut reader, writer) = ws.split();
-        let (tx, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                match reader.recv().await {
-                    Some(Ok(Message::Text(t))) => {
-                        if tx.send(serde_json::from_str::<Value>(&t).unwrap()).is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => {
-                        let _ = tx.send(json!({"type": "_closed"}));
-                        return;
-                    }
-                }
-            }
-        });
+        let (writer, inbox) = common::v1_split(url, name).await;
         let mut client = Client { name: name.into(), writer, inbox, seen: Vec::new() };
         let welcome = client.next().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
@@ -202,8 +184,11 @@ async fn hostile_resumes_only_answer_the_client_that_sent_them() {
 async fn a_resume_loop_over_a_large_history_stays_bounded() {
     const T: &str = "big";
     let Some(redis) = Redis::start() else { return };
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
+    // Rate limits off: the publisher fills the history and the hostile
+    // client resumes as fast as they can (what is measured is memory).
+    let unlimited = ["--message-rate", "0", "--subscribe-rate", "0"];
+    let a = node(&redis, &unlimited);
+    let b = node(&redis, &unlimited);
     wait_health(a.port, true).await;
     wait_health(b.port, true).await;
     let mut watcher = Client::connect(&b.url("/"), "watcher").await;

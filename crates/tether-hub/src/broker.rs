@@ -236,6 +236,14 @@ pub trait Broker: Send + Sync + 'static {
     }
 }
 
+/// This process's node id (12 hex digits), the same for every hub and
+/// broker in the process: the prefix of session ids and, with Redis, the
+/// node's name in presence and heartbeat keys.
+pub fn node_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(new_epoch)
+}
+
 /// A fresh epoch name: 12 hex digits, unique per process start and call.
 pub(crate) fn new_epoch() -> String {
     use std::hash::{BuildHasher, Hasher};

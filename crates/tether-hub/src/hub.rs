@@ -40,10 +40,9 @@ pub struct Hub {
     pub(crate) broker: Arc<dyn Broker>,
     shares_presence: bool,
     state: Mutex<State>,
-    next_id: AtomicU64,
-    pub(crate) node: String,
-    /// The clock of rate limits (nanoseconds since this instant).
-    started: std::time::Instant,
+    /// The clock of rate limits (nanoseconds since this instant; tokio's,
+    /// so tests with paused time control it).
+    started: tokio::time::Instant,
     /// The payload of this heartbeat round's ping: only a pong that carries
     /// it proves a client alive (RFC 6455 §5.5.3: a pong echoes the ping's
     /// application data; an unsolicited pong is not an answer).
@@ -98,7 +97,6 @@ impl Hub {
     /// A hub using `broker` for publishing. Starts the heartbeat task (needs a
     /// tokio runtime).
     pub fn new(config: HubConfig, broker: Arc<dyn Broker>) -> Arc<Hub> {
-        let node = node_id();
         let rounds = config.write_stall_timeout.as_nanos().div_ceil(config.heartbeat_interval.as_nanos().max(1));
         let stall_rounds = rounds.clamp(1, u128::from(u8::MAX)) as u8;
         let hub = Arc::new(Hub {
@@ -107,9 +105,7 @@ impl Hub {
             shares_presence: broker.shares_presence(),
             broker,
             state: Mutex::new(State::default()),
-            next_id: AtomicU64::new(1),
-            node,
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
             ping_token: AtomicU64::new(0),
             stall_rounds,
         });
@@ -157,8 +153,10 @@ impl Hub {
     }
 
     pub(crate) fn register(&self, json: bool) -> Arc<ConnShared> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(ConnShared::new(id, format!("{}-{id}", self.node), json));
+        // Process-wide, so sessions stay unique even with several hubs in one process.
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(ConnShared::new(id, format!("{}-{id}", crate::broker::node_id()), json));
         self.lock().conns.insert(id, conn.clone());
         self.metrics.connections.fetch_add(1, Ordering::Relaxed);
         Metrics::add(&self.metrics.connections_total, 1);
@@ -489,11 +487,3 @@ async fn heartbeat(hub: Weak<Hub>, interval: Duration) {
     }
 }
 
-/// A short id for this process, so session ids are unique across nodes.
-fn node_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.write_u32(std::process::id());
-    format!("{:06x}", h.finish() & 0xff_ffff)
-}

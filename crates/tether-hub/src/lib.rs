@@ -22,12 +22,13 @@ mod limit;
 mod memory;
 mod metrics;
 mod queue;
+mod serve;
 #[cfg(feature = "redis")]
 mod redis_broker;
 
 pub use broker::{
-    Body, Broker, BrokerError, BrokerHealth, DeliverySink, History, HistoryConfig, Origin, PresenceChange, Publish, Published, Resume,
-    SubscribeRequest,
+    node_id, Body, Broker, BrokerError, BrokerHealth, DeliverySink, History, HistoryConfig, Origin, PresenceChange, Publish, Published,
+    Resume, SubscribeRequest,
 };
 pub use memory::MemoryBroker;
 #[cfg(feature = "redis")]
@@ -35,6 +36,7 @@ pub use redis_broker::RedisBroker;
 pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
 pub use conn::ConnInfo;
 pub use hub::Hub;
+pub use serve::serve;
 pub use metrics::Metrics;
 
 /// The subprotocol of the JSON envelope (see docs/protocol.md).

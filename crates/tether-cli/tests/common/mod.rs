@@ -274,3 +274,29 @@ impl Drop for Nginx {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `tether.v1` connection whose envelopes arrive on a channel (a task
+/// reads them; `{"type":"_closed"}` marks the end), and its writing half.
+pub async fn v1_split(url: &str, name: &str) -> (tether::split::WsWriter<tether::MaybeTlsStream>, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+    let (ws, resp) = tether::ClientBuilder::new(url).protocol("tether.v1").connect().await.unwrap_or_else(|e| panic!("{name}: connect {url}: {e}"));
+    assert_eq!(resp.protocol.as_deref(), Some("tether.v1"));
+    let (mut reader, writer) = ws.split();
+    let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match reader.recv().await {
+                Some(Ok(tether::Message::Text(t))) => {
+                    if tx.send(serde_json::from_str::<serde_json::Value>(&t).unwrap()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => {
+                    let _ = tx.send(serde_json::json!({"type": "_closed"}));
+                    return;
+                }
+            }
+        }
+    });
+    (writer, inbox)
+}

@@ -212,7 +212,7 @@ impl RedisBroker {
         let shared = Arc::new(Shared {
             client,
             target,
-            node: crate::broker::new_epoch(),
+            node: crate::broker::node_id().to_string(),
             history,
             writer: Link::default(),
             reader: Link::default(),

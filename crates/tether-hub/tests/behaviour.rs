@@ -1,0 +1,262 @@
+//! The hub's behaviour, in-process, over in-memory streams with paused
+//! time: heartbeats, slow consumers, resume, presence and rate limits are
+//! checked without the binary and without real sleeps (tokio's clock
+//! advances only when every task waits).
+
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tether::{Accept, ClientRequest, Config, Message, WebSocket};
+use tether_hub::{ConnInfo, Hub, HubConfig, MemoryBroker, RateLimit, PROTOCOL_V1};
+use tokio::io::DuplexStream;
+use tokio::time::timeout;
+
+type Ws = WebSocket<DuplexStream>;
+
+fn hub(config: HubConfig) -> Arc<Hub> {
+    Hub::new(config, Arc::new(MemoryBroker::new()))
+}
+
+/// A client on `hub` in room `path` (tether.v1 if `json`), through a real
+/// handshake over an in-memory stream. The welcome is read.
+async fn join(hub: &Arc<Hub>, path: &str, json: bool) -> Ws {
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let hub = hub.clone();
+    let room = path.to_string();
+    tokio::spawn(async move {
+        let ws = tether::accept_with(server_io, &Config::default(), |req| {
+            let protocol = req.protocols().contains(&PROTOCOL_V1).then(|| PROTOCOL_V1.to_string());
+            Ok(Accept { protocol, headers: Vec::new() })
+        })
+        .await
+        .expect("server handshake");
+        hub.run_connection(ws, ConnInfo { room }).await;
+    });
+    let request = ClientRequest {
+        host: "hub.test".into(),
+        target: path.into(),
+        protocols: if json { vec![PROTOCOL_V1.into()] } else { Vec::new() },
+        ..ClientRequest::default()
+    };
+    let (mut ws, _) = tether::client_handshake(client_io, &request, &Config::default()).await.expect("client handshake");
+    let welcome = next_text(&mut ws).await;
+    assert!(welcome.contains("elcome"), "{welcome}");
+    ws
+}
+
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match timeout(Duration::from_secs(60), ws.recv()).await.expect("a message within 60 s") {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// The next envelope, presence notices included.
+async fn next_envelope(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).unwrap()
+}
+
+/// The next envelope that is not a presence notice.
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let v = next_envelope(ws).await;
+        if v["type"] != "presence" {
+            return v;
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(v.to_string()).await.unwrap();
+}
+
+/// Whether the server ended the connection (EOF or an error) within `within`.
+async fn ended(ws: &mut Ws, within: Duration) -> bool {
+    timeout(within, async {
+        loop {
+            match ws.recv().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_dropped_after_two_intervals() {
+    let hub = hub(HubConfig { heartbeat_interval: Duration::from_secs(30), ..HubConfig::default() });
+    let mut live = join(&hub, "/r", false).await;
+    let zombie = join(&hub, "/r", false).await;
+    assert_eq!(hub.connection_count(), 2);
+    // `live` reads (and so answers pings); `zombie` never reads.
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(_)) = live.recv().await {}
+    });
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(hub.connection_count(), 1, "the zombie is gone after two intervals");
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(hub.connection_count(), 1, "the live client stays through ten more");
+    assert_eq!(hub.metrics().terminated_connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    reader.abort();
+    drop(zombie);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unsolicited_pongs_do_not_keep_a_connection_alive() {
+    let hub = hub(HubConfig { heartbeat_interval: Duration::from_secs(10), ..HubConfig::default() });
+    let mut ws = join(&hub, "/r", false).await;
+    // Never reads (so never answers the server's pings), but sends pongs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(35);
+    while tokio::time::Instant::now() < deadline && hub.connection_count() == 1 {
+        let _ = ws.send(Message::Pong("not your payload".into())).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(hub.connection_count(), 0, "pongs that do not echo the ping are not an answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_consumer_gets_the_newest_messages_and_a_lag_notice() {
+    let hub = hub(HubConfig { queue_max_messages: 4, message_rate: RateLimit::OFF, ..HubConfig::default() });
+    let mut slow = join(&hub, "/feed", true).await;
+    let mut publisher = join(&hub, "/pub", true).await;
+    send(&mut slow, json!({"type": "subscribe", "topic": "t", "id": 1})).await;
+    assert_eq!(next_json(&mut slow).await["type"], "ack");
+    // 200 messages of 4 KiB while `slow` reads nothing: more than its socket holds.
+    let body = "x".repeat(4096);
+    for i in 0..200 {
+        send(&mut publisher, json!({"type": "publish", "topic": "t", "content": format!("{i} {body}")})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut seqs = Vec::new();
+    let mut lagged = None;
+    while seqs.last() != Some(&200) {
+        let m = next_json(&mut slow).await;
+        match m["type"].as_str() {
+            Some("message") => seqs.push(m["seq"].as_u64().unwrap()),
+            Some("error") if m["code"] == "lagged" => lagged = Some(m),
+            _ => {}
+        }
+    }
+    assert!(lagged.is_some(), "the client is told it fell behind");
+    assert!(seqs.len() < 200, "some were dropped: {}", seqs.len());
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert!(hub.metrics().dropped_messages.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_replays_what_was_missed_and_a_bogus_since_changes_nothing_for_others() {
+    let hub = hub(HubConfig::default());
+    let mut watcher = join(&hub, "/w", true).await;
+    send(&mut watcher, json!({"type": "subscribe", "topic": "t", "id": "w"})).await;
+    let ack = next_json(&mut watcher).await;
+    let epoch = ack["epoch"].as_str().unwrap().to_string();
+    let mut publisher = join(&hub, "/p", true).await;
+    for i in 1..=5 {
+        send(&mut publisher, json!({"type": "publish", "topic": "t", "content": i})).await;
+        assert_eq!(next_json(&mut watcher).await["seq"], i);
+    }
+    let mut resumer = join(&hub, "/r", true).await;
+    send(&mut resumer, json!({"type": "subscribe", "topic": "t", "since": 2, "epoch": epoch, "id": "r"})).await;
+    let replay: Vec<Value> = [next_json(&mut resumer).await, next_json(&mut resumer).await, next_json(&mut resumer).await].into();
+    assert_eq!(replay.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), vec![3, 4, 5]);
+    let ack = next_json(&mut resumer).await;
+    assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("ack"), Some(5)));
+    // A since the topic never reached, and the largest number there is.
+    for since in [1005u64, u64::MAX] {
+        let mut bogus = join(&hub, "/b", true).await;
+        send(&mut bogus, json!({"type": "subscribe", "topic": "t", "since": since, "epoch": epoch, "id": "b"})).await;
+        let gap = next_json(&mut bogus).await;
+        assert_eq!(gap["code"], "history_gap", "{gap}");
+        assert_eq!(next_json(&mut bogus).await["type"], "ack");
+    }
+    // Nobody else noticed: the next message continues the same epoch.
+    send(&mut publisher, json!({"type": "publish", "topic": "t", "content": 6})).await;
+    let m = next_json(&mut watcher).await;
+    assert_eq!((m["type"].as_str(), m["seq"].as_u64(), m["epoch"].as_str()), (Some("message"), Some(6), Some(epoch.as_str())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn presence_counts_joins_and_leaves() {
+    let hub = hub(HubConfig::default());
+    let mut a = join(&hub, "/lobby", true).await;
+    // a's own join.
+    let first = next_envelope(&mut a).await;
+    assert_eq!((first["type"].as_str(), first["count"].as_u64()), (Some("presence"), Some(1)));
+    let b = join(&hub, "/lobby", true).await;
+    let joined = next_envelope(&mut a).await;
+    assert_eq!((joined["event"].as_str(), joined["count"].as_u64()), (Some("join"), Some(2)));
+    drop(b);
+    let left = next_envelope(&mut a).await;
+    assert_eq!((left["event"].as_str(), left["count"].as_u64()), (Some("leave"), Some(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_is_refused_then_closed_with_1008_and_a_steady_client_is_not() {
+    let hub = hub(HubConfig { message_rate: RateLimit { per_second: 10, burst: 20 }, ..HubConfig::default() });
+    let mut flood = join(&hub, "/f", true).await;
+    for i in 0..500 {
+        if flood.send(json!({"type": "chat", "content": i, "id": i}).to_string()).await.is_err() {
+            break;
+        }
+    }
+    let mut limited = 0;
+    let close = loop {
+        match timeout(Duration::from_secs(30), flood.recv()).await.expect("an answer") {
+            Some(Ok(Message::Text(t))) if t.contains("rate_limited") => limited += 1,
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code.0),
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(limited > 0);
+    assert_eq!(close, Some(1008));
+    // Five messages a second, under the rate: all acked.
+    let mut steady = join(&hub, "/s", true).await;
+    for i in 0..50 {
+        send(&mut steady, json!({"type": "chat", "content": i, "id": i})).await;
+        loop {
+            let m = next_json(&mut steady).await;
+            assert_ne!(m["code"], "rate_limited");
+            if m["type"] == "ack" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(hub.metrics().rate_limit_closes.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn serve_runs_a_hub_on_a_listener_and_shuts_down_with_1001() {
+    let hub = hub(HubConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/lobby", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tether_hub::serve(hub.clone(), listener, Config::default(), async {
+        let _ = stopped.await;
+    }));
+    let mut a = tether::connect(&url).await.unwrap();
+    let mut b = tether::connect(&url).await.unwrap();
+    for ws in [&mut a, &mut b] {
+        assert!(matches!(ws.recv().await, Some(Ok(Message::Text(t))) if t.contains("Welcome")));
+    }
+    a.send("hello").await.unwrap();
+    assert!(matches!(b.recv().await, Some(Ok(Message::Text(t))) if t.ends_with("hello")));
+    let long = format!("ws://{}/{}", url.split('/').nth(2).unwrap(), "x".repeat(300));
+    assert_eq!(tether::connect(&long).await.unwrap_err().http_status(), Some(414));
+    stop.send(()).unwrap();
+    let code = loop {
+        match b.recv().await {
+            Some(Ok(Message::Close(f))) => break f.map(|f| f.code.0),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+}
