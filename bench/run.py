@@ -6,6 +6,12 @@ BENCHMARKS.md (the comparison section) from the results.
     bench/run.py --quick         1 sample, shorter runs (a smoke test, ~3 min)
     bench/run.py --only echo     one group: echo, memory, broadcast
 
+Environment: TETHER_BIN=/path/to/tether replaces target/release/tether (as the
+server and as the load generator). TETHER_BASELINE=/path/to/older/tether adds
+"tether (baseline)" to the echo servers and "tether serve (baseline)" to the
+broadcast servers (same arguments, minus flags it predates), and a table of
+current / baseline for msg/s and server CPU µs per message.
+
 Method: each server is pinned to CPU 0 and the load generator (`tether bench`,
 one thread) to CPU 1 with taskset. Every scenario runs --samples times (default
 3) against each server, in rotation, and the median is reported. Ratios are
@@ -28,7 +34,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TETHER = os.path.join(ROOT, "target/release/tether")
+TETHER = os.environ.get("TETHER_BIN") or os.path.join(ROOT, "target/release/tether")
+BASELINE = os.environ.get("TETHER_BASELINE")
 PEERS = os.path.join(ROOT, "bench/peers/target/release")
 NODE_DIR = os.path.join(ROOT, "bench/node")
 RESULTS = os.path.join(ROOT, "bench/results")
@@ -52,6 +59,12 @@ IDLE_SERVERS = dict(ECHO_SERVERS)
 IDLE_SERVERS["tether serve (heartbeat 30s)"] = lambda port: [TETHER, "serve", "--listen", f"127.0.0.1:{port}",
                                                              "--max-connections", "100000",
                                                              "--max-connections-per-ip", "100000"]
+if BASELINE:
+    # A build from before #11: it has no --message-rate or --max-connections-per-ip (and no such limits).
+    ECHO_SERVERS["tether (baseline)"] = lambda port: [BASELINE, "echo", "--listen", f"127.0.0.1:{port}"]
+    BROADCAST_SERVERS["tether serve (baseline)"] = lambda port: [
+        BASELINE, "serve", "--listen", f"127.0.0.1:{port}", "--queue-max-messages", "100000",
+        "--queue-max-bytes", "268435456", "--max-connections", "100000"]
 
 ECHO_SCENARIOS = [
     # (name, connections, size)
@@ -117,6 +130,12 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def cpu_us(r, per_sec):
+    """Server CPU (user + system) per message or delivery, in microseconds."""
+    cpu = (r.get("server") or {}).get("cpu_percent")
+    return cpu / 100 / per_sec * 1e6 if cpu is not None and per_sec else None
+
+
 def run_echo(opts):
     rows = []
     for name, conns, size in ECHO_SCENARIOS:
@@ -134,6 +153,7 @@ def run_echo(opts):
                 samples[server_name].append({
                     "msgs": r["messages_per_sec"], "p50": r["latency"]["p50_us"], "p99": r["latency"]["p99_us"],
                     "server_cpu": (r.get("server") or {}).get("cpu_percent"),
+                    "cpu_us": cpu_us(r, r["messages_per_sec"]),
                     "client_cpu": r.get("client_cpu_percent"), "errors": errors,
                 })
                 log(f"echo {name} {server_name} sample {i + 1}: {r['messages_per_sec']:.0f} msg/s, "
@@ -143,6 +163,7 @@ def run_echo(opts):
                 "scenario": name, "server": server_name, "msgs_per_sec": median([s["msgs"] for s in ss]),
                 "p50_us": median([s["p50"] for s in ss]), "p99_us": median([s["p99"] for s in ss]),
                 "server_cpu": median([s["server_cpu"] for s in ss]), "client_cpu": median([s["client_cpu"] for s in ss]),
+                "cpu_us_per_msg": median([s["cpu_us"] for s in ss]),
                 "errors": sum(s["errors"] for s in ss), "samples": [s["msgs"] for s in ss],
             })
     return rows
@@ -193,7 +214,8 @@ def run_broadcast(opts):
                     srv.stop()
                 ss.append(r)
                 log(f"broadcast {name} {server_name} sample {i + 1}: "
-                    f"{r.get('deliveries_per_sec', 0):.0f} deliveries/s lost {r.get('lost', r.get('errors', {}).get('lost_messages'))}")
+                    f"{r.get('deliveries_per_sec', 0):.0f} deliveries/s, "
+                    f"server cpu {(r.get('server') or {}).get('cpu_percent')}%, lost {r.get('lost', r.get('errors', {}).get('lost_messages'))}")
             rows.append({
                 "scenario": name, "server": server_name,
                 "deliveries_per_sec": median([r.get("deliveries_per_sec") for r in ss]),
@@ -201,6 +223,7 @@ def run_broadcast(opts):
                 "p99_us": median([(r.get("last_delivery_latency") or {}).get("p99_us") for r in ss]),
                 "lost": median([(r.get("errors") or {}).get("lost_messages") for r in ss]),
                 "server_cpu": median([(r.get("server") or {}).get("cpu_percent") for r in ss]),
+                "cpu_us_per_msg": median([cpu_us(r, r.get("deliveries_per_sec")) for r in ss]),
             })
     return rows
 
@@ -275,6 +298,22 @@ def render(results, opts):
                            f"{fmt(r['p99_us'], 1)} | {fmt(r['lost'])} | {fmt(r['server_cpu'])} | "
                            f"{'' if r['server'] == 'tether serve' else ratio(ours, r['deliveries_per_sec'])} |")
         out.append("")
+    baseline = [(g, r) for g in ("echo", "broadcast") for r in results.get(g, []) if r["server"].endswith("(baseline)")]
+    if baseline:
+        out.append("### Current / baseline (TETHER_BASELINE)")
+        out.append("")
+        out.append("| scenario | msg/s current | msg/s baseline | ratio | server CPU µs/msg current | baseline | ratio |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for group, base in baseline:
+            key = "msgs_per_sec" if group == "echo" else "deliveries_per_sec"
+            cur = next((r for r in results[group] if r["scenario"] == base["scenario"]
+                        and r["server"] == base["server"].replace(" (baseline)", "")), None)
+            if cur:
+                out.append(f"| {group}: {base['scenario']} | {fmt(cur[key])} | {fmt(base[key])} | "
+                           f"{ratio(cur[key], base[key])} | {fmt(cur.get('cpu_us_per_msg'), 3)} | "
+                           f"{fmt(base.get('cpu_us_per_msg'), 3)} | "
+                           f"{ratio(cur.get('cpu_us_per_msg'), base.get('cpu_us_per_msg'))} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -300,7 +339,7 @@ def main():
     opts = p.parse_args()
     if opts.quick:
         opts.samples, opts.duration, opts.idle = 1, 3.0, 2000
-    for binary in [TETHER, f"{PEERS}/fastwebsockets-echo"]:
+    for binary in [TETHER, f"{PEERS}/fastwebsockets-echo"] + ([BASELINE] if BASELINE else []):
         if not os.path.exists(binary):
             sys.exit(f"missing {binary}: run `cargo build --release -p tether-cli` and bench/build-peers.sh")
     raise_nofile()
