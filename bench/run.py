@@ -202,9 +202,9 @@ def run_broadcast(opts):
          ["--mode", "fanout", "--clients", "10000", "--publishers", "1", "--rate", "150"]),
     ]
     for name, extra in scenarios:
-        for server_name, cmd in BROADCAST_SERVERS.items():
-            ss = []
-            for i in range(opts.samples):
+        samples = {s: [] for s in BROADCAST_SERVERS}
+        for i in range(opts.samples):
+            for server_name, cmd in BROADCAST_SERVERS.items():
                 port = free_port()
                 srv = Server(cmd(port), port)
                 try:
@@ -212,10 +212,11 @@ def run_broadcast(opts):
                                str(opts.duration), "--warmup", "1", "--pid", str(srv.pid)] + extra)
                 finally:
                     srv.stop()
-                ss.append(r)
+                samples[server_name].append(r)
                 log(f"broadcast {name} {server_name} sample {i + 1}: "
                     f"{r.get('deliveries_per_sec', 0):.0f} deliveries/s, "
                     f"server cpu {(r.get('server') or {}).get('cpu_percent')}%, lost {r.get('lost', r.get('errors', {}).get('lost_messages'))}")
+        for server_name, ss in samples.items():
             rows.append({
                 "scenario": name, "server": server_name,
                 "deliveries_per_sec": median([r.get("deliveries_per_sec") for r in ss]),
