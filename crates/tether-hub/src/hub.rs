@@ -26,10 +26,14 @@ struct Sub {
     announced: bool,
 }
 
-#[derive(Default)]
-struct State {
-    conns: HashMap<u64, Arc<ConnShared>>,
-    topics: HashMap<Arc<str>, HashMap<u64, Sub>>,
+/// One topic's local subscribers, behind its own lock: delivery to one
+/// topic never waits on another, and no hub-wide lock is held while frames
+/// are encoded or pushed.
+type Subs = HashMap<u64, Sub>;
+type TopicSubs = Arc<Mutex<Subs>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The real-time hub. Create with [`Hub::new`], run each accepted socket with
@@ -39,7 +43,13 @@ pub struct Hub {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) broker: Arc<dyn Broker>,
     shares_presence: bool,
-    state: Mutex<State>,
+    /// Open connections.
+    conns: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    /// Topics with local subscribers. Lock order: this map, then a topic
+    /// (only to add or remove a subscriber); delivery clones the topic's
+    /// `Arc` and locks the topic alone. A broker may call in holding its own
+    /// lock (broker, then hub); the hub never calls a broker holding one.
+    topics: Mutex<HashMap<Arc<str>, TopicSubs>>,
     /// The clock of rate limits (nanoseconds since this instant; tokio's,
     /// so tests with paused time control it).
     started: tokio::time::Instant,
@@ -79,8 +89,8 @@ impl DeliverySink for Sink {
     fn presence(&self, topic: &str, joined: bool, session: &str, count: u64) {
         if let Some(hub) = self.0.upgrade() {
             let frame = EncodedFrame::text(&envelope::presence(topic, if joined { "join" } else { "leave" }, session, count as usize));
-            if let Some(subs) = hub.lock().topics.get(topic) {
-                for sub in subs.values().filter(|s| s.conn.json) {
+            if let Some(subs) = hub.topic(topic) {
+                for sub in lock(&subs).values().filter(|s| s.conn.json) {
                     hub.notify(&sub.conn, frame.clone());
                 }
             }
@@ -104,7 +114,8 @@ impl Hub {
             metrics: Arc::new(Metrics::default()),
             shares_presence: broker.shares_presence(),
             broker,
-            state: Mutex::new(State::default()),
+            conns: Mutex::new(HashMap::new()),
+            topics: Mutex::new(HashMap::new()),
             started: tokio::time::Instant::now(),
             ping_token: AtomicU64::new(0),
             stall_rounds,
@@ -133,21 +144,22 @@ impl Hub {
 
     /// Open connections.
     pub fn connection_count(&self) -> usize {
-        self.lock().conns.len()
+        lock(&self.conns).len()
     }
 
     /// Topics with at least one local subscriber.
     pub fn topic_count(&self) -> usize {
-        self.lock().topics.len()
+        lock(&self.topics).len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// A topic's subscribers, if it has any here.
+    fn topic(&self, name: &str) -> Option<TopicSubs> {
+        lock(&self.topics).get(name).cloned()
     }
 
     /// Ask every connection to close with 1001 (server going away).
     pub fn shutdown(&self) {
-        for conn in self.lock().conns.values() {
+        for conn in lock(&self.conns).values() {
             conn.set(flag::SHUTDOWN);
         }
     }
@@ -157,17 +169,14 @@ impl Hub {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(ConnShared::new(id, format!("{}-{id}", crate::broker::node_id()), json));
-        self.lock().conns.insert(id, conn.clone());
+        lock(&self.conns).insert(id, conn.clone());
         self.metrics.connections.fetch_add(1, Ordering::Relaxed);
         Metrics::add(&self.metrics.connections_total, 1);
         conn
     }
 
     pub(crate) fn unregister(&self, conn: &Arc<ConnShared>, topics: &[Arc<str>]) {
-        {
-            let mut state = self.lock();
-            state.conns.remove(&conn.id);
-        }
+        lock(&self.conns).remove(&conn.id);
         for topic in topics {
             self.unsubscribe(conn, topic);
         }
@@ -179,8 +188,8 @@ impl Hub {
     /// what a resuming client missed and acks `id`.
     pub(crate) fn subscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>) {
         {
-            let mut state = self.lock();
-            let subs = state.topics.entry(topic.clone()).or_default();
+            let mut topics = lock(&self.topics);
+            let mut subs = lock(topics.entry(topic.clone()).or_default());
             let sub = Sub { conn: conn.clone(), pending: Some(VecDeque::new()), epoch: None, last: 0, announced: false };
             subs.insert(conn.id, sub);
             if !self.shares_presence {
@@ -199,12 +208,13 @@ impl Hub {
 
     pub(crate) fn unsubscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>) -> bool {
         let (announced, count) = {
-            let mut state = self.lock();
-            let Some(subs) = state.topics.get_mut(topic) else { return false };
+            let mut topics = lock(&self.topics);
+            let Some(entry) = topics.get(topic).cloned() else { return false };
+            let mut subs = lock(&entry);
             let Some(sub) = subs.remove(&conn.id) else { return false };
             let count = subs.len();
             if count == 0 {
-                state.topics.remove(topic);
+                topics.remove(topic);
             } else if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session, count));
                 for sub in subs.values().filter(|s| s.conn.json) {
@@ -236,7 +246,7 @@ impl Hub {
     }
 
     fn reply_to(&self, conn: u64, frame: EncodedFrame) {
-        let target = self.lock().conns.get(&conn).cloned();
+        let target = lock(&self.conns).get(&conn).cloned();
         if let Some(c) = target {
             self.reply(&c, frame);
         }
@@ -257,8 +267,8 @@ impl Hub {
     pub(crate) fn deliver(&self, msg: &Published) {
         let mut frames = Frames::default();
         let (mut delivered, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
-        let mut state = self.lock();
-        let Some(subs) = state.topics.get_mut(&msg.topic) else { return };
+        let Some(topic) = self.topic(&msg.topic) else { return };
+        let mut subs = lock(&topic);
         for sub in subs.values_mut() {
             if let Some(held) = &mut sub.pending {
                 if held.len() >= self.config.queue_max_messages {
@@ -272,7 +282,7 @@ impl Hub {
             let (n, b, d) = self.deliver_to(sub, msg, &mut frames);
             (delivered, bytes, dropped) = (delivered + n, bytes + b, dropped + d);
         }
-        drop(state);
+        drop(subs);
         Metrics::add(&self.metrics.messages_out, delivered);
         Metrics::add(&self.metrics.bytes_out, bytes);
         Metrics::add(&self.metrics.dropped_messages, dropped);
@@ -327,17 +337,17 @@ impl Hub {
     /// gets the newest part and a `history_gap` naming where that starts.
     /// Nothing here changes the topic for anyone else.
     fn subscribed(&self, request: SubscribeRequest, history: History) {
-        let Some(conn) = self.lock().topics.get(&request.topic).and_then(|subs| subs.get(&request.conn)).filter(|s| s.pending.is_some()).map(|s| s.conn.clone()) else {
-            return;
-        };
+        let Some(topic) = self.topic(&request.topic) else { return };
+        let Some(conn) = lock(&topic).get(&request.conn).filter(|s| s.pending.is_some()).map(|s| s.conn.clone()) else { return };
         let (replay, gap) = match &request.resume {
             Some(resume) => self.plan_replay(&conn, resume, &history),
             None => (Vec::new(), None),
         };
         let mut frames = Frames::default();
         let announce = {
-            let mut state = self.lock();
-            let Some(sub) = state.topics.get_mut(&request.topic).and_then(|subs| subs.get_mut(&request.conn)) else { return };
+            let mut subs = lock(&topic);
+            let count = subs.len();
+            let Some(sub) = subs.get_mut(&request.conn) else { return };
             let Some(held) = sub.pending.take() else { return };
             if let Some((first, why)) = gap {
                 self.tell_gap(&conn, &request.topic, &history.epoch, first, why, request.id.as_ref());
@@ -357,7 +367,6 @@ impl Hub {
                 self.deliver_to(sub, msg, &mut frames);
             }
             sub.announced = self.shares_presence;
-            let count = state.topics.get(&request.topic).map_or(0, HashMap::len);
             self.shares_presence.then_some((conn, count))
         };
         if let Some((conn, local_count)) = announce {
@@ -404,8 +413,8 @@ impl Hub {
     /// The broker could not deliver some messages of `topic` here before
     /// `(epoch, last_seq)`: tell the subscribers that are behind.
     fn resync(&self, topic: &str, epoch: &str, last_seq: u64) {
-        let mut state = self.lock();
-        let Some(subs) = state.topics.get_mut(topic) else { return };
+        let Some(topic_subs) = self.topic(topic) else { return };
+        let mut subs = lock(&topic_subs);
         let epoch: Arc<str> = Arc::from(epoch);
         for sub in subs.values_mut().filter(|s| s.pending.is_none()) {
             let same = sub.epoch.as_deref() == Some(&*epoch);
@@ -430,7 +439,7 @@ impl Hub {
             h.finish()
         };
         self.ping_token.store(token, Ordering::Release);
-        let conns: Vec<Arc<ConnShared>> = self.lock().conns.values().cloned().collect();
+        let conns: Vec<Arc<ConnShared>> = lock(&self.conns).values().cloned().collect();
         for conn in conns {
             let flags = conn.flags.fetch_and(!flag::PROGRESS, Ordering::AcqRel);
             if flags & flag::PROGRESS != 0 {
