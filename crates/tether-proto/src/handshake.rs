@@ -1,7 +1,7 @@
 //! The opening handshake (RFC 6455 §4), for both roles, parsed with httparse.
 //!
 //! Server: [`parse_request`] incrementally, inspect the [`Request`], then
-//! answer with [`negotiate`](crate::negotiate) (101, or a [`Rejection`]);
+//! answer with [`negotiate`](mod@crate::negotiate) (101, or a [`Rejection`]);
 //! [`Request::accept`] and [`reject_response`] are byte-level shortcuts. Client: [`ClientHandshake::new`]
 //! builds the request; [`ClientHandshake::parse_response`] validates the answer.
 

@@ -10,7 +10,7 @@
 //! an `http::Response`.
 //!
 //! Server: fill an [`UpgradeOffer`] (from a validated
-//! [`Request`](crate::handshake::Request) with [`UpgradeOffer::from_request`]),
+//! [`Request`] with [`UpgradeOffer::from_request`]),
 //! then [`negotiate`] to accept, or answer with a [`Rejection`].
 
 use crate::deflate::{DeflateConfig, PerMessageDeflate};
