@@ -1,10 +1,12 @@
 //! The opening handshake (RFC 6455 §4), for both roles, parsed with httparse.
 //!
 //! Server: [`parse_request`] incrementally, inspect the [`Request`], then
-//! [`Request::accept`] (101) or [`reject_response`]. Client: [`ClientHandshake::new`]
+//! answer with [`negotiate`](mod@crate::negotiate) (101, or a [`Rejection`]);
+//! [`Request::accept`] and [`reject_response`] are byte-level shortcuts. Client: [`ClientHandshake::new`]
 //! builds the request; [`ClientHandshake::parse_response`] validates the answer.
 
 use crate::error::HandshakeError;
+use crate::negotiate::{self, Rejection};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -229,65 +231,27 @@ pub fn parse_request(buf: &[u8], max_size: usize) -> Result<Option<(Request, usi
     Ok(Some((Request { target, headers, key }, len)))
 }
 
-/// A 101 Switching Protocols response (§4.2.2).
+/// A 101 Switching Protocols response (§4.2.2) for values already decided;
+/// [`negotiate`](crate::negotiate::negotiate) decides them.
 pub fn accept_response(key: &str, protocol: Option<&str>, extensions: Option<&str>, extra_headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = String::with_capacity(160);
-    out.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
-    out.push_str(&accept_key(key.as_bytes()));
-    out.push_str("\r\n");
-    if let Some(p) = protocol {
-        let _ = write!(out, "Sec-WebSocket-Protocol: {p}\r\n");
-    }
-    if let Some(e) = extensions {
-        let _ = write!(out, "Sec-WebSocket-Extensions: {e}\r\n");
-    }
-    for (k, v) in extra_headers {
-        let _ = write!(out, "{k}: {v}\r\n");
-    }
-    out.push_str("\r\n");
-    out.into_bytes()
+    let headers = negotiate::switching_protocols_headers(&accept_key(key.as_bytes()), protocol, extensions, extra_headers);
+    negotiate::switching_protocols_bytes(&headers)
 }
 
 /// A rejection with `status` and a plain-text `body`; the connection should
-/// be closed after it is sent.
+/// be closed after it is sent. See [`Rejection`].
 pub fn reject_response(status: u16, body: &str, extra_headers: &[(&str, &str)]) -> Vec<u8> {
-    let reason = match status {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in extra_headers {
-        let _ = write!(out, "{k}: {v}\r\n");
-    }
-    out.push_str("\r\n");
-    out.push_str(body);
-    out.into_bytes()
+    let mut rejection = Rejection::new(status, body);
+    rejection.headers.extend(extra_headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    rejection.to_bytes()
 }
 
 /// The response a server sends for a handshake that failed validation:
 /// the status from [`HandshakeError::http_status`], and for a version
-/// mismatch the `Sec-WebSocket-Version: 13` header that §4.4 requires.
+/// mismatch the `Sec-WebSocket-Version: 13` header that §4.4 requires
+/// ([`Rejection::from_error`]).
 pub fn error_response(err: &HandshakeError) -> Vec<u8> {
-    let status = err.http_status();
-    let body = format!("{err}\n");
-    if status == 426 {
-        reject_response(status, &body, &[("Sec-WebSocket-Version", "13")])
-    } else {
-        reject_response(status, &body, &[])
-    }
+    Rejection::from_error(err).to_bytes()
 }
 
 /// What a client asks for in its upgrade request.

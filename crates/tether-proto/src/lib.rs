@@ -33,6 +33,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod negotiate;
 pub mod message;
 pub mod utf8;
 
@@ -43,3 +44,4 @@ pub use deflate::{DeflateConfig, DeflateParams, PerMessageDeflate};
 pub use error::{Error, HandshakeError, ProtocolError};
 pub use frame::{EncodedFrame, FrameHeader, OpCode};
 pub use message::{Message, Utf8Bytes};
+pub use negotiate::{negotiate, Negotiated, Rejection, UpgradeOffer};

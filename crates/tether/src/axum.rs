@@ -13,13 +13,14 @@
 
 use crate::config::Config;
 use crate::socket::WebSocket;
-use crate::upgrade::{switching_protocols, to_request, UpgradedIo};
+use crate::upgrade::{http_response, rejection, switching_protocols, to_request, UpgradedIo};
 use axum_core::body::Body;
 use axum_core::extract::FromRequestParts;
 use axum_core::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use tether_proto::handshake::Request;
+use tether_proto::negotiate::{Negotiated, Rejection};
 use tether_proto::Role;
 
 /// Extracts a validated WebSocket upgrade request.
@@ -36,16 +37,8 @@ pub struct UpgradeRejection(crate::Error);
 
 impl IntoResponse for UpgradeRejection {
     fn into_response(self) -> Response {
-        let mut resp = Response::new(Body::from(format!("{}\n", self.0)));
-        let (status, extra) = match &self.0 {
-            crate::Error::Handshake(e) => (e.http_status(), e.http_status() == 426),
-            _ => (400, false),
-        };
-        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
-        if extra {
-            resp.headers_mut().insert("Sec-WebSocket-Version", http::HeaderValue::from_static("13"));
-        }
-        resp
+        let Rejection { status, headers, body } = rejection(&self.0);
+        http_response(status, headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), Body::from(body))
     }
 }
 
@@ -88,9 +81,9 @@ impl WebSocketUpgrade {
         F: FnOnce(WebSocket<UpgradedIo>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (builder, deflate) = switching_protocols(&self.request, self.protocol.as_deref(), self.config.deflate.as_ref());
-        let response = builder.body(Body::empty()).expect("valid response");
-        let WebSocketUpgrade { on_upgrade, protocol, config, .. } = self;
+        let (response, Negotiated { protocol, deflate, .. }) =
+            switching_protocols(&self.request, self.protocol.as_deref(), self.config.deflate.as_ref(), Body::empty());
+        let WebSocketUpgrade { on_upgrade, config, .. } = self;
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
@@ -102,5 +95,21 @@ impl WebSocketUpgrade {
             }
         });
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_proto::HandshakeError;
+
+    #[test]
+    fn rejection_has_the_status_and_version_header() {
+        let response = UpgradeRejection(crate::Error::Handshake(HandshakeError::UnsupportedVersion("8".into()))).into_response();
+        assert_eq!(response.status(), 426);
+        assert_eq!(response.headers()["sec-websocket-version"], "13");
+        let response = UpgradeRejection(crate::Error::Io(std::io::Error::other("no upgrade"))).into_response();
+        assert_eq!(response.status(), 400);
+        assert!(response.headers().get("sec-websocket-version").is_none());
     }
 }

@@ -3,7 +3,8 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::socket::WebSocket;
-use tether_proto::handshake::{error_response, parse_request, reject_response, Request};
+use tether_proto::handshake::{parse_request, Request};
+use tether_proto::negotiate::{negotiate, Negotiated, Rejection, UpgradeOffer};
 use tether_proto::Role;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -58,7 +59,7 @@ where
     let (request, buffered) = match read {
         Err(_) => return Err(Error::Timeout("handshake")),
         Ok(Err(Error::Handshake(e))) => {
-            let _ = stream.write_all(&error_response(&e)).await;
+            let _ = stream.write_all(&Rejection::from_error(&e).to_bytes()).await;
             let _ = stream.shutdown().await;
             return Err(Error::Handshake(e));
         }
@@ -68,18 +69,16 @@ where
     match callback(&request) {
         Ok(accept) => {
             let headers: Vec<(&str, &str)> = accept.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let protocol = accept.protocol.filter(|p| request.protocols().contains(&p.as_str()));
-            let deflate = config.deflate.as_ref().and_then(|d| d.negotiate(&request.extensions()));
-            let extensions = deflate.as_ref().map(|d| d.response());
-            let response = request.accept(protocol.as_deref(), extensions.as_deref(), &headers);
-            stream.write_all(&response).await?;
+            let negotiated = negotiate(&UpgradeOffer::from_request(&request), accept.protocol.as_deref(), config.deflate.as_ref(), &headers);
+            stream.write_all(&negotiated.to_bytes()).await?;
             stream.flush().await?;
+            let Negotiated { protocol, deflate, .. } = negotiated;
             let mut ws = WebSocket::from_raw_with_deflate(stream, Role::Server, config, &buffered, deflate);
             ws.set_protocol(protocol);
             Ok(ws)
         }
         Err(reject) => {
-            let _ = stream.write_all(&reject_response(reject.status, &reject.body, &[])).await;
+            let _ = stream.write_all(&Rejection::new(reject.status, reject.body).to_bytes()).await;
             let _ = stream.shutdown().await;
             Err(Error::Rejected { status: reject.status })
         }

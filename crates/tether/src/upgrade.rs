@@ -28,7 +28,8 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tether_proto::handshake::{accept_key, Request};
+use tether_proto::handshake::Request;
+use tether_proto::negotiate::{negotiate, Negotiated, Rejection, UpgradeOffer};
 use tether_proto::{DeflateConfig, PerMessageDeflate, Role};
 
 /// The stream under an upgraded hyper connection.
@@ -64,37 +65,38 @@ pub(crate) fn to_request(method: &http::Method, version: http::Version, uri: &ht
 
 /// The HTTP response for a failed upgrade: the status the RFC asks for.
 pub fn error_response(err: &Error) -> http::Response<Empty<Bytes>> {
-    let (status, version_header) = match err {
-        Error::Handshake(e) => (e.http_status(), e.http_status() == 426),
-        _ => (400, false),
-    };
-    let mut builder = http::Response::builder().status(status);
-    if version_header {
-        builder = builder.header("Sec-WebSocket-Version", "13");
-    }
-    builder.body(Empty::new()).expect("valid response")
+    let rejection = rejection(err);
+    http_response(rejection.status, rejection.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), Empty::new())
 }
 
-/// The 101 response; with `deflate`, permessage-deflate is negotiated
-/// (RFC 7692) and the agreement returned with it.
-pub(crate) fn switching_protocols(
+/// How to refuse an upgrade that failed with `err` (the decision is
+/// tether-proto's, [`Rejection::for_error`]); the body is the error.
+pub(crate) fn rejection(err: &Error) -> Rejection {
+    match err {
+        Error::Handshake(e) => Rejection::for_error(e, format!("{err}\n")),
+        _ => Rejection::new(400, format!("{err}\n")),
+    }
+}
+
+/// An `http::Response` with `status`, `headers` and `body`.
+pub(crate) fn http_response<'a, B>(status: u16, headers: impl Iterator<Item = (&'a str, &'a str)>, body: B) -> http::Response<B> {
+    let mut builder = http::Response::builder().status(http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST));
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    builder.body(body).expect("valid response")
+}
+
+/// The 101 response for `request` and what was agreed (subprotocol,
+/// permessage-deflate), as decided by [`negotiate`].
+pub(crate) fn switching_protocols<B>(
     request: &Request,
     protocol: Option<&str>,
     deflate: Option<&DeflateConfig>,
-) -> (http::response::Builder, Option<PerMessageDeflate>) {
-    let mut builder = http::Response::builder()
-        .status(http::StatusCode::SWITCHING_PROTOCOLS)
-        .header(http::header::CONNECTION, "Upgrade")
-        .header(http::header::UPGRADE, "websocket")
-        .header("Sec-WebSocket-Accept", accept_key(request.key().as_bytes()));
-    if let Some(p) = protocol {
-        builder = builder.header("Sec-WebSocket-Protocol", p);
-    }
-    let agreed = deflate.and_then(|d| d.negotiate(&request.extensions()));
-    if let Some(agreed) = &agreed {
-        builder = builder.header("Sec-WebSocket-Extensions", agreed.response());
-    }
-    (builder, agreed)
+    body: B,
+) -> (http::Response<B>, Negotiated) {
+    let negotiated = negotiate(&UpgradeOffer::from_request(request), protocol, deflate, &[]);
+    (http_response(101, negotiated.headers(), body), negotiated)
 }
 
 impl Upgrade {
@@ -108,9 +110,8 @@ impl Upgrade {
     /// Return the response to hyper; the future resolves to the WebSocket once
     /// hyper hands over the connection.
     pub fn accept(self, protocol: Option<&str>, config: Config) -> (http::Response<Empty<Bytes>>, UpgradeFuture) {
-        let protocol = protocol.filter(|p| self.request.protocols().contains(p)).map(str::to_string);
-        let (builder, deflate) = switching_protocols(&self.request, protocol.as_deref(), config.deflate.as_ref());
-        let response = builder.body(Empty::new()).expect("valid response");
+        let (response, Negotiated { protocol, deflate, .. }) =
+            switching_protocols(&self.request, protocol, config.deflate.as_ref(), Empty::new());
         (response, UpgradeFuture { on_upgrade: self.on_upgrade, config, protocol, deflate })
     }
 }
@@ -135,5 +136,53 @@ impl Future for UpgradeFuture {
         let mut ws = WebSocket::from_raw_with_deflate(TokioIo::new(upgraded), Role::Server, &self.config, &[], deflate);
         ws.set_protocol(self.protocol.take());
         Poll::Ready(Ok(ws))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_proto::HandshakeError;
+
+    fn request(protocols: &str, extensions: &str) -> Request {
+        let headers = [
+            ("Host", "h".as_bytes()),
+            ("Upgrade", b"websocket"),
+            ("Connection", b"Upgrade"),
+            ("Sec-WebSocket-Version", b"13"),
+            ("Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Protocol", protocols.as_bytes()),
+            ("Sec-WebSocket-Extensions", extensions.as_bytes()),
+        ];
+        Request::from_parts("GET", true, "/", headers).unwrap()
+    }
+
+    #[test]
+    fn switching_protocols_carries_the_negotiated_headers() {
+        let deflate = DeflateConfig::default();
+        let (response, negotiated) = switching_protocols(&request("chat", "permessage-deflate"), Some("chat"), Some(&deflate), ());
+        assert_eq!(response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        let h = response.headers();
+        assert_eq!(h["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "Upgrade");
+        assert_eq!(h["sec-websocket-protocol"], "chat");
+        assert_eq!(h["sec-websocket-extensions"], negotiated.deflate.expect("agreed").response().as_str());
+
+        // Not offered: no subprotocol; no deflate configured: no extension.
+        let (response, negotiated) = switching_protocols(&request("chat", "permessage-deflate"), Some("other"), None, ());
+        assert_eq!((negotiated.protocol, negotiated.deflate), (None, None));
+        assert!(response.headers().get("sec-websocket-protocol").is_none());
+        assert!(response.headers().get("sec-websocket-extensions").is_none());
+    }
+
+    #[test]
+    fn error_response_asks_for_version_13() {
+        let response = error_response(&Error::Handshake(HandshakeError::UnsupportedVersion("8".into())));
+        assert_eq!(response.status(), 426);
+        assert_eq!(response.headers()["sec-websocket-version"], "13");
+        let response = error_response(&Error::Handshake(HandshakeError::MissingHost));
+        assert_eq!(response.status(), 400);
+        assert!(response.headers().get("sec-websocket-version").is_none());
     }
 }
