@@ -312,11 +312,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Split into a receiving and a sending half that can be used from two
     /// tasks. See [`crate::split`].
-    pub fn split(self) -> (crate::split::WsReader<S>, crate::split::WsWriter<S>)
-    where
-        S: Send + 'static,
-    {
-        crate::split::split(self.io, self.conn, self.high_water, self.close_timeout, self.protocol)
+    pub fn split(self) -> (crate::split::WsReader<S>, crate::split::WsWriter<S>) {
+        crate::split::split(self)
+    }
+
+    /// Queue a close frame without waiting for the peer's (the receiving
+    /// side completes the handshake).
+    pub(crate) fn start_close(&mut self, frame: Option<CloseFrame>) -> Result<()> {
+        self.conn.close(frame).map_err(Error::from)
+    }
+
+    /// Whether our close frame was queued.
+    pub(crate) fn close_sent(&mut self) -> bool {
+        self.conn.sender().close_sent()
     }
 }
 
