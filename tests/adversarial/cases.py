@@ -779,7 +779,9 @@ async def decompression_bomb(ctx):
     paced, burst, single = await rss_phase(ctx, srv, attack)
     ctx.num("bombs", " ".join(results))
     ctx.expect(paced == 1009, f"fragmented 1 GiB bomb (paced) closed with {paced}, expected 1009")
-    ctx.expect(burst in (1009, "EOF"), f"fragmented 1 GiB bomb (back to back): {burst}, expected closed")
+    # The server lingers after the close (reads and discards), so even a
+    # peer still sending gets the 1009 rather than a reset.
+    ctx.expect(burst == 1009, f"fragmented 1 GiB bomb (back to back): {burst}, expected 1009")
     ctx.expect(single == 1009, f"single-frame 256 MiB bomb closed with {single}, expected 1009")
     await bystander_final(ctx, by)
     await by.close()

@@ -158,7 +158,12 @@ impl Hub {
     /// close futures would otherwise be sized into every connection's task).
     async fn finish<S: AsyncRead + AsyncWrite + Unpin>(&self, ws: &mut WebSocket<S>, conn: &Arc<ConnShared>, end: End) {
         match end {
-            End::Closed => tracing::debug!(session = %conn.session, code = %ws.close_code(), "disconnected"),
+            End::Closed => {
+                // After a protocol error the socket sends its close frame and
+                // lingers briefly, so the peer sees the code, not a reset.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async { while ws.recv().await.is_some() {} }).await;
+                tracing::debug!(session = %conn.session, code = %ws.close_code(), "disconnected");
+            }
             End::Terminated => {
                 Metrics::add(&self.metrics.terminated_connections, 1);
                 tracing::info!(session = %conn.session, "terminated: no answer to the previous heartbeat ping");

@@ -43,6 +43,19 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(io: &mut R, rx: &mut Receiver
     }
 }
 
+/// Read and throw away until EOF (or an error): after a failed connection,
+/// so that closing it does not reset what is still unread.
+pub(crate) fn poll_discard_until_eof<R: AsyncRead + Unpin>(io: &mut R, cx: &mut Context<'_>) -> Poll<()> {
+    let mut storage = [MaybeUninit::<u8>::uninit(); 4096];
+    loop {
+        let mut rb = ReadBuf::uninit(&mut storage);
+        match ready!(Pin::new(&mut *io).poll_read(cx, &mut rb)) {
+            Ok(()) if !rb.filled().is_empty() => continue,
+            _ => return Poll::Ready(()),
+        }
+    }
+}
+
 /// Write one batch of what `tx` has queued (a vectored write when there are
 /// several buffers).
 pub(crate) fn poll_write_some<W: AsyncWrite + Unpin>(io: &mut W, tx: &mut Sender, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

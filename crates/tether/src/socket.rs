@@ -45,6 +45,8 @@ pub struct WebSocket<S> {
     protocol: Option<Box<str>>,
     role: Role,
     finished: bool,
+    /// Our side of the transport was shut down (write half closed).
+    shut_down: bool,
     pending_error: Option<Box<Error>>,
 }
 
@@ -77,6 +79,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             protocol: None,
             role,
             finished: false,
+            shut_down: false,
             pending_error: None,
         }
     }
@@ -297,7 +300,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Flush what is queued, close the transport and end the stream.
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
         let flushed = ready!(self.poll_write_pending(cx));
-        let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        if !self.shut_down {
+            let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+            self.shut_down = true;
+        }
+        if flushed.is_ok() && self.conn.failure().is_some() {
+            // Linger: closing a socket with unread data sends a reset, which
+            // can destroy the close frame that says what was wrong (1009,
+            // 1002...) before the peer reads it. Read and discard until the
+            // peer closes, for at most the close timeout.
+            let timeout = self.close_timeout;
+            let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            if deadline.as_mut().poll(cx).is_pending() {
+                ready!(crate::io::poll_discard_until_eof(&mut self.io, cx));
+            }
+        }
         self.finished = true;
         self.close_deadline = None;
         match flushed {
