@@ -38,13 +38,60 @@
     ackTimeout: 10000         // reject an ack promise after this long
   };
 
-  /** The delay before reconnect attempt `attempt` (1-based), in ms. */
+  // The tether.v1 rules, shared with the hub and the Rust client
+  // (crates/tether/src/v1) and checked against the same cases
+  // (crates/tether/tests/v1_cases.json, by tests/browser/v1_cases.test.mjs).
+
+  /** The delay before reconnect attempt `attempt` (1-based), in ms:
+   * min(maxDelay, minDelay * factor^(attempt-1)), spread by +-jitter of
+   * itself, never above maxDelay. A factor below 1 counts as 1, jitter is
+   * clamped to 0..1, a maxDelay below minDelay means minDelay. */
   function backoffDelay(attempt, opts) {
     var o = Object.assign({}, DEFAULTS, opts || {});
-    var base = Math.min(o.maxDelay, o.minDelay * Math.pow(o.factor, Math.max(0, attempt - 1)));
-    var spread = base * o.jitter;
-    return Math.max(0, Math.round(base - spread + Math.random() * 2 * spread));
+    var factor = isFinite(o.factor) ? Math.max(1, o.factor) : 1;
+    var max = Math.max(o.maxDelay, o.minDelay);
+    var base = o.minDelay * Math.pow(factor, Math.min(1024, Math.max(0, attempt - 1)));
+    base = isFinite(base) ? Math.min(max, base) : max;
+    var jitter = isFinite(o.jitter) ? Math.min(1, Math.max(0, o.jitter)) : 0;
+    var spread = base * jitter;
+    var unit = Math.min(1, Math.max(0, Math.random()));
+    return Math.round(Math.min(max, Math.max(0, base - spread + unit * 2 * spread)));
   }
+
+  /** The heartbeat rule: a ping every heartbeatInterval unless the previous
+   * one is unanswered; an answer (here: any traffic) clears the wait; a ping
+   * unanswered for heartbeatTimeout means the server is gone. The state of a
+   * connection opened at `now` (ms). */
+  function heartbeatStart(now, opts) {
+    return { nextPing: now + opts.heartbeatInterval, deadline: null };
+  }
+
+  /** Advance `state` to `now` (ms): "send_ping", "peer_dead" or null. A
+   * "send_ping" starts the wait for an answer; a due ping that is skipped or
+   * late moves the next one to now + heartbeatInterval. */
+  function heartbeatAction(state, now, opts) {
+    var action = null;
+    if (state.deadline !== null) {
+      if (now >= state.deadline) action = "peer_dead";
+    } else if (now >= state.nextPing) {
+      action = "send_ping";
+    }
+    if (now >= state.nextPing) state.nextPing = now + opts.heartbeatInterval;
+    if (action === "send_ping") state.deadline = now + opts.heartbeatTimeout;
+    return action;
+  }
+
+  /** An answer arrived: stop waiting. */
+  function heartbeatAnswer(state) {
+    state.deadline = null;
+  }
+
+  /** When heartbeatAction next has something to do (ms). */
+  function heartbeatNextWake(state) {
+    return state.deadline === null ? state.nextPing : Math.min(state.deadline, state.nextPing);
+  }
+
+  var clock = (typeof performance !== "undefined" && performance.now) ? function () { return performance.now(); } : Date.now;
 
   function TetherClient(url, options) {
     this.url = url;
@@ -62,11 +109,16 @@
     this.closedByUser = false;
     this.ws = null;
     this.timers = {};
+    this.heartbeat = null;
     this.state = "connecting";
     this._connect();
   }
 
   TetherClient.backoffDelay = backoffDelay;
+  TetherClient.heartbeatStart = heartbeatStart;
+  TetherClient.heartbeatAction = heartbeatAction;
+  TetherClient.heartbeatAnswer = heartbeatAnswer;
+  TetherClient.heartbeatNextWake = heartbeatNextWake;
   TetherClient.DEFAULTS = DEFAULTS;
 
   TetherClient.prototype.on = function (event, fn) {
@@ -176,25 +228,35 @@
     // so arming the timer there would close healthy connections; plain mode
     // relies on the server's heartbeat and on TCP instead.
     if (!this.options.json) return;
-    this.timers.heartbeat = setInterval(function () {
-      if (!self.ws || self.ws.readyState !== 1) return;
-      self.ws.send(JSON.stringify({ type: "ping", id: "hb-" + self.nextId++ }));
-      clearTimeout(self.timers.dead);
-      self.timers.dead = setTimeout(function () {
+    var opts = this.options;
+    var hb = this.heartbeat = heartbeatStart(clock(), opts);
+    function arm() {
+      self.timers.heartbeat = setTimeout(fire, Math.max(0, heartbeatNextWake(hb) - clock()));
+    }
+    function fire() {
+      if (self.heartbeat !== hb) return;
+      var action = heartbeatAction(hb, clock(), opts);
+      if (action === "send_ping") {
+        if (self.ws && self.ws.readyState === 1) self.ws.send(JSON.stringify({ type: "ping", id: "hb-" + self.nextId++ }));
+        else heartbeatAnswer(hb); // not sent: nothing to wait for
+      } else if (action === "peer_dead") {
         // No traffic since the ping: the server (or the path to it) is gone.
         self._emit("error", new Error("heartbeat timeout"));
         if (self.ws) self.ws.close(4000, "heartbeat timeout");
-      }, self.options.heartbeatTimeout);
-    }, this.options.heartbeatInterval);
+        return;
+      }
+      arm();
+    }
+    arm();
   };
 
   TetherClient.prototype._sawTraffic = function () {
-    clearTimeout(this.timers.dead);
+    if (this.heartbeat) heartbeatAnswer(this.heartbeat);
   };
 
   TetherClient.prototype._stopHeartbeat = function () {
-    clearInterval(this.timers.heartbeat);
-    clearTimeout(this.timers.dead);
+    clearTimeout(this.timers.heartbeat);
+    this.heartbeat = null;
   };
 
   TetherClient.prototype._handleEnvelope = function (msg) {

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tether::v1::heartbeat::{self, Action};
 use tether_proto::EncodedFrame;
 
 /// One connection's subscription to one topic.
@@ -448,12 +449,12 @@ impl Hub {
                 conn.set(flag::STALLED);
                 continue;
             }
-            if flags & flag::AWAITING_PONG != 0 {
-                // RFC 6455 §5.5.2: a live peer answers a ping; this one did
-                // not answer the previous one.
-                conn.set(flag::TERMINATE);
-            } else {
-                conn.set(flag::AWAITING_PONG | flag::PING_DUE);
+            // The shared rule (tether::v1::heartbeat) at this round's time,
+            // with a timeout of one interval. RFC 6455 §5.5.2: a live peer
+            // answers a ping; one awaiting a pong did not answer the previous one.
+            match heartbeat::decide((), (flags & flag::AWAITING_PONG != 0).then_some(()), ()) {
+                Some(Action::PeerDead) => conn.set(flag::TERMINATE),
+                Some(Action::SendPing) | None => conn.set(flag::AWAITING_PONG | flag::PING_DUE),
             }
         }
     }

@@ -16,7 +16,6 @@
 mod broker;
 mod config;
 mod conn;
-pub mod envelope;
 mod hub;
 mod limit;
 mod memory;
@@ -39,5 +38,8 @@ pub use hub::Hub;
 pub use serve::serve;
 pub use metrics::Metrics;
 
-/// The subprotocol of the JSON envelope (see docs/protocol.md).
-pub const PROTOCOL_V1: &str = "tether.v1";
+/// The `tether.v1` envelope, shared with the client: [`tether::v1::envelope`].
+pub use tether::v1::envelope;
+
+/// The subprotocol of the JSON envelope (see docs/protocol.md): [`tether::v1::PROTOCOL`].
+pub const PROTOCOL_V1: &str = tether::v1::PROTOCOL;

@@ -45,6 +45,7 @@ mod stream;
 pub mod tls;
 #[cfg(feature = "hyper")]
 pub mod upgrade;
+pub mod v1;
 #[cfg(feature = "axum")]
 pub mod axum;
 

@@ -46,16 +46,16 @@
 //! is no retransmission (at most once). Applications that need more use acks
 //! ([`ClientSender::publish`] resolves with the server's) and ids.
 
-mod backoff;
 mod shared;
 mod task;
 
-pub use backoff::Backoff;
+pub use crate::v1::Backoff;
 
-use shared::{checked, envelope, Outgoing, Shared, State};
+use shared::{checked, Outgoing, Shared, State};
 
 use crate::client::ClientBuilder;
 use crate::error::Error;
+use crate::v1::envelope::Request;
 use serde_json::Value;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -64,8 +64,9 @@ use std::time::Duration;
 use tether_proto::{CloseCode, CloseFrame, Message};
 use tokio::sync::{mpsc, watch, Notify};
 
-/// The subprotocol of `tether serve`'s JSON envelopes (docs/protocol.md).
-pub const TETHER_V1: &str = "tether.v1";
+/// The subprotocol of `tether serve`'s JSON envelopes (docs/protocol.md); an
+/// alias of [`crate::v1::PROTOCOL`].
+pub const TETHER_V1: &str = crate::v1::PROTOCOL;
 
 /// How many events the background task may read ahead of the application.
 /// Past that it stops reading the socket, so a slow consumer slows the
@@ -316,7 +317,7 @@ impl ClientSender {
                 st.topics.push(topic.to_owned());
             }
         }
-        let result = self.shared.request("subscribe", Some(topic), None).await;
+        let result = self.shared.request(Request::Subscribe { topic, since: None, epoch: None }).await;
         if let Err(ClientError::Refused { .. }) = result {
             self.shared.lock().topics.retain(|t| t != topic);
         }
@@ -329,18 +330,18 @@ impl ClientSender {
             return Err(ClientError::NotJson);
         }
         self.shared.lock().topics.retain(|t| t != topic);
-        self.shared.request("unsubscribe", Some(topic), None).await
+        self.shared.request(Request::Unsubscribe { topic }).await
     }
 
     /// `tether.v1`: publish `content` (any JSON) to `topic`. Resolves with
     /// the ack, which carries the message's sequence number.
     pub async fn publish(&self, topic: &str, content: impl Into<Value>) -> Result<Ack, ClientError> {
-        self.shared.request("publish", Some(topic), Some(content.into())).await
+        self.shared.request(Request::Publish { topic, content: &content.into() }).await
     }
 
     /// `tether.v1`: send `content` (any JSON) to this connection's room.
     pub async fn chat(&self, content: impl Into<Value>) -> Result<Ack, ClientError> {
-        self.shared.request("chat", None, Some(content.into())).await
+        self.shared.request(Request::Chat { content: &content.into() }).await
     }
 
     /// The topics that are renewed after a reconnect.

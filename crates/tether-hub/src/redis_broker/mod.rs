@@ -359,30 +359,28 @@ fn describe(error: &redis::RedisError) -> &'static str {
     }
 }
 
-/// Exponential backoff between reconnection attempts, with jitter.
+/// Delays between reconnection attempts: the shared rule
+/// ([`tether::v1::Backoff`]) from 100 ms doubling up to 2 s, ±25 % jitter so
+/// nodes do not reconnect in lockstep.
 struct Backoff {
-    next: Duration,
+    rule: tether::v1::Backoff,
+    attempt: u32,
 }
 
 impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(2);
-
     fn new() -> Self {
-        Backoff { next: Self::MIN }
+        let rule = tether::v1::Backoff { min_delay: Duration::from_millis(100), max_delay: Duration::from_secs(2), factor: 2.0, jitter: 0.25 };
+        Backoff { rule, attempt: 0 }
     }
 
     fn reset(&mut self) {
-        self.next = Self::MIN;
+        self.attempt = 0;
     }
 
-    /// The next wait: doubles up to 2 s, plus up to 25 % jitter so nodes do
-    /// not reconnect in lockstep.
+    /// The next wait.
     fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+        self.attempt = self.attempt.saturating_add(1);
+        self.rule.delay(self.attempt)
     }
 }
 

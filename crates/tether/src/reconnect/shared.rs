@@ -4,7 +4,7 @@
 //! lock) and wake the task; the task alone touches the socket.
 
 use super::{Ack, ClientError, QueueFullPolicy};
-use serde_json::Value;
+use crate::v1::envelope::{self, Answer, Request};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -87,7 +87,7 @@ impl Shared {
     }
 
     /// Send a `tether.v1` request and wait for its ack.
-    pub(super) async fn request(&self, kind: &str, topic: Option<&str>, content: Option<Value>) -> Result<Ack, ClientError> {
+    pub(super) async fn request(&self, request: Request<'_>) -> Result<Ack, ClientError> {
         if !self.json {
             return Err(ClientError::NotJson);
         }
@@ -99,7 +99,7 @@ impl Shared {
             st.pending.insert(id.clone(), Pending { reply: tx, sent: false });
             id
         };
-        let msg = Message::text(envelope(kind, topic, content, Some(&id)));
+        let msg = Message::text(request.to_json(Some(&id)));
         if let Err((_, e)) = self.enqueue(Outgoing { msg, request: Some(id.clone()) }, self.queue_full) {
             self.lock().pending.remove(&id);
             return Err(e);
@@ -117,23 +117,15 @@ impl Shared {
     /// If `text` answers a pending request, resolve it.
     pub(super) fn resolve(&self, text: &str) {
         let mut st = self.lock();
-        if st.pending.is_empty() || !text.contains("\"id\"") {
+        if st.pending.is_empty() {
             return;
         }
-        let Ok(v) = serde_json::from_str::<Value>(text) else { return };
-        let Some(id) = v.get("id").and_then(Value::as_str) else { return };
-        let result = match v.get("type").and_then(Value::as_str) {
-            Some("ack") => Ok(Ack {
-                topic: v.get("topic").and_then(Value::as_str).map(str::to_owned),
-                seq: v.get("seq").and_then(Value::as_u64),
-            }),
-            Some("error") => Err(ClientError::Refused {
-                code: v.get("code").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                message: v.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            }),
-            _ => return,
+        let (id, result) = match envelope::parse_answer(text) {
+            Some(Answer::Ack { id, topic, seq }) => (id, Ok(Ack { topic, seq })),
+            Some(Answer::Error { id, code, message }) => (id, Err(ClientError::Refused { code, message })),
+            None => return,
         };
-        if let Some(p) = st.pending.remove(id) {
+        if let Some(p) = st.pending.remove(&id) {
             let _ = p.reply.send(result);
         }
     }
@@ -147,20 +139,4 @@ pub(super) fn checked(msg: Message) -> Result<Message, ClientError> {
         Message::Ping(p) | Message::Pong(p) if p.len() > 125 => Err(ClientError::InvalidMessage(format!("ping or pong payload of {} bytes (max 125)", p.len()))),
         _ => Ok(msg),
     }
-}
-
-/// A `tether.v1` request envelope (docs/protocol.md).
-pub(super) fn envelope(kind: &str, topic: Option<&str>, content: Option<Value>, id: Option<&str>) -> String {
-    let mut map = serde_json::Map::new();
-    map.insert("type".into(), kind.into());
-    if let Some(t) = topic {
-        map.insert("topic".into(), t.into());
-    }
-    if let Some(c) = content {
-        map.insert("content".into(), c);
-    }
-    if let Some(id) = id {
-        map.insert("id".into(), id.into());
-    }
-    Value::Object(map).to_string()
 }

@@ -7,11 +7,13 @@
 //! timer) and reads the socket only when the application has room for one
 //! more event, so a slow consumer applies TCP backpressure to the server.
 
-use super::{envelope, ClientError, Event, ReconnectOptions, Shared, TETHER_V1};
+use super::{ClientError, Event, ReconnectOptions, Shared, TETHER_V1};
 use crate::client::ClientBuilder;
 use crate::error::{Error, Result};
 use crate::socket::WebSocket;
 use crate::stream::MaybeTlsStream;
+use crate::v1::envelope::Request;
+use crate::v1::{Action, Heartbeat};
 use bytes::Bytes;
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use std::task::{Context, Poll};
 use tether_proto::{CloseCode, CloseFrame, Message};
 use tokio::sync::mpsc::{self, Permit};
 use tokio::sync::watch;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 
 type Socket = WebSocket<MaybeTlsStream>;
 
@@ -107,7 +109,7 @@ impl Driver {
         // of anything queued while disconnected.
         let topics = self.shared.lock().topics.clone();
         for topic in topics {
-            let _ = ws.start_send(Message::text(envelope("subscribe", Some(&topic), None, None)));
+            let _ = ws.start_send(Message::text(Request::Subscribe { topic: &topic, since: None, epoch: None }.to_json(None)));
         }
         self.shared.lock().connected = true;
         if self.events.send(Event::Open { protocol, attempt: self.attempt }).await.is_err() {
@@ -120,13 +122,9 @@ impl Driver {
         // is never held back.
         let mut permit: Option<Permit<'_, Event>> = None;
         let heartbeat_timeout = self.options.heartbeat_timeout;
-        let mut heartbeat = self.options.heartbeat_interval.filter(|every| !every.is_zero()).map(|every| {
-            let mut interval = tokio::time::interval_at(Instant::now() + every, every);
-            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            interval
-        });
-        // Set when a heartbeat ping goes out, cleared by anything received.
-        let mut dead_at: Option<Instant> = None;
+        // The shared rule (crate::v1::heartbeat): a ping each interval unless
+        // one is unanswered; anything received answers it.
+        let mut heartbeat = self.options.heartbeat_interval.filter(|every| !every.is_zero()).map(|every| Heartbeat::new(every, heartbeat_timeout, Instant::now()));
         let stable = tokio::time::sleep(self.options.stable_after);
         tokio::pin!(stable);
         let mut stable_reached = false;
@@ -141,7 +139,6 @@ impl Driver {
                 close_sent = true;
                 // The close handshake has its own timeout (Config::close_timeout).
                 heartbeat = None;
-                dead_at = None;
                 let frame = self.shared.close.borrow().clone();
                 if let Err(e) = ws.start_send(Message::Close(frame)) {
                     tracing::debug!(error = %e, "close frame not queued");
@@ -155,7 +152,9 @@ impl Driver {
                 step = poll_fn(|cx| drive(&mut ws, cx, reading, queued)) => match step {
                     Step::Drained => {}
                     Step::Received(Some(Ok(msg))) => {
-                        dead_at = None;
+                        if let Some(hb) = heartbeat.as_mut() {
+                            hb.on_answer(Instant::now());
+                        }
                         match msg {
                             // Reported as Event::Close once the handshake completes.
                             Message::Close(_) => {}
@@ -186,26 +185,32 @@ impl Driver {
                         permit = Some(p);
                         // The socket was not read while the application was
                         // busy: that silence is not the server's.
-                        if let Some(deadline) = dead_at.as_mut() {
-                            *deadline = Instant::now() + heartbeat_timeout;
+                        if let Some(hb) = heartbeat.as_mut() {
+                            hb.defer(Instant::now());
                         }
                     }
                     Err(_) => return abandon(ws).await,
                 },
                 _ = self.shared.queued.notified(), if !close_sent => {}
-                _ = tick(&mut heartbeat) => {
-                    if dead_at.is_none() && reading && ws.start_send(Message::Ping(Bytes::from_static(HEARTBEAT))).is_ok() {
-                        dead_at = Some(Instant::now() + heartbeat_timeout);
+                _ = tokio::time::sleep_until(heartbeat.as_ref().map_or_else(Instant::now, Heartbeat::next_wake)), if heartbeat.is_some() => {
+                    let Some(hb) = heartbeat.as_mut() else { continue };
+                    match hb.poll(Instant::now()) {
+                        Some(Action::SendPing) => {
+                            if !(reading && ws.start_send(Message::Ping(Bytes::from_static(HEARTBEAT))).is_ok()) {
+                                hb.ping_not_sent();
+                            }
+                        }
+                        Some(Action::PeerDead) => {
+                            // Nothing received since the ping: the server, or the
+                            // path to it, is gone. Drop the TCP connection at once;
+                            // a close handshake would only wait for the same silence.
+                            tracing::debug!(timeout = ?heartbeat_timeout, "no answer to the heartbeat: dropping the connection");
+                            emit(&events, &mut permit, Event::Error(Error::Timeout("heartbeat"))).await;
+                            emit(&events, &mut permit, Event::Close { was_clean: false, code: CloseCode::ABNORMAL, reason: String::new() }).await;
+                            return ended(close_wanted);
+                        }
+                        None => {}
                     }
-                }
-                _ = tokio::time::sleep_until(dead_at.unwrap_or_else(Instant::now)), if dead_at.is_some() => {
-                    // Nothing received since the ping: the server, or the
-                    // path to it, is gone. Drop the TCP connection at once;
-                    // a close handshake would only wait for the same silence.
-                    tracing::debug!(timeout = ?heartbeat_timeout, "no answer to the heartbeat: dropping the connection");
-                    emit(&events, &mut permit, Event::Error(Error::Timeout("heartbeat"))).await;
-                    emit(&events, &mut permit, Event::Close { was_clean: false, code: CloseCode::ABNORMAL, reason: String::new() }).await;
-                    return ended(close_wanted);
                 }
                 _ = &mut stable, if !stable_reached => {
                     stable_reached = true;
@@ -260,15 +265,6 @@ async fn abandon(mut ws: Socket) -> Ended {
 /// Resolves once a close was requested (without holding the watch's lock).
 async fn close_requested(close: &mut watch::Receiver<Option<CloseFrame>>) {
     let _ = close.wait_for(Option::is_some).await;
-}
-
-async fn tick(heartbeat: &mut Option<Interval>) {
-    match heartbeat {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 fn peer_reason(ws: &Socket) -> String {

@@ -1,5 +1,7 @@
 //! The `tether.v1` JSON envelope (docs/protocol.md): parsing what clients
-//! send, with errors that say what is wrong, and building what the server sends.
+//! send, with errors that say what is wrong, building what the server sends
+//! (the hub), and building what clients send ([`Request`], the reconnecting
+//! client).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -152,7 +154,7 @@ fn quote(s: &str) -> String {
 
 /// `{"type":"welcome",...}`.
 pub fn welcome(session: &str, room: &str) -> String {
-    format!(r#"{{"type":"welcome","session":{},"room":{},"protocol":"tether.v1"}}"#, quote(session), quote(room))
+    format!(r#"{{"type":"welcome","session":{},"room":{},"protocol":{}}}"#, quote(session), quote(room), quote(super::PROTOCOL))
 }
 
 /// `{"type":"message",...}`: `content_json` must be valid JSON.
@@ -200,6 +202,118 @@ pub fn error(code: &str, message: &str, id: Option<&Value>) -> String {
 /// `{"type":"presence",...}`.
 pub fn presence(topic: &str, event: &str, session: &str, count: usize) -> String {
     format!(r#"{{"type":"presence","topic":{},"event":{},"session":{},"count":{count}}}"#, quote(topic), quote(event), quote(session))
+}
+
+/// A request a client sends; [`Request::to_json`] gives its text, which
+/// [`parse`] reads back as the matching [`ClientMessage`].
+#[derive(Clone, Copy, Debug)]
+pub enum Request<'a> {
+    /// `{"type":"chat","content":...}`.
+    Chat {
+        /// Any JSON.
+        content: &'a Value,
+    },
+    /// `{"type":"publish","topic":"...","content":...}`.
+    Publish {
+        /// The topic.
+        topic: &'a str,
+        /// Any JSON.
+        content: &'a Value,
+    },
+    /// `{"type":"subscribe","topic":"...","since"?:N,"epoch"?:"E"}`.
+    Subscribe {
+        /// The topic.
+        topic: &'a str,
+        /// Resume after this sequence number.
+        since: Option<u64>,
+        /// The epoch `since` belongs to.
+        epoch: Option<&'a str>,
+    },
+    /// `{"type":"unsubscribe","topic":"..."}`.
+    Unsubscribe {
+        /// The topic.
+        topic: &'a str,
+    },
+    /// `{"type":"ping"}`.
+    Ping,
+}
+
+impl Request<'_> {
+    /// The envelope's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Chat { .. } => "chat",
+            Request::Publish { .. } => "publish",
+            Request::Subscribe { .. } => "subscribe",
+            Request::Unsubscribe { .. } => "unsubscribe",
+            Request::Ping => "ping",
+        }
+    }
+
+    /// The envelope as JSON text, with the request `id` when given.
+    pub fn to_json(&self, id: Option<&str>) -> String {
+        let mut out = format!(r#"{{"type":{}"#, quote(self.kind()));
+        match *self {
+            Request::Chat { content } => out.push_str(&format!(r#","content":{content}"#)),
+            Request::Publish { topic, content } => out.push_str(&format!(r#","topic":{},"content":{content}"#, quote(topic))),
+            Request::Subscribe { topic, since, epoch } => {
+                out.push_str(&format!(r#","topic":{}"#, quote(topic)));
+                if let Some(since) = since {
+                    out.push_str(&format!(r#","since":{since}"#));
+                }
+                if let Some(epoch) = epoch {
+                    out.push_str(&format!(r#","epoch":{}"#, quote(epoch)));
+                }
+            }
+            Request::Unsubscribe { topic } => out.push_str(&format!(r#","topic":{}"#, quote(topic))),
+            Request::Ping => {}
+        }
+        if let Some(id) = id {
+            out.push_str(&format!(r#","id":{}"#, quote(id)));
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// A server's answer to a request: an `ack` or an `error` that carries the
+/// request's string `id` (what [`Request::to_json`] sent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// `{"type":"ack",...}`.
+    Ack {
+        /// The request's id.
+        id: String,
+        /// The topic the request concerned.
+        topic: Option<String>,
+        /// For `publish` and `chat`: the sequence number the message got.
+        seq: Option<u64>,
+    },
+    /// `{"type":"error",...}`.
+    Error {
+        /// The request's id.
+        id: String,
+        /// The machine-readable code.
+        code: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Read `text` from a server as an [`Answer`]; `None` for anything else
+/// (messages, presence, errors without a string id, not JSON).
+pub fn parse_answer(text: &str) -> Option<Answer> {
+    if !text.contains("\"id\"") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).ok()?;
+    let id = v.get("id").and_then(Value::as_str)?.to_owned();
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    match v.get("type").and_then(Value::as_str)? {
+        "ack" => Some(Answer::Ack { id, topic: s("topic"), seq: v.get("seq").and_then(Value::as_u64) }),
+        "error" => Some(Answer::Error { id, code: s("code").unwrap_or_default(), message: s("message").unwrap_or_default() }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -250,5 +364,36 @@ mod tests {
             let v: Value = serde_json::from_str(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
             assert!(v["type"].is_string());
         }
+    }
+
+    #[test]
+    fn requests_parse_back() {
+        let content = serde_json::json!({"a": [1, "x\"y"]});
+        let kinds = [
+            (Request::Chat { content: &content }, "chat"),
+            (Request::Publish { topic: "news", content: &content }, "publish"),
+            (Request::Subscribe { topic: "news", since: Some(3), epoch: Some("e1") }, "subscribe"),
+            (Request::Unsubscribe { topic: "news" }, "unsubscribe"),
+            (Request::Ping, "ping"),
+        ];
+        for (request, kind) in kinds {
+            let text = request.to_json(Some("r1"));
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], kind);
+            assert_eq!(v["id"], "r1");
+            parse(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+        }
+        assert!(matches!(parse(&Request::Subscribe { topic: "t", since: Some(3), epoch: Some("e") }.to_json(None)),
+            Ok(ClientMessage::Subscribe { since: Some(3), epoch: Some(_), id: None, .. })));
+    }
+
+    #[test]
+    fn answers() {
+        assert_eq!(parse_answer(&ack(&serde_json::json!("r1"), Some("news"), Some(("e1", 3)))),
+            Some(Answer::Ack { id: "r1".into(), topic: Some("news".into()), seq: Some(3) }));
+        assert_eq!(parse_answer(&error("invalid_field", "no", Some(&serde_json::json!("r2")))),
+            Some(Answer::Error { id: "r2".into(), code: "invalid_field".into(), message: "no".into() }));
+        assert_eq!(parse_answer(&error("bad_json", "no", None)), None);
+        assert_eq!(parse_answer(&welcome("s", "r")), None);
     }
 }
