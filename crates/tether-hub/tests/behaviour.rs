@@ -73,20 +73,6 @@ async fn send(ws: &mut Ws, v: Value) {
     ws.send(v.to_string()).await.unwrap();
 }
 
-/// Whether the server ended the connection (EOF or an error) within `within`.
-async fn ended(ws: &mut Ws, within: Duration) -> bool {
-    timeout(within, async {
-        loop {
-            match ws.recv().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_dropped_after_two_intervals() {
     let hub = hub(HubConfig { heartbeat_interval: Duration::from_secs(30), ..HubConfig::default() });
