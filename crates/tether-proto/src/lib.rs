@@ -25,16 +25,21 @@
 //! }
 //! ```
 
+mod assemble;
 pub mod close;
 pub mod config;
 pub mod connection;
+mod decode;
 pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+mod inflate;
 pub mod mask;
 pub mod negotiate;
 pub mod message;
+mod receiver;
+mod sender;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};

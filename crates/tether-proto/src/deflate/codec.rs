@@ -140,12 +140,6 @@ pub(crate) struct Inflater {
     state: Option<Decompress>,
     /// A final (BFINAL) block ended the stream inside this message (§7.2.3.4).
     ended: bool,
-    /// The message in progress is compressed (RSV1 on its first frame).
-    pub(crate) compressed: bool,
-    /// Inflated bytes of the message in progress, when it is assembled.
-    pub(crate) assembly: Vec<u8>,
-    /// Inflated size of the message in progress, when it is streamed.
-    pub(crate) inflated_len: u64,
 }
 
 impl std::fmt::Debug for Inflater {
@@ -156,7 +150,7 @@ impl std::fmt::Debug for Inflater {
 
 impl Inflater {
     pub(crate) fn new(keep: bool) -> Self {
-        Inflater { keep, state: None, ended: false, compressed: false, assembly: Vec::new(), inflated_len: 0 }
+        Inflater { keep, state: None, ended: false }
     }
 
     /// Whether zlib state is held right now (for memory tests).
