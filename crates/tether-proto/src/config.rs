@@ -25,6 +25,12 @@ pub struct Config {
     ///
     /// Default: true.
     pub auto_close: bool,
+    /// How long the closing handshake may take once it has started: waiting
+    /// for the peer's close frame, (client) for the server to close the
+    /// transport, or, after a failure, lingering for the peer to hang up.
+    /// When it passes, [`Connection::handle_timeout`](crate::Connection::handle_timeout)
+    /// ends the connection. Default: 10 s (python-websockets' default too).
+    pub close_timeout: std::time::Duration,
 }
 
 /// 16 MiB.
@@ -37,6 +43,7 @@ impl Default for Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             auto_pong: true,
             auto_close: true,
+            close_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -11,9 +11,15 @@
 //!    ([`Connection::receive_eof`] at end of stream);
 //! 2. [`Connection::next_event`] until it returns `Ok(None)`;
 //! 3. write [`Connection::data_to_send`], then [`Connection::consume_sent`];
-//! 4. close the transport once [`Connection::should_close_transport`] says so
-//!    (a client instead waits a bounded time for the server's EOF after
-//!    [`Connection::is_closed`]).
+//! 4. sleep until [`Connection::poll_timeout`] (if it gives a deadline) and
+//!    then call [`Connection::handle_timeout`];
+//! 5. close the transport once [`Connection::should_close_transport`] says so.
+//!
+//! The connection owns its closing: the [`State`], the close deadline (time
+//! is passed in, never read: `now` is an argument, in the manner of
+//! quinn-proto), and what an end of stream means (before a close frame it is
+//! an abnormal closure, code 1006, as python-websockets' protocol object
+//! reports it). The I/O layer only moves bytes and sleeps.
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::config::Config;
@@ -75,6 +81,44 @@ pub enum ClosedBy {
     Remote,
 }
 
+/// Where a connection is in its life (RFC 6455 §7).
+///
+/// `Open` → `CloseSent` (we closed first) or `CloseReceived` (the peer did)
+/// → `Closed` (both close frames exchanged, §7.1.4); any state → `Failed` (a
+/// protocol error: our close frame naming it is queued, §7.1.7); any state →
+/// `Ended` (end of stream, or the close timeout passed). `Ended` is final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// Our close frame is queued or sent; the peer's is awaited.
+    CloseSent,
+    /// The peer's close frame arrived; ours (the echo) is not sent yet.
+    CloseReceived,
+    /// Both close frames were exchanged. A server closes the transport now;
+    /// a client waits (bounded) for the server to do it (§7.1.1).
+    Closed,
+    /// The connection failed; the transport is to be closed after our close
+    /// frame is written.
+    Failed,
+    /// The transport ended or was given up on.
+    Ended {
+        /// Both close frames had been exchanged (and nothing failed).
+        clean: bool,
+        /// How it ended.
+        reason: EndReason,
+    },
+}
+
+/// Why a connection reached [`State::Ended`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The transport reached end of stream.
+    Eof,
+    /// The close timeout passed first.
+    TimedOut,
+}
+
 /// A full WebSocket connection: [`Receiver`] and [`Sender`] with the protocol's
 /// obliged replies (auto pong, close echo, close on failure) wired between them.
 #[derive(Debug)]
@@ -86,6 +130,11 @@ pub struct Connection {
     closed_by: Option<ClosedBy>,
     received_close: Option<Box<Option<CloseFrame>>>,
     deflate: Option<DeflateParams>,
+    state: State,
+    close_timeout: std::time::Duration,
+    /// When the closing handshake (or the linger after a failure) must be
+    /// over; set at the first [`Connection::poll_timeout`] after it began.
+    deadline: Option<std::time::Instant>,
 }
 
 impl Connection {
@@ -99,6 +148,9 @@ impl Connection {
             closed_by: None,
             received_close: None,
             deflate: None,
+            state: State::Open,
+            close_timeout: config.close_timeout,
+            deadline: None,
         }
     }
 
@@ -169,12 +221,43 @@ impl Connection {
         self.rx.receive_data(data)
     }
 
-    /// The transport reached end of stream.
+    /// The transport reached end of stream. Before both close frames were
+    /// exchanged this is an abnormal closure: [`close_code`](Self::close_code)
+    /// is 1006 if no close frame arrived, and [`was_clean`](Self::was_clean)
+    /// is false.
     pub fn receive_eof(&mut self) {
-        self.rx.receive_eof()
+        self.rx.receive_eof();
+        self.end(EndReason::Eof);
+    }
+
+    /// The time is `now`: if the close deadline has passed, the connection
+    /// is [`State::Ended`] (timed out) and the transport is to be closed
+    /// without waiting for anything more.
+    pub fn handle_timeout(&mut self, now: std::time::Instant) {
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.end(EndReason::TimedOut);
+        }
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        if !matches!(self.state, State::Ended { .. }) {
+            let clean = self.state == State::Closed && self.rx.failure().is_none();
+            self.state = State::Ended { clean, reason };
+        }
     }
 
     // ---- outputs ----
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next, if
+    /// ever: once the closing handshake has begun (or the connection
+    /// failed), `close_timeout` after the first call that saw it. `None`
+    /// while open and once ended.
+    pub fn poll_timeout(&mut self, now: std::time::Instant) -> Option<std::time::Instant> {
+        match self.state {
+            State::Open | State::Ended { .. } => None,
+            _ => Some(*self.deadline.get_or_insert(now + self.close_timeout)),
+        }
+    }
 
     /// The next message or control frame. Pongs and close echoes are queued
     /// for sending as a side effect (unless turned off in [`Config`]). On a
@@ -209,6 +292,7 @@ impl Connection {
                         if self.auto_close {
                             let _ = self.tx.send_reply(Reply::Close(echo));
                         }
+                        self.advance_close();
                     }
                     _ => {}
                 }
@@ -222,6 +306,9 @@ impl Connection {
                     self.closed_by = Some(ClosedBy::Local);
                 }
                 let _ = self.tx.send_close(Some(CloseFrame::new(e.close_code(), "")));
+                if !matches!(self.state, State::Ended { .. }) {
+                    self.state = State::Failed;
+                }
                 Err(e)
             }
         }
@@ -259,7 +346,21 @@ impl Connection {
         if !was_sent && self.closed_by.is_none() {
             self.closed_by = Some(ClosedBy::Local);
         }
+        self.advance_close();
         Ok(())
+    }
+
+    /// Follow the close frames sent and received: Open → CloseSent /
+    /// CloseReceived → Closed.
+    fn advance_close(&mut self) {
+        if matches!(self.state, State::Open | State::CloseSent | State::CloseReceived) {
+            self.state = match (self.tx.close_sent(), self.rx.close_received()) {
+                (true, true) => State::Closed,
+                (true, false) => State::CloseSent,
+                (false, true) => State::CloseReceived,
+                (false, false) => State::Open,
+            };
+        }
     }
 
     /// Fill `dst` with bytes to transmit (see [`Sender::data_to_send`]).
@@ -284,12 +385,27 @@ impl Connection {
 
     // ---- state ----
 
-    /// Both close frames were exchanged, or the connection failed.
-    pub fn is_closed(&self) -> bool {
-        (self.tx.close_sent() && self.rx.close_received()) || self.rx.failure().is_some()
+    /// Where the connection is in its life.
+    pub fn state(&self) -> State {
+        self.state
     }
 
-    /// Whether the closing handshake has started (either side).
+    /// Whether the close timeout ended the connection.
+    pub fn timed_out(&self) -> bool {
+        matches!(self.state, State::Ended { reason: EndReason::TimedOut, .. })
+    }
+
+    /// Both close frames were exchanged, or the connection failed.
+    pub fn is_closed(&self) -> bool {
+        match self.state {
+            State::Closed | State::Failed => true,
+            State::Ended { clean, .. } => clean || self.rx.failure().is_some(),
+            State::Open | State::CloseSent | State::CloseReceived => false,
+        }
+    }
+
+    /// Whether the closing handshake has started (either side), or the
+    /// connection is over.
     pub fn is_closing(&self) -> bool {
         self.tx.close_sent() || self.rx.close_received()
     }
@@ -299,15 +415,21 @@ impl Connection {
     /// (§7.1.1: the server closes the TCP connection first). A client waits
     /// for the server's EOF instead, for a bounded time.
     pub fn should_close_transport(&self) -> bool {
-        self.rx.failure().is_some()
-            || (self.tx.close_sent() && self.rx.close_received() && self.tx.role() == Role::Server)
-            || self.rx.eof_received()
+        match self.state {
+            State::Failed | State::Ended { .. } => true,
+            State::Closed => self.tx.role() == Role::Server,
+            State::Open | State::CloseSent | State::CloseReceived => false,
+        }
     }
 
     /// Whether the close was clean: both close frames were exchanged (§7.1.4
     /// "The WebSocket Connection is Closed" with a completed handshake).
     pub fn was_clean(&self) -> bool {
-        self.tx.close_sent() && self.rx.close_received() && self.rx.failure().is_none()
+        match self.state {
+            State::Closed => self.rx.failure().is_none(),
+            State::Ended { clean, .. } => clean,
+            _ => false,
+        }
     }
 
     /// Who started the closing handshake.

@@ -44,7 +44,7 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
-pub use connection::{Connection, Event, Receiver, Role, Sender};
+pub use connection::{Connection, EndReason, Event, Receiver, Role, Sender, State};
 pub use deflate::{DeflateConfig, DeflateParams, PerMessageDeflate};
 pub use error::{Error, HandshakeError, ProtocolError};
 pub use frame::{EncodedFrame, FrameHeader, OpCode};

@@ -481,3 +481,98 @@ mod broadcast_frames {
         assert!(c.sender().send_encoded(EncodedFrame::binary(b"x")).is_err());
     }
 }
+
+/// §7: the connection owns its closing: an explicit state, a deadline given
+/// as time passed in (no clock inside), and what an end of stream means.
+mod section_7_closing_state_and_time {
+    use super::*;
+    use std::time::{Duration, Instant};
+    use tether_proto::{EndReason, State};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn states_follow_the_close_frames() {
+        let mut c = client();
+        let mut s = server();
+        assert_eq!((c.state(), s.state()), (State::Open, State::Open));
+        c.close(Some(CloseFrame::new(1000, "bye"))).unwrap();
+        assert_eq!(c.state(), State::CloseSent);
+        s.receive_data(&c.take_data_to_send());
+        events(&mut s).unwrap();
+        // The server echoed at once (auto_close): both frames, and it closes TCP first.
+        assert_eq!(s.state(), State::Closed);
+        assert!(s.should_close_transport());
+        c.receive_data(&s.take_data_to_send());
+        events(&mut c).unwrap();
+        assert_eq!(c.state(), State::Closed);
+        assert!(!c.should_close_transport(), "a client waits for the server's EOF (§7.1.1)");
+        c.receive_eof();
+        assert_eq!(c.state(), State::Ended { clean: true, reason: EndReason::Eof });
+        assert!(c.was_clean() && c.should_close_transport());
+    }
+
+    #[test]
+    fn no_deadline_while_open_then_one_close_timeout_after_closing_began() {
+        let t0 = Instant::now();
+        let mut c = client();
+        assert_eq!(c.poll_timeout(t0), None);
+        c.close(None).unwrap();
+        let deadline = c.poll_timeout(t0).expect("a deadline once closing");
+        assert_eq!(deadline, t0 + TIMEOUT);
+        // Asking again later does not move it.
+        assert_eq!(c.poll_timeout(t0 + Duration::from_secs(3)), Some(deadline));
+        c.handle_timeout(t0 + Duration::from_secs(9));
+        assert_eq!(c.state(), State::CloseSent, "not yet");
+        c.handle_timeout(deadline);
+        assert_eq!(c.state(), State::Ended { clean: false, reason: EndReason::TimedOut });
+        assert!(c.timed_out() && c.should_close_transport() && !c.was_clean());
+        assert_eq!(c.close_code(), CloseCode::ABNORMAL);
+        assert_eq!(c.poll_timeout(deadline), None, "ended: nothing more to wait for");
+    }
+
+    #[test]
+    fn a_client_whose_server_never_hangs_up_ends_clean_at_the_deadline() {
+        let t0 = Instant::now();
+        let mut c = client();
+        c.close(None).unwrap();
+        let _ = c.take_data_to_send();
+        c.poll_timeout(t0);
+        c.receive_data(&[0x88, 0x00]); // the server's close
+        events(&mut c).unwrap();
+        assert_eq!(c.state(), State::Closed);
+        c.handle_timeout(t0 + TIMEOUT);
+        assert_eq!(c.state(), State::Ended { clean: true, reason: EndReason::TimedOut });
+        assert!(c.was_clean());
+    }
+
+    #[test]
+    fn end_of_stream_before_a_close_frame_is_an_abnormal_closure() {
+        let mut s = server();
+        s.receive_eof();
+        assert_eq!(s.state(), State::Ended { clean: false, reason: EndReason::Eof });
+        assert_eq!(s.close_code(), CloseCode::ABNORMAL);
+        assert!(!s.was_clean() && s.should_close_transport());
+    }
+
+    #[test]
+    fn a_failure_closes_the_transport_and_bounds_the_linger() {
+        let t0 = Instant::now();
+        let mut s = server();
+        s.receive_data(&[0x81, 0x05, b'h', b'e', b'l', b'l', b'o']); // unmasked from a client
+        assert!(events(&mut s).is_err());
+        assert_eq!(s.state(), State::Failed);
+        assert!(s.should_close_transport());
+        assert_eq!(s.poll_timeout(t0), Some(t0 + TIMEOUT), "the linger after a failure is bounded too");
+        s.handle_timeout(t0 + TIMEOUT);
+        assert!(s.timed_out() && !s.was_clean());
+    }
+
+    #[test]
+    fn the_close_timeout_comes_from_the_config() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(Role::Client, Config { close_timeout: Duration::from_millis(250), ..Config::default() });
+        c.close(None).unwrap();
+        assert_eq!(c.poll_timeout(t0), Some(t0 + Duration::from_millis(250)));
+    }
+}

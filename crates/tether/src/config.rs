@@ -60,6 +60,7 @@ impl Config {
             max_message_size: self.max_message_size,
             auto_pong: self.auto_pong,
             auto_close: self.auto_close,
+            close_timeout: self.close_timeout,
         }
     }
 }

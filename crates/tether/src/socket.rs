@@ -16,7 +16,6 @@ use futures_sink::Sink;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 use tether_proto::{CloseCode, CloseFrame, Connection, Event, Message, PerMessageDeflate, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -40,8 +39,8 @@ pub struct WebSocket<S> {
     io: S,
     conn: Connection,
     high_water: usize,
-    close_timeout: Duration,
-    close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Sleeps until the connection's deadline (`Connection::poll_timeout`).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     protocol: Option<Box<str>>,
     role: Role,
     finished: bool,
@@ -74,8 +73,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             io,
             conn,
             high_water: config.write_buffer_high_water,
-            close_timeout: config.close_timeout,
-            close_deadline: None,
+            timer: None,
             protocol: None,
             role,
             finished: false,
@@ -267,23 +265,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-            if self.conn.is_closing() {
-                let timeout = self.close_timeout;
-                let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    self.finished = true;
-                    let _ = Pin::new(&mut self.io).poll_shutdown(cx);
-                    if self.conn.is_closed() {
-                        // Client: both closes exchanged, the server just never hung up.
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Err(Error::Timeout("close handshake"))));
-                }
+            if self.poll_deadline(cx).is_ready() {
+                // The connection ended itself (close timeout): finish above.
+                continue;
             }
             match ready!(self.poll_read_into_conn(cx)) {
                 Ok(0) => {
+                    let premature = !self.conn.is_closing();
                     self.conn.receive_eof();
-                    if !self.conn.is_closing() {
+                    if premature {
+                        // End of stream before any close frame: 1006.
                         self.finished = true;
                         return Poll::Ready(Some(Err(Error::AbnormalClosure)));
                     }
@@ -299,7 +290,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Flush what is queued, close the transport and end the stream.
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
-        let flushed = ready!(self.poll_write_pending(cx));
+        // Timed out: the peer is not taking our bytes either; don't wait for it.
+        let flushed = if self.conn.timed_out() { Ok(()) } else { ready!(self.poll_write_pending(cx)) };
         if !self.shut_down {
             let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
             self.shut_down = true;
@@ -308,19 +300,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             // Linger: closing a socket with unread data sends a reset, which
             // can destroy the close frame that says what was wrong (1009,
             // 1002...) before the peer reads it. Read and discard until the
-            // peer closes, for at most the close timeout.
-            let timeout = self.close_timeout;
-            let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-            if deadline.as_mut().poll(cx).is_pending() {
+            // peer closes, until the connection's deadline.
+            while !self.conn.timed_out() {
+                if self.poll_deadline(cx).is_ready() {
+                    break;
+                }
                 ready!(crate::io::poll_discard_until_eof(&mut self.io, cx));
+                break;
             }
         }
         self.finished = true;
-        self.close_deadline = None;
+        self.timer = None;
+        if self.conn.timed_out() && !self.conn.was_clean() && self.conn.failure().is_none() {
+            return Poll::Ready(Some(Err(Error::Timeout("close handshake"))));
+        }
         match flushed {
             Err(e) if !self.conn.was_clean() => Poll::Ready(Some(Err(e.into()))),
             _ => Poll::Ready(None),
         }
+    }
+
+    /// Sleep until the connection's deadline, if it has one; when it passes,
+    /// tell the connection (which then ends itself). The protocol core never
+    /// reads the clock: the time is passed in.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let now = tokio::time::Instant::now();
+        let Some(deadline) = self.conn.poll_timeout(now.into_std()) else {
+            self.timer = None;
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            self.conn.handle_timeout(tokio::time::Instant::now().into_std());
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     fn poll_read_into_conn(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
