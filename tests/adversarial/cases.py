@@ -100,17 +100,22 @@ async def counters_up(ctx, server, before, names):
 # --------------------------------------------------------------------------
 # 1. reply_flood
 
-async def non_reader(ctx, flags, path, counters):
-    """A tether.v1 client that never reads and sends pings with a 200 KB id
-    (each answered by an ack echoing the id), against a server started with
-    `flags`: RSS must stay flat and the server must drop it within 15 s.
-    Returns how much each of `counters` went up."""
+def ack_flood_chunk():
+    """A tether.v1 ping with a 200 KB id: answered by an ack echoing the id."""
+    return frame(OP_TEXT, '{"type":"ping","id":"' + "x" * 200_000 + '"}')
+
+
+async def non_reader(ctx, flags, path, counters, chunk=None, protocol="tether.v1"):
+    """A client that never reads and sends `chunk` over and over (by default
+    tether.v1 pings with a 200 KB id, each answered by an ack echoing the id),
+    against a server started with `flags`: RSS must stay flat and the server
+    must drop it within 15 s. Returns how much each of `counters` went up."""
     srv = ctx.server(flags)
     by = await Bystander(srv).start()
     before = await srv.metrics()
     sockets0 = srv.socket_count()
-    ws = await RawWS.connect(srv.port, path, protocol="tether.v1")
-    chunk = frame(OP_TEXT, '{"type":"ping","id":"' + "x" * 200_000 + '"}')
+    ws = await RawWS.connect(srv.port, path, protocol=protocol)
+    chunk = chunk or ack_flood_chunk()
     by.watch()
     t0 = time.monotonic()
     outcome, secs = await rss_phase(ctx, srv, lambda: flood_without_reading(ws, chunk))
@@ -159,29 +164,14 @@ async def ping_flood(ctx):
     """Masked 125-byte pings as fast as possible, never reading the pongs.
     Expected: pongs do not pile up in the server (it may answer only the
     latest ping, RFC 6455 §5.5.3), reading stops when writing cannot
-    proceed, RSS flat, closed within ~15 s."""
-    srv = ctx.server(["--heartbeat-interval", "1s", "--write-stall-timeout", "3s"])
-    by = await Bystander(srv).start()
-    before = await srv.metrics()
-    sockets0 = srv.socket_count()
-    ws = await RawWS.connect(srv.port, "/pingflood")
-    payload = os.urandom(125)
-    chunk = b"".join(frame(OP_PING, payload) for _ in range(8000))
-    by.watch()
-    t0 = time.monotonic()
-    outcome, secs = await rss_phase(ctx, srv, lambda: flood_without_reading(ws, chunk))
-    ctx.num("attacker_sent_mib", round(ws.sent / MiB, 1))
-    ctx.num("outcome", f"{outcome}@{secs:.1f}s")
-    closed = await wait_until(lambda: srv.socket_count() < sockets0 + 1, max(0.1, 15 - (time.monotonic() - t0)))
-    ctx.expect(closed is not None, "the server did not close the flooding connection within 15 s")
-    ctx.num("closed_after_s", round(time.monotonic() - t0, 1) if closed is not None else "never")
-    ws.close()
-    # Pings count towards --message-rate: a flood is closed with 1008 long
-    # before the heartbeat or the write-stall timeout would notice it.
-    d = await counters_up(ctx, srv, before, ["tether_write_stall_closes_total", "tether_terminated_connections_total", "tether_rate_limit_closes_total"])
+    proceed, RSS flat, closed within ~15 s. Pings count towards
+    --message-rate: a flood is closed with 1008 long before the heartbeat
+    or the write-stall timeout would notice it."""
+    chunk = b"".join(frame(OP_PING, os.urandom(125)) for _ in range(8000))
+    d = await non_reader(ctx, ["--heartbeat-interval", "1s", "--write-stall-timeout", "3s"], "/pingflood",
+                         ["tether_write_stall_closes_total", "tether_terminated_connections_total", "tether_rate_limit_closes_total"],
+                         chunk=chunk, protocol=None)
     ctx.expect(sum(d.values()) >= 1, "none of tether_write_stall_closes_total, tether_terminated_connections_total, tether_rate_limit_closes_total went up")
-    await bystander_final(ctx, by)
-    await by.close()
 
 
 # --------------------------------------------------------------------------

@@ -118,16 +118,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     tokio::pin!(signal);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
+            (tcp, peer) = tether_hub::accept(&listener) => {
                 let refused = &hub.metrics().refused;
                 let Ok(permit) = app.ws_slots.clone().try_acquire_owned().or_else(|_| app.spare_slots.clone().try_acquire_owned()) else {
                     tether_hub::Metrics::add(&refused.max_connections, 1);
@@ -181,12 +172,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     drop(listener);
     let open = hub.connection_count();
     tracing::info!(open, "shutting down: closing WebSocket connections with 1001");
-    hub.shutdown();
-    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let left = hub.connection_count();
+    let left = hub.close_all(settings.shutdown_timeout).await;
     if left > 0 {
         tracing::warn!(left, "connections still open at the shutdown deadline");
     } else {

@@ -35,7 +35,7 @@ pub use redis_broker::RedisBroker;
 pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
 pub use conn::ConnInfo;
 pub use hub::Hub;
-pub use serve::serve;
+pub use serve::{accept, serve};
 pub use metrics::Metrics;
 
 /// The `tether.v1` envelope, shared with the client: [`tether::v1::envelope`].

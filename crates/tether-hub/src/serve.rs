@@ -36,29 +36,46 @@ pub async fn serve(hub: Arc<Hub>, listener: TcpListener, config: tether::Config,
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, don't spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
+            (tcp, peer) = accept(&listener) => {
                 tokio::spawn(run_one(hub.clone(), tcp, peer, config.clone()));
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    hub.shutdown();
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
-    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    hub.close_all(SHUTDOWN_WAIT).await;
     Ok(())
+}
+
+/// The next connection on `listener`, with Nagle's algorithm off. A failed
+/// accept (out of file descriptors and the like) is logged and retried after
+/// a short pause rather than in a busy loop.
+pub async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                return (tcp, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Close every connection with 1001 (going away) and wait, up to
+    /// `within`, for them to finish. Returns how many were still open.
+    pub async fn close_all(&self, within: Duration) -> usize {
+        self.shutdown();
+        let deadline = tokio::time::Instant::now() + within;
+        while self.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.connection_count()
+    }
 }
 
 /// One accepted socket: the handshake, then the hub. A plain `fn` returning
