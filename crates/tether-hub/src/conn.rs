@@ -64,7 +64,6 @@ impl Hub {
         // What the socket had queued when last looked at: less now means the
         // peer is reading (write progress, for the write-stall check).
         let mut last_pending = 0usize;
-        let (max_messages, max_bytes) = (self.config.queue_max_messages, self.config.queue_max_bytes);
         let end = poll_fn(|cx| loop {
             let flags = conn.flags.load(Ordering::Acquire);
             if flags & (flag::TERMINATE | flag::SLOW_CLOSE | flag::SHUTDOWN | flag::STALLED) != 0 {
@@ -101,7 +100,8 @@ impl Hub {
             }
             last_pending = ws.pending_len();
             if ws.pending_len() < ws.high_water() / 2 {
-                let dropped = conn.dropped_unreported.swap(0, Ordering::Relaxed);
+                // A plain load first: the swap (a write) only when there is news.
+                let dropped = if conn.dropped_unreported.load(Ordering::Relaxed) > 0 { conn.dropped_unreported.swap(0, Ordering::Relaxed) } else { 0 };
                 if dropped > 0 {
                     // Never silent: the client learns how much it missed.
                     let notice = format!("{dropped} messages were dropped because this connection fell behind");
@@ -109,7 +109,7 @@ impl Hub {
                     let _ = ws.start_send_encoded(EncodedFrame::text(&text));
                 }
             }
-            if conn.replies_over(max_messages, max_bytes) {
+            if conn.replies_over() {
                 // The client is not reading what it asked for: stop reading
                 // it (TCP backpressure does the rest) until that drains.
                 match ws.poll_write_pending(cx) {

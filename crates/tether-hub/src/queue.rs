@@ -14,7 +14,7 @@
 use crate::config::SlowConsumerPolicy;
 use atomic_waker::AtomicWaker;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use tether_proto::EncodedFrame;
 
@@ -49,9 +49,15 @@ struct Frames {
     bytes: usize,
     replies: usize,
     reply_bytes: usize,
+    /// Half the bounds, as given with the last reply: where reading pauses.
+    reply_limit: (usize, usize),
 }
 
 impl Frames {
+    fn replies_over(&self) -> bool {
+        self.replies >= self.reply_limit.0 || self.reply_bytes >= self.reply_limit.1
+    }
+
     fn over(&self, max_messages: usize, max_bytes: usize, adding: usize) -> bool {
         !self.items.is_empty() && (self.items.len() >= max_messages || self.bytes + adding > max_bytes)
     }
@@ -85,6 +91,9 @@ pub(crate) struct ConnShared {
     pub flags: AtomicU8,
     /// Heartbeat rounds in a row without outbound progress.
     pub stalled_rounds: AtomicU8,
+    /// Unsent replies fill half the bounds (kept under the queue lock, read
+    /// without it: the connection task asks on every wake-up).
+    replies_over: AtomicBool,
     /// Messages dropped and not yet reported to the client.
     pub dropped_unreported: AtomicU64,
 }
@@ -111,6 +120,7 @@ impl ConnShared {
             waker: AtomicWaker::new(),
             flags: AtomicU8::new(0),
             stalled_rounds: AtomicU8::new(0),
+            replies_over: AtomicBool::new(false),
             dropped_unreported: AtomicU64::new(0),
         }
     }
@@ -191,16 +201,18 @@ impl ConnShared {
                 }
             }
             q.push(frame, true);
+            q.reply_limit = ((max_messages / 2).max(1), max_bytes / 2);
+            self.replies_over.store(q.replies_over(), Ordering::Release);
         }
         self.waker.wake();
         dropped
     }
 
     /// Whether unsent replies fill half of the bounds: the connection task
-    /// stops reading until they drain.
-    pub fn replies_over(&self, max_messages: usize, max_bytes: usize) -> bool {
-        let q = self.lock();
-        q.replies >= (max_messages / 2).max(1) || q.reply_bytes >= max_bytes / 2
+    /// stops reading until they drain. Set by [`push_reply`](Self::push_reply),
+    /// cleared by [`pop`](Self::pop) once they are below (half of each bound).
+    pub fn replies_over(&self) -> bool {
+        self.replies_over.load(Ordering::Acquire)
     }
 
     /// Take the next queued frame.
@@ -211,6 +223,9 @@ impl ConnShared {
         if item.reply {
             q.replies -= 1;
             q.reply_bytes -= item.frame.len();
+            if self.replies_over.load(Ordering::Relaxed) && !q.replies_over() {
+                self.replies_over.store(false, Ordering::Release);
+            }
         }
         if q.items.is_empty() && q.items.capacity() > 16 {
             // Give memory back after a burst.
@@ -277,16 +292,16 @@ mod tests {
         // A reply makes room by dropping the oldest broadcast.
         assert_eq!(c.push_reply(EncodedFrame::text("ack"), 4, 1 << 20, policy), 1);
         assert_eq!(c.queued().0, 4);
-        assert!(!c.replies_over(4, 1 << 20));
+        assert!(!c.replies_over());
         c.push_reply(EncodedFrame::text("ack2"), 4, 1 << 20, policy);
-        assert!(c.replies_over(4, 1 << 20), "two replies are half of four");
+        assert!(c.replies_over(), "two replies are half of four");
         // A queue of replies only: a broadcast is the one dropped.
         c.push_reply(EncodedFrame::text("ack3"), 4, 1 << 20, policy);
         c.push_reply(EncodedFrame::text("ack4"), 4, 1 << 20, policy);
         assert_eq!(c.push(EncodedFrame::text("late"), 4, 1 << 20, policy), Pushed::Dropped);
         let order: Vec<_> = std::iter::from_fn(|| c.pop()).collect();
         assert_eq!(order, ["ack", "ack2", "ack3", "ack4"].map(EncodedFrame::text));
-        assert!(!c.replies_over(4, 1 << 20));
+        assert!(!c.replies_over());
     }
 
     #[test]
@@ -295,8 +310,10 @@ mod tests {
         let policy = SlowConsumerPolicy::DropOldest;
         let big = "x".repeat(600);
         c.push_reply(EncodedFrame::text(&big), 100, 2000, policy);
-        assert!(!c.replies_over(100, 2000));
+        assert!(!c.replies_over());
         c.push_reply(EncodedFrame::text(&big), 100, 2000, policy);
-        assert!(c.replies_over(100, 2000));
+        assert!(c.replies_over());
+        c.pop();
+        assert!(!c.replies_over(), "below half again once one is sent");
     }
 }
