@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test of the project, installing what the tests need first.
 #
-#   scripts/test.sh            everything (unit, integration, interop, browser, adversarial, Autobahn)
+#   scripts/test.sh            everything (unit, integration, interop, browser, adversarial,
+#                              the tether-client package, the guide, Autobahn)
 #   TETHER_SKIP_AUTOBAHN=1     skip the Autobahn|Testsuite run
 #   TETHER_SKIP_BROWSER=1      skip the headless-Chromium tests
 #   TETHER_AUTOBAHN_DEFLATE=1  also run Autobahn 12.x/13.x (permessage-deflate)
