@@ -47,6 +47,22 @@ if [[ "${TETHER_SKIP_BROWSER:-0}" != 1 ]]; then
     echo "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo missing)" >&2
 fi
 
+# tests/node (the tether-client package from Node, its TypeScript types)
+# and the user guide (mdbook) run in every configuration.
+if ! command -v node >/dev/null; then
+    echo "installing nodejs and npm for the tether-client package tests" >&2
+    apt_install nodejs npm
+fi
+if [[ ! -d tests/node/node_modules/typescript ]]; then
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+MDBOOK_VERSION=0.5.4
+if ! mdbook --version 2>/dev/null | grep -q "v$MDBOOK_VERSION"; then
+    echo "installing mdbook $MDBOOK_VERSION for the user guide (cargo install, a few minutes)" >&2
+    cargo install mdbook --version "$MDBOOK_VERSION" --locked --quiet
+fi
+echo "$(mdbook --version), typescript $(cd tests/node && npx --no-install tsc --version | cut -d' ' -f2)" >&2
+
 if [[ "${TETHER_SKIP_CLUSTER:-0}" != 1 ]]; then
     missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test of the project, installing what the tests need first.
 #
-#   scripts/test.sh            everything (unit, integration, interop, browser, adversarial, Autobahn)
+#   scripts/test.sh            everything (unit, integration, interop, browser, adversarial,
+#                              the tether-client package, the guide, Autobahn)
 #   TETHER_SKIP_AUTOBAHN=1     skip the Autobahn|Testsuite run
 #   TETHER_SKIP_BROWSER=1      skip the headless-Chromium tests
 #   TETHER_AUTOBAHN_DEFLATE=1  also run Autobahn 12.x/13.x (permessage-deflate)
@@ -40,6 +41,27 @@ fi
 
 step "adversarial tests (hostile peers against tether serve)"
 "${TETHER_PYTHON:-python3}" tests/adversarial/run.py --bin "$ROOT/target/release/tether" --debug-bin "$ROOT/target/debug/tether"
+
+step "tether-client (web/): tsc --noEmit, from Node with ws against tether serve, npm pack"
+(cd tests/node && npx --no-install tsc -p . && TETHER_BIN="$ROOT/target/release/tether" node --test --test-concurrency=1)
+(cd web && npm pack --dry-run --json --loglevel=error) | node -e '
+    const [pkg] = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    const files = pkg.files.map((f) => f.path).sort().join(" ");
+    const want = "package.json tether.d.mts tether.d.ts tether.js tether.mjs";
+    if (files !== want) { console.error(`npm pack: ${files}, expected ${want}`); process.exit(1); }
+    console.error(`npm pack: ${pkg.id}, ${pkg.entryCount} files, ${pkg.size} bytes`);'
+
+step "user guide (mdbook build guide; a missing include or file fails)"
+scripts/guide.sh
+
+if command -v systemd-analyze >/dev/null; then
+    step "deploy/tether.service (systemd-analyze verify)"
+    unit_dir=$(mktemp -d)
+    sed "s|^ExecStart=/usr/local/bin/tether|ExecStart=$ROOT/target/release/tether|" deploy/tether.service > "$unit_dir/tether.service"
+    out=$(systemd-analyze verify "$unit_dir/tether.service" 2>&1 || true)
+    rm -rf "$unit_dir"
+    if grep -q 'tether.service' <<<"$out"; then echo "$out" >&2; exit 1; fi
+fi
 
 if [[ "${TETHER_SKIP_AUTOBAHN:-0}" != 1 ]]; then
     step "Autobahn|Testsuite"

@@ -15,6 +15,11 @@
  *   await client.subscribe("news");
  *   const { seq } = await client.publish("news", { headline: "hi" });
  *
+ * The same file is the classic script (`<script src="/tether.js">`, which
+ * defines window.TetherClient), a CommonJS module (`require("tether-client")`)
+ * and, through tether.mjs, an ES module. In Node (before 22) give it a
+ * WebSocket: `new TetherClient(url, { WebSocket: require("ws") })`.
+ *
  * Event order per connection: (reconnecting) -> open -> message* -> close
  * [-> error before close when the connection failed].
  */
@@ -35,7 +40,8 @@
     queueFull: "reject",      // "reject" (send returns false) or "drop-oldest"
     heartbeatInterval: 25000, // tether.v1: send {"type":"ping"} this often
     heartbeatTimeout: 10000,  // no traffic this long after a ping: reconnect
-    ackTimeout: 10000         // reject an ack promise after this long
+    ackTimeout: 10000,        // reject an ack promise after this long
+    WebSocket: null           // a WebSocket constructor (e.g. the ws package in Node); default: the global one
   };
 
   // The tether.v1 rules, shared with the hub and the Rust client
@@ -151,7 +157,9 @@
     this._setState(this.attempt === 0 ? "connecting" : "reconnecting");
     var ws;
     try {
-      ws = new WebSocket(this.url, this.options.protocols);
+      var Ctor = this.options.WebSocket || globalThis.WebSocket;
+      if (!Ctor) throw new Error("no WebSocket: pass options.WebSocket (e.g. require(\"ws\")) or set globalThis.WebSocket");
+      ws = new Ctor(this.url, this.options.protocols);
     } catch (e) {
       this._emit("error", e);
       this._scheduleReconnect();

@@ -1,5 +1,5 @@
 //! `tether serve`: HTTP and WebSocket on one port. `/` is the chat page,
-//! `/tether.js` the browser client, `/health` and `/metrics` for operators;
+//! `/tether.js` the browser client (`/tether.mjs`, its ES module view), `/health` and `/metrics` for operators;
 //! a WebSocket upgrade on any other path joins the room named by the path.
 
 use crate::settings::{ServeArgs, Settings};
@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
 const TETHER_JS: &str = include_str!("../../../web/tether.js");
+/// The ES module view of tether.js (it imports `./tether.js`).
+const TETHER_MJS: &str = include_str!("../../../web/tether.mjs");
 
 struct App {
     hub: Arc<Hub>,
@@ -406,7 +408,8 @@ async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Exten
     }
     match req.uri().path() {
         "/" => index().await.into_response(),
-        "/tether.js" => script().await.into_response(),
+        "/tether.js" => script(TETHER_JS).await.into_response(),
+        "/tether.mjs" => script(TETHER_MJS).await.into_response(),
         "/health" => health(app).await.into_response(),
         "/metrics" => {
             if let Some(token) = &app.settings.metrics_token {
@@ -426,8 +429,8 @@ async fn index() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML)
 }
 
-async fn script() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], TETHER_JS)
+async fn script(source: &'static str) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], source)
 }
 
 async fn health(app: Arc<App>) -> impl IntoResponse {

@@ -1,0 +1,16 @@
+// Type declarations for tether.mjs (the ES module view of tether.js).
+import TetherClient from "./tether.js";
+
+export default TetherClient;
+export { TetherClient };
+export type Options = TetherClient.Options;
+export type State = TetherClient.State;
+export type Envelope = TetherClient.Envelope;
+export type EventMap = TetherClient.EventMap;
+export type Json = TetherClient.Json;
+export declare const backoffDelay: typeof TetherClient.backoffDelay;
+export declare const heartbeatStart: typeof TetherClient.heartbeatStart;
+export declare const heartbeatAction: typeof TetherClient.heartbeatAction;
+export declare const heartbeatAnswer: typeof TetherClient.heartbeatAnswer;
+export declare const heartbeatNextWake: typeof TetherClient.heartbeatNextWake;
+export declare const DEFAULTS: typeof TetherClient.DEFAULTS;

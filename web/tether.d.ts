@@ -1,0 +1,195 @@
+// Type declarations for tether.js (the CommonJS / classic-script view).
+// The ES module view is tether.d.mts. Checked by tests/node (tsc --noEmit).
+
+export = TetherClient;
+/** The classic script (`<script src="/tether.js">`) defines this global. */
+export as namespace TetherClient;
+
+declare class TetherClient {
+  constructor(url: string, options?: TetherClient.Options);
+
+  readonly url: string;
+  readonly options: Required<Omit<TetherClient.Options, "WebSocket">> & Pick<TetherClient.Options, "WebSocket">;
+  /** The connection's state; every change is also a "state" event. */
+  readonly state: TetherClient.State;
+  /** tether.v1: this connection's session, from the welcome envelope. */
+  readonly session: string | null;
+  /** Topics kept across reconnects (subscribe adds, unsubscribe removes). */
+  readonly topics: Set<string>;
+
+  on<K extends keyof TetherClient.EventMap>(event: K, fn: (payload: TetherClient.EventMap[K]) => void): this;
+  off<K extends keyof TetherClient.EventMap>(event: K, fn: (payload: TetherClient.EventMap[K]) => void): this;
+
+  /** Send raw data. Queued while disconnected; false when the queue is full and queueFull is "reject". */
+  send(data: string | ArrayBuffer | ArrayBufferView | Blob): boolean;
+  /** tether.v1: subscribe to a topic (kept across reconnects). Resolves on ack. */
+  subscribe(topic: string): Promise<TetherClient.Ack>;
+  /** tether.v1: stop receiving a topic. */
+  unsubscribe(topic: string): Promise<TetherClient.Ack>;
+  /** tether.v1: publish content (any JSON) to a topic. Resolves with the ack (epoch, seq). */
+  publish(topic: string, content: TetherClient.Json): Promise<TetherClient.Ack>;
+  /** tether.v1: send a chat message to this connection's room. */
+  chat(content: TetherClient.Json): Promise<TetherClient.Ack>;
+  /** Close for good (no reconnect). */
+  close(code?: number, reason?: string): void;
+
+  /** The delay before reconnect attempt `attempt` (1-based), in ms. */
+  static backoffDelay(attempt: number, opts?: TetherClient.BackoffOptions): number;
+  /** The heartbeat state of a connection opened at `now` (ms). */
+  static heartbeatStart(now: number, opts: TetherClient.HeartbeatOptions): TetherClient.HeartbeatState;
+  /** Advance `state` to `now` (ms). */
+  static heartbeatAction(state: TetherClient.HeartbeatState, now: number, opts: TetherClient.HeartbeatOptions): TetherClient.HeartbeatAction;
+  /** An answer arrived: stop waiting. */
+  static heartbeatAnswer(state: TetherClient.HeartbeatState): void;
+  /** When heartbeatAction next has something to do (ms). */
+  static heartbeatNextWake(state: TetherClient.HeartbeatState): number;
+  static readonly DEFAULTS: Readonly<Required<Omit<TetherClient.Options, "WebSocket">>> & { readonly WebSocket: null };
+}
+
+declare namespace TetherClient {
+  type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+  type State = "connecting" | "open" | "reconnecting" | "closed";
+
+  interface BackoffOptions {
+    /** First reconnect delay, ms (500). */
+    minDelay?: number;
+    /** Cap on the reconnect delay, ms (30000). */
+    maxDelay?: number;
+    /** Backoff growth per attempt (2). */
+    factor?: number;
+    /** +-randomisation, 0..1 (0.5). */
+    jitter?: number;
+  }
+
+  interface HeartbeatOptions {
+    /** tether.v1: send {"type":"ping"} this often, ms (25000; 0 turns it off). */
+    heartbeatInterval: number;
+    /** No traffic this long after a ping: reconnect, ms (10000). */
+    heartbeatTimeout: number;
+  }
+
+  /** Anything with the browser WebSocket's constructor and on* handlers (the `ws` package qualifies). */
+  interface WebSocketConstructor {
+    new (url: string, protocols?: string | string[]): any;
+  }
+
+  interface Options extends BackoffOptions, Partial<HeartbeatOptions> {
+    /** Subprotocols to offer; json adds "tether.v1". */
+    protocols?: string[];
+    /** Speak tether.v1 (JSON envelopes): messages are parsed, subscribe/publish/chat resolve on ack. */
+    json?: boolean;
+    /** Give up after this many failed attempts in a row (Infinity). */
+    maxAttempts?: number;
+    /** A connection open this long resets the attempt counter, ms (5000). */
+    stableAfter?: number;
+    /** Reconnect after a close that close() did not ask for (true). */
+    reconnect?: boolean;
+    /** Messages kept while disconnected (1000). */
+    queueLimit?: number;
+    /** What send does when the queue is full ("reject"). */
+    queueFull?: "reject" | "drop-oldest";
+    /** Reject an ack promise after this long, ms (10000). */
+    ackTimeout?: number;
+    /** The WebSocket constructor; default: globalThis.WebSocket. */
+    WebSocket?: WebSocketConstructor | null;
+  }
+
+  interface HeartbeatState {
+    nextPing: number;
+    deadline: number | null;
+  }
+
+  type HeartbeatAction = "send_ping" | "peer_dead" | null;
+
+  interface OpenEvent {
+    /** The negotiated subprotocol ("tether.v1" or ""). */
+    protocol: string;
+    attempt: number;
+  }
+
+  interface CloseEvent {
+    wasClean: boolean;
+    code: number;
+    reason: string;
+    /** An error event came before this close. */
+    failed: boolean;
+  }
+
+  interface ReconnectingEvent {
+    attempt: number;
+    /** ms until the attempt. */
+    delay: number;
+  }
+
+  interface GiveupEvent {
+    attempts: number;
+  }
+
+  interface Welcome {
+    type: "welcome";
+    session: string;
+    room: string;
+    protocol: "tether.v1";
+  }
+
+  interface Message {
+    type: "message";
+    topic: string;
+    epoch: string;
+    seq: number;
+    sender: string;
+    ts: number;
+    content: Json;
+  }
+
+  interface Ack {
+    type: "ack";
+    id?: string | number;
+    topic?: string;
+    epoch?: string;
+    seq?: number;
+  }
+
+  type ErrorCode =
+    | "bad_json" | "not_an_object" | "missing_type" | "unknown_type" | "missing_field" | "invalid_field"
+    | "not_subscribed" | "too_many_subscriptions" | "binary_not_supported" | "history_gap" | "lagged"
+    | "rate_limited" | "unavailable";
+
+  interface ErrorEnvelope {
+    type: "error";
+    code: ErrorCode | (string & {});
+    message: string;
+    id?: string | number;
+    topic?: string;
+    epoch?: string;
+    first_seq?: number;
+  }
+
+  interface Presence {
+    type: "presence";
+    topic: string;
+    event: "join" | "leave";
+    session: string;
+    count: number;
+  }
+
+  /** A tether.v1 server envelope (what "message" carries when json is set). */
+  type Envelope = Welcome | Message | Ack | ErrorEnvelope | Presence;
+
+  /** A rejected ack promise: an error envelope's message and code. */
+  interface RequestError extends Error {
+    code?: ErrorCode | (string & {});
+  }
+
+  interface EventMap {
+    open: OpenEvent;
+    /** A parsed Envelope when json is set; otherwise the raw data (string, Blob, ArrayBuffer, Buffer). */
+    message: any;
+    close: CloseEvent;
+    error: unknown;
+    reconnecting: ReconnectingEvent;
+    state: State;
+    giveup: GiveupEvent;
+  }
+}
