@@ -21,8 +21,8 @@ use tether::axum::WebSocketUpgrade;
 use tether_hub::{ConnInfo, Hub, HubConfig, MemoryBroker};
 use tokio::net::TcpListener;
 
-const INDEX_HTML: &str = include_str!("../../../web/index.html");
-const TETHER_JS: &str = include_str!("../../../web/tether.js");
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const TETHER_JS: &str = include_str!("../web/tether.js");
 
 struct App {
     hub: Arc<Hub>,
