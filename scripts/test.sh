@@ -19,6 +19,12 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 step "dependencies (python websockets, chromium, playwright-core)"
 scripts/deps.sh
 
+step "MSRV: no dependency needs a newer Rust than rust-version (scripts/msrv.sh)"
+scripts/msrv.sh
+
+step "cargo package (every crate, as crates.io would get it; --no-verify: verifying rebuilds each crate from scratch)"
+cargo package --workspace --allow-dirty --no-verify --locked
+
 step "cargo test (workspace, all features)"
 cargo test --workspace --all-features --locked
 

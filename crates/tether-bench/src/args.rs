@@ -14,8 +14,8 @@ pub struct EchoArgs {
     /// Concurrent connections.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
-    /// Payload bytes per message.
-    #[arg(long, default_value_t = 64)]
+    /// Payload size of each message (e.g. 64, 16KiB, 1MiB).
+    #[arg(long, default_value = "64B", value_parser = crate::parse_size)]
     pub size: usize,
     /// Seconds to measure, after the warmup.
     #[arg(long, default_value_t = 10.0)]
@@ -84,8 +84,8 @@ pub struct BroadcastArgs {
     /// Messages per second from each sender.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
-    /// Bytes per message (at least the marker, ~30 bytes).
-    #[arg(long, default_value_t = 64)]
+    /// Size of each message (e.g. 64, 1KiB), at least the marker (~30 bytes).
+    #[arg(long, default_value = "64B", value_parser = crate::parse_size)]
     pub size: usize,
     /// Seconds to measure, after the warmup.
     #[arg(long, default_value_t = 10.0)]

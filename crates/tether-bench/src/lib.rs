@@ -50,6 +50,7 @@ mod net;
 mod progress;
 mod report;
 mod stats;
+mod units;
 mod wire;
 
 pub use args::{BroadcastArgs, BroadcastMode, ConnectionsArgs, EchoArgs};
@@ -60,3 +61,4 @@ pub use report::{
     print_report, BroadcastReport, ConnectSummary, ConnectionsReport, EchoReport, ErrorCounts, Report, ServerMemory, ServerUsage,
 };
 pub use stats::{LatencyRecorder, LatencySummary};
+pub use units::{format_size, parse_size};

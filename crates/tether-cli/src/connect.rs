@@ -7,8 +7,11 @@
 //! `< ` and a `> ` prompt is shown. In a pipe, when stdin ends the client
 //! closes with 1000, waits for the closing handshake and exits.
 //!
-//! Commands: `/ping [data]`, `/close [code] [reason]`, `/quit`; a line that
-//! starts with `//` is sent with one `/` removed.
+//! Commands: `/binary HEX` and `/b64 BASE64` send a binary message,
+//! `/file PATH` sends a file as one binary message, `/ping [data]`,
+//! `/close [code] [reason]`, `/quit`; a line that starts with `//` is sent
+//! with one `/` removed. `--binary-file PATH` sends a file before the first
+//! line of input.
 //!
 //! Exit status: 0 after a clean close (both close frames exchanged, whatever
 //! the code), 1 after an unclean close or an error, 2 for usage errors
@@ -48,10 +51,24 @@ pub struct ConnectArgs {
     /// disconnected are sent after reconnecting.
     #[arg(long)]
     reconnect: bool,
-    /// Send a ping this often (e.g. 30s); without an answer within 10 s the
-    /// connection is considered dead. Default: off, or 25s with --reconnect.
+    /// Send a ping this often (e.g. 30s); without an answer within
+    /// --ping-timeout the connection is considered dead. Default: off, or
+    /// 25s with --reconnect.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     ping_interval: Option<Duration>,
+    /// With --ping-interval (or --reconnect): how long to wait for anything
+    /// from the server after a ping before the connection is dropped as dead
+    /// (e.g. 3s, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    ping_timeout: Duration,
+    /// Send this file as one binary message once connected, before the
+    /// lines of stdin.
+    #[arg(long, value_name = "PATH")]
+    binary_file: Option<PathBuf>,
+    /// Largest message accepted from the server (e.g. 1MiB, 65536); larger
+    /// ones close with 1009.
+    #[arg(long, value_name = "SIZE", value_parser = crate::settings::parse_size, default_value = "16MiB")]
+    max_message_size: usize,
     /// How binary messages are printed.
     #[arg(long, value_enum, default_value_t = BinaryFormat::Hex)]
     binary_format: BinaryFormat,
@@ -100,7 +117,12 @@ fn builder(args: &ConnectArgs) -> anyhow::Result<ClientBuilder> {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?),
         None => None,
     };
-    let config = tether::Config { deflate: args.deflate.config(), ..tether::Config::default() };
+    let config = tether::Config {
+        deflate: args.deflate.config(),
+        max_message_size: args.max_message_size,
+        max_frame_size: args.max_message_size,
+        ..tether::Config::default()
+    };
     Ok(builder.config(config).tls(TlsOptions { ca_pem, native_roots: true, insecure: args.insecure }))
 }
 
@@ -115,7 +137,13 @@ async fn session(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let options = ReconnectOptions {
         reconnect: args.reconnect,
         heartbeat_interval: args.ping_interval.or(if args.reconnect { ReconnectOptions::default().heartbeat_interval } else { None }),
+        heartbeat_timeout: args.ping_timeout,
         ..ReconnectOptions::default()
+    };
+    // Read before connecting, so that a missing file is reported at once.
+    let first = match &args.binary_file {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read --binary-file {}", path.display()))?),
+        None => None,
     };
     let mut client = ReconnectingClient::new(builder(&args)?, options);
     let printer = Printer { interactive, binary: args.binary_format, json_pretty: args.json_pretty };
@@ -123,7 +151,7 @@ async fn session(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let (lines_tx, lines) = mpsc::channel(64);
     std::thread::Builder::new().name("stdin".into()).spawn(move || read_lines(lines_tx))?;
     let (control_tx, mut control) = mpsc::channel(4);
-    tokio::spawn(forward_input(lines, client.sender(), control_tx, interactive));
+    tokio::spawn(forward_input(first, lines, client.sender(), control_tx, interactive));
 
     let mut open = false;
     // Close wanted before a connection was open: applied on open, so that
@@ -145,7 +173,7 @@ async fn session(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                         tracing::debug!(url = %args.url, ?protocol, attempt, "connected");
                         if interactive {
                             let protocol = protocol.map(|p| format!(" (subprotocol {p})")).unwrap_or_default();
-                            printer.note(&format!("connected to {}{protocol}; /ping [data], /close [code] [reason], /quit", args.url), true);
+                            printer.note(&format!("connected to {}{protocol}; {COMMANDS}", args.url), true);
                         }
                         if let Some((code, reason)) = close_wanted.take() {
                             let _ = client.close(code, &reason);
@@ -156,6 +184,11 @@ async fn session(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                         open = false;
                         status = ExitCode::from(if was_clean { 0 } else { 1 });
                         printer.note(&describe_close(was_clean, code, &reason), args.reconnect && !closing);
+                        // Without --reconnect nothing follows a close: do not
+                        // wait for the event stream (or stdin) to end.
+                        if !args.reconnect {
+                            break;
+                        }
                     }
                     Event::Error(e) => {
                         status = ExitCode::from(if matches!(e, Error::InvalidUrl(_)) { 2 } else { 1 });
@@ -221,13 +254,16 @@ fn read_lines(tx: mpsc::Sender<String>) {
 #[derive(Debug, PartialEq)]
 enum Input {
     Text(String),
+    Binary(Vec<u8>),
+    File(PathBuf),
     Ping(String),
     Close(CloseCode, String),
     Quit,
     Invalid(String),
 }
 
-const HELP: &str = "commands: /ping [data], /close [code] [reason], /quit; start a line with // to send one that begins with /";
+const COMMANDS: &str = "/binary HEX, /b64 BASE64, /file PATH, /ping [data], /close [code] [reason], /quit";
+const HELP: &str = "commands: /binary HEX, /b64 BASE64, /file PATH, /ping [data], /close [code] [reason], /quit; start a line with // to send one that begins with /";
 
 fn parse_input(line: &str) -> Input {
     let Some(command) = line.strip_prefix('/') else { return Input::Text(line.to_string()) };
@@ -237,6 +273,18 @@ fn parse_input(line: &str) -> Input {
     let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
     match name {
         "ping" => Input::Ping(rest.to_string()),
+        "binary" | "bin" | "hex" => match parse_hex(rest) {
+            Ok(bytes) => Input::Binary(bytes),
+            Err(why) => Input::Invalid(format!("/binary: {why}")),
+        },
+        "b64" | "base64" => match parse_base64(rest) {
+            Ok(bytes) => Input::Binary(bytes),
+            Err(why) => Input::Invalid(format!("/b64: {why}")),
+        },
+        "file" => match rest.trim() {
+            "" => Input::Invalid("/file needs a path: /file PATH".to_string()),
+            path => Input::File(PathBuf::from(path)),
+        },
         "quit" | "exit" => Input::Quit,
         "close" => {
             let rest = rest.trim_start();
@@ -253,18 +301,56 @@ fn parse_input(line: &str) -> Input {
     }
 }
 
+/// Hexadecimal bytes, in upper or lower case; spaces between them are ignored.
+fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.len() % 2 != 0 {
+        return Err(format!("{} hex digits: give two per byte (e.g. /binary 00ff10)", digits.len()));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).unwrap_or("??");
+            u8::from_str_radix(pair, 16).map_err(|_| format!("{pair:?} is not a hex byte (e.g. /binary 00ff10)"))
+        })
+        .collect()
+}
+
+/// Standard base64, padding optional; spaces are ignored.
+fn parse_base64(s: &str) -> Result<Vec<u8>, String> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const ENGINE: GeneralPurpose =
+        GeneralPurpose::new(&base64::alphabet::STANDARD, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent));
+    let text: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    ENGINE.decode(text).map_err(|e| format!("not base64 ({e}); e.g. /b64 AAH+/w=="))
+}
+
 /// Send what is typed; turn commands and the end of input into controls.
-async fn forward_input(mut lines: mpsc::Receiver<String>, sender: ClientSender, control: mpsc::Sender<Control>, interactive: bool) {
+/// `first`, from --binary-file, goes before any line.
+async fn forward_input(first: Option<Vec<u8>>, mut lines: mpsc::Receiver<String>, sender: ClientSender, control: mpsc::Sender<Control>, interactive: bool) {
     let prompt = || {
         if interactive {
             print!("> ");
             let _ = std::io::stdout().flush();
         }
     };
+    if let Some(bytes) = first {
+        if let Err(e) = sender.send_wait(Message::binary(bytes)).await {
+            eprintln!("--binary-file not sent: {e}");
+        }
+    }
     while let Some(line) = lines.recv().await {
         let result = match parse_input(&line) {
             // Wait for room rather than drop input that is piped in fast.
             Input::Text(text) => sender.send_wait(text).await,
+            Input::Binary(bytes) => sender.send_wait(Message::binary(bytes)).await,
+            Input::File(path) => match std::fs::read(&path) {
+                Ok(bytes) => sender.send_wait(Message::binary(bytes)).await,
+                Err(e) => {
+                    eprintln!("cannot read {}: {e}", path.display());
+                    Ok(())
+                }
+            },
             Input::Ping(data) => sender.send(Message::Ping(data.into_bytes().into())),
             Input::Close(code, reason) => {
                 let _ = control.send(Control::Close(code, reason)).await;
@@ -452,6 +538,16 @@ mod tests {
         assert!(matches!(parse_input("/close 1006"), Input::Invalid(_)));
         assert!(matches!(parse_input("/close soon"), Input::Invalid(_)));
         assert_eq!(parse_input("/quit"), Input::Quit);
+        assert_eq!(parse_input("/binary 00ff10"), Input::Binary(vec![0, 0xff, 0x10]));
+        assert_eq!(parse_input("/binary 00 FF 1a"), Input::Binary(vec![0, 0xff, 0x1a]));
+        assert_eq!(parse_input("/binary"), Input::Binary(vec![]));
+        assert!(matches!(parse_input("/binary abc"), Input::Invalid(m) if m.contains("two per byte")));
+        assert!(matches!(parse_input("/binary zz"), Input::Invalid(m) if m.contains("not a hex byte")));
+        assert_eq!(parse_input("/b64 AAH+/w=="), Input::Binary(vec![0, 1, 0xfe, 0xff]));
+        assert_eq!(parse_input("/b64 AAH+/w"), Input::Binary(vec![0, 1, 0xfe, 0xff]));
+        assert!(matches!(parse_input("/b64 !!"), Input::Invalid(m) if m.contains("not base64")));
+        assert_eq!(parse_input("/file /tmp/x y.bin"), Input::File(PathBuf::from("/tmp/x y.bin")));
+        assert!(matches!(parse_input("/file"), Input::Invalid(_)));
         assert!(matches!(parse_input("/dance"), Input::Invalid(m) if m.contains("/ping")));
     }
 

@@ -18,8 +18,8 @@ pub struct EchoArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9001", env = "TETHER_LISTEN")]
     listen: SocketAddr,
-    /// Largest message accepted, in bytes (larger ones close with 1009).
-    #[arg(long, default_value_t = 64 << 20)]
+    /// Largest message accepted (e.g. 1MiB, 65536); larger ones close with 1009.
+    #[arg(long, default_value = "64MiB", value_name = "SIZE", value_parser = crate::settings::parse_size)]
     max_message_size: usize,
     /// Worker threads (default: the CPUs this process may run on; 1 uses a
     /// single-threaded runtime).

@@ -11,7 +11,8 @@ mod serve;
 mod settings;
 mod shutdown;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Tether: WebSocket server, client and tools.
@@ -39,6 +40,23 @@ enum Command {
     /// stdin are sent, messages received are printed; --reconnect survives
     /// drops. Works at a terminal and in a pipe.
     Connect(connect::ConnectArgs),
+    /// Print a shell completion script, e.g.
+    /// `tether completions bash > ~/.local/share/bash-completion/completions/tether`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of tether or of one subcommand, e.g.
+    /// `tether man serve | man -l -`; or write every page into --dir.
+    Man {
+        /// The subcommand whose page to print (e.g. serve) [default: tether itself]
+        #[arg(conflicts_with = "dir")]
+        subcommand: Option<String>,
+        /// Write tether.1 and one page per subcommand (tether-serve.1, ...) into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +67,11 @@ fn main() -> ExitCode {
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tether", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { subcommand, dir } => man(subcommand.as_deref(), dir),
     };
     match result {
         Ok(code) => code,
@@ -57,4 +80,32 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `tether man`: pages generated from the clap definition, so that they
+/// cannot drift from `--help`.
+fn man(subcommand: Option<&str>, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        clap_mangen::generate_to(cmd, &dir).with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Built, so that subcommands are named `tether-serve` and so on.
+    cmd.build();
+    let page = match subcommand {
+        None => cmd,
+        Some(name) => match cmd.find_subcommand(name) {
+            Some(sub) => sub.clone(),
+            None => {
+                let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+                eprintln!("error: no subcommand {name:?} (one of: {})", names.join(", "));
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    Ok(ExitCode::SUCCESS)
 }

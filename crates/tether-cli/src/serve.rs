@@ -21,10 +21,12 @@ use tether::axum::WebSocketUpgrade;
 use tether_hub::{ConnInfo, Hub, HubConfig, MemoryBroker};
 use tokio::net::TcpListener;
 
-const INDEX_HTML: &str = include_str!("../../../web/index.html");
-const TETHER_JS: &str = include_str!("../../../web/tether.js");
+// Through symlinks inside the crate (crates/tether-cli/web/ -> web/), so
+// the packaged crate carries the files.
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const TETHER_JS: &str = include_str!("../web/tether.js");
 /// The ES module view of tether.js (it imports `./tether.js`).
-const TETHER_MJS: &str = include_str!("../../../web/tether.mjs");
+const TETHER_MJS: &str = include_str!("../web/tether.mjs");
 
 struct App {
     hub: Arc<Hub>,

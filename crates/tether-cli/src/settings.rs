@@ -8,6 +8,32 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tether_hub::{HistoryConfig, RateLimit, SlowConsumerPolicy};
 
+/// Sizes take units everywhere (`1048576`, `64KiB`, `1MiB`, `1MB`): the one
+/// parser lives in tether-bench, whose flags need it too.
+pub use tether_bench::parse_size;
+
+/// A size in the config file: an integer (bytes) or a string with a unit
+/// (`"1MiB"`), read with [`parse_size`].
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    struct SizeVisitor;
+    impl serde::de::Visitor<'_> for SizeVisitor {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a size: a number of bytes, or a string such as \"1MiB\" or \"64KiB\"")
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<usize, E> {
+            usize::try_from(n).map_err(|_| E::custom(format!("{n} is too large a size")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<usize, E> {
+            usize::try_from(n).map_err(|_| E::custom(format!("{n} is not a size (a size is not negative)")))
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<usize, E> {
+            parse_size(s).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(SizeVisitor).map(Some)
+}
+
 /// Parse `500ms`, `30s`, `5m`, `1h` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -48,9 +74,9 @@ pub struct DeflateArgs {
     /// compression memory [default: off]
     #[arg(long, env = "TETHER_DEFLATE", value_parser = clap::builder::FalseyValueParser::new())]
     pub deflate: bool,
-    /// With --deflate: messages smaller than this many bytes are sent
-    /// uncompressed [default: 256]
-    #[arg(long, env = "TETHER_DEFLATE_THRESHOLD")]
+    /// With --deflate: messages smaller than this are sent uncompressed
+    /// (e.g. 256, 1KiB) [default: 256B]
+    #[arg(long, env = "TETHER_DEFLATE_THRESHOLD", value_name = "SIZE", value_parser = parse_size)]
     pub deflate_threshold: Option<usize>,
     /// With --deflate: keep compression state between messages; small
     /// messages shrink 2-3x more, for ~200-330 KiB more per connection
@@ -108,9 +134,9 @@ pub struct ServeArgs {
     /// Most open WebSocket connections; more get HTTP 503 [default: 10000]
     #[arg(long, env = "TETHER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Largest message a client may send, in bytes; larger ones close with 1009
-    /// [default: 1048576]
-    #[arg(long, env = "TETHER_MAX_MESSAGE_SIZE")]
+    /// Largest message a client may send (e.g. 1MiB, 64KiB, 1048576); larger
+    /// ones close with 1009 [default: 1MiB]
+    #[arg(long, env = "TETHER_MAX_MESSAGE_SIZE", value_name = "SIZE", value_parser = parse_size)]
     pub max_message_size: Option<usize>,
     /// Time allowed for the HTTP request head and TLS handshake [default: 10s]
     #[arg(long, env = "TETHER_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
@@ -132,8 +158,8 @@ pub struct ServeArgs {
     /// Most messages queued for one client [default: 1024]
     #[arg(long, env = "TETHER_QUEUE_MAX_MESSAGES")]
     pub queue_max_messages: Option<usize>,
-    /// Most bytes queued for one client [default: 4194304]
-    #[arg(long, env = "TETHER_QUEUE_MAX_BYTES")]
+    /// Most bytes queued for one client (e.g. 4MiB) [default: 4MiB]
+    #[arg(long, env = "TETHER_QUEUE_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
     pub queue_max_bytes: Option<usize>,
     /// What to do with a client whose queue is full [default: drop-oldest]
     #[arg(long, env = "TETHER_SLOW_CONSUMER", value_enum)]
@@ -158,13 +184,13 @@ pub struct ServeArgs {
     /// least recently used goes first [default: 10000]
     #[arg(long, env = "TETHER_HISTORY_TOPICS")]
     pub history_topics: Option<usize>,
-    /// (memory broker) Most payload bytes of history over all topics
-    /// [default: 67108864]
-    #[arg(long, env = "TETHER_HISTORY_MAX_BYTES")]
+    /// (memory broker) Most payload bytes of history over all topics (e.g.
+    /// 64MiB) [default: 64MiB]
+    #[arg(long, env = "TETHER_HISTORY_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
     pub history_max_bytes: Option<usize>,
     /// (redis broker) Most bytes of history kept per topic in Redis; the
-    /// oldest messages go first [default: 4194304]
-    #[arg(long, env = "TETHER_HISTORY_TOPIC_MAX_BYTES")]
+    /// oldest messages go first (e.g. 4MiB) [default: 4MiB]
+    #[arg(long, env = "TETHER_HISTORY_TOPIC_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
     pub history_topic_max_bytes: Option<usize>,
     /// Drop a connection that has written nothing for this long while data
     /// waits for it (a peer that stopped reading); checked at each
@@ -219,6 +245,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     heartbeat_interval: Option<String>,
     max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "de_size")]
     max_message_size: Option<usize>,
     handshake_timeout: Option<String>,
     allowed_origins: Option<Vec<String>>,
@@ -226,18 +253,22 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     queue_max_messages: Option<usize>,
+    #[serde(default, deserialize_with = "de_size")]
     queue_max_bytes: Option<usize>,
     slow_consumer: Option<SlowConsumer>,
     shutdown_timeout: Option<String>,
     broker: Option<String>,
     deflate: Option<bool>,
+    #[serde(default, deserialize_with = "de_size")]
     deflate_threshold: Option<usize>,
     deflate_context_takeover: Option<bool>,
     deflate_window_bits: Option<u8>,
     history_size: Option<usize>,
     history_ttl: Option<String>,
     history_topics: Option<usize>,
+    #[serde(default, deserialize_with = "de_size")]
     history_max_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_size")]
     history_topic_max_bytes: Option<usize>,
     write_stall_timeout: Option<String>,
     message_rate: Option<u32>,
@@ -403,6 +434,33 @@ mod tests {
         std::fs::write(&path, "no-such-setting = 1\n").unwrap();
         let err = Settings::resolve(ServeArgs { config: Some(path), ..Default::default() }).unwrap_err();
         assert!(format!("{err:#}").contains("no-such-setting"), "{err:#}");
+    }
+
+    #[test]
+    fn sizes_take_units_in_flags_and_in_the_file() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let cli = Cli::try_parse_from(["t", "--max-message-size", "1MiB", "--queue-max-bytes", "64KiB", "--history-max-bytes", "1MB"]).unwrap();
+        assert_eq!((cli.serve.max_message_size, cli.serve.queue_max_bytes, cli.serve.history_max_bytes), (Some(1 << 20), Some(64 << 10), Some(1_000_000)));
+        let err = Cli::try_parse_from(["t", "--max-message-size", "1M"]).err().unwrap().to_string();
+        assert!(err.contains("MiB"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("tether-settings-sizes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tether.toml");
+        std::fs::write(&path, "max-message-size = \"2MiB\"\nqueue-max-bytes = 65536\nhistory-topic-max-bytes = \"512 KiB\"\ndeflate = true\ndeflate-threshold = \"1KiB\"\n").unwrap();
+        let s = Settings::resolve(ServeArgs { config: Some(path.clone()), ..Default::default() }).unwrap();
+        assert_eq!((s.max_message_size, s.queue_max_bytes, s.history.max_topic_bytes), (2 << 20, 65536, 512 << 10));
+        assert_eq!(s.deflate.unwrap().threshold, 1024);
+        for (bad, why) in [("max-message-size = \"lots\"\n", "not a size"), ("queue-max-bytes = -1\n", "negative"), ("queue-max-bytes = true\n", "1MiB")] {
+            std::fs::write(&path, bad).unwrap();
+            let err = Settings::resolve(ServeArgs { config: Some(path.clone()), ..Default::default() }).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{bad}: {err:#}");
+        }
     }
 
     #[test]

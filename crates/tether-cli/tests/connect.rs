@@ -410,3 +410,77 @@ fn interactive_in_a_terminal() {
     assert!(screen.contains("EXIT=0"), "{screen}");
     assert!(screen.contains("closed: 1000"), "{screen}");
 }
+
+#[test]
+fn binary_from_hex_base64_and_files_echo_back() {
+    let echo = Echo::start();
+    let dir = std::env::temp_dir().join(format!("tether-connect-binary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = dir.join("first.bin");
+    std::fs::write(&first, [0xde, 0xad, 0xbe, 0xef]).unwrap();
+    let later = dir.join("later.bin");
+    std::fs::write(&later, b"\x00file\xff").unwrap();
+    let input = format!("text\n/binary 00ff10\n/b64 AAH+/w==\n/file {}\n/binary xyz\n/file {}\nlast\n", later.display(), dir.join("missing").display());
+    let out = run(&[&echo.url(), "--binary-file", first.to_str().unwrap()], &input);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The file given with --binary-file goes first, then the lines in order.
+    assert_eq!(stdout(&out), "deadbeef\ntext\n00ff10\n0001feff\n0066696c65ff\nlast\n");
+    let err = stderr(&out);
+    assert!(err.contains("/binary: ") && err.contains("hex"), "{err}");
+    assert!(err.contains("cannot read") && err.contains("missing"), "{err}");
+
+    // Printed as base64 too, and a missing --binary-file is an error before connecting.
+    let out = run(&[&echo.url(), "--binary-format", "base64"], "/binary 00 01 fe ff\n");
+    assert_eq!(stdout(&out), "AAH+/w==\n", "{}", stderr(&out));
+    let out = run(&[&echo.url(), "--binary-file", dir.join("missing").to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read --binary-file"), "{}", stderr(&out));
+}
+
+#[test]
+fn ping_timeout_drops_a_server_that_stops_answering() {
+    // Completes the handshake, then reads nothing and answers nothing.
+    let addr = serve(|tcp| async move {
+        let Ok(ws) = tether::accept(tcp).await else { return };
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(ws);
+    });
+    let url = format!("ws://{addr}/");
+    let mut child = tether_connect(&[&url, "--ping-interval", "200ms", "--ping-timeout", "300ms"]).spawn().unwrap();
+    // stdin stays open: only the ping timeout can end this.
+    let stdin = child.stdin.take();
+    let started = Instant::now();
+    let out = wait_output(child);
+    drop(stdin);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("connection lost: 1006"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+
+    let out = run(&[&url, "--ping-timeout", "soon"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn sizes_take_units() {
+    let mut child = Command::new(BIN)
+        .args(["echo", "--threads", "1", "--listen", "127.0.0.1:0", "--max-message-size", "1KiB"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let echo = Echo { addr: line.trim().strip_prefix("listening on ws://").unwrap().to_string(), child };
+    let big = "x".repeat(1025);
+    let out = run(&[&echo.url(), "--max-message-size", "64KiB"], &format!("small\n{big}\n"));
+    assert_eq!(stdout(&out), "small\n");
+    assert!(stderr(&out).contains("1009"), "{}", stderr(&out));
+    for bad in ["1M", "lots"] {
+        let out = run(&[&echo.url(), "--max-message-size", bad], "");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    let help = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("[default: 1MiB]"), "{help}");
+}

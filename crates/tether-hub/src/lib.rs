@@ -12,6 +12,35 @@
 //! [`Broker::publish`] (assigns sequence numbers, keeps history) → [`Hub`]
 //! delivery (encodes once per format, pushes into each subscriber's bounded queue) → the
 //! subscriber's connection task → socket.
+//!
+//! ## Feature flags
+//!
+//! - `redis`: `RedisBroker`, so that several nodes share topics, sequence
+//!   numbers, history and presence through Redis (or Redis Cluster).
+//!
+//! ## Example
+//!
+//! A broadcast server on an axum app: every text message a client on `/ws`
+//! sends reaches every client in the room.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tether::axum::WebSocketUpgrade;
+//! use tether_hub::{ConnInfo, Hub, HubConfig, MemoryBroker};
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let hub = Hub::new(HubConfig::default(), Arc::new(MemoryBroker::new()));
+//!     let app = axum::Router::new().route(
+//!         "/ws",
+//!         axum::routing::get(move |ws: WebSocketUpgrade| async move {
+//!             ws.on_upgrade(move |socket| async move { hub.run_connection(socket, ConnInfo { room: "/ws".into() }).await })
+//!         }),
+//!     );
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await
+//! }
+//! ```
 
 mod broker;
 mod config;

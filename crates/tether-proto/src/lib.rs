@@ -12,6 +12,9 @@
 //! [`Connection::data_to_send`] / [`Connection::consume_sent`] pair). The I/O
 //! layer on top (the `tether` crate) is a thin loop around those calls.
 //!
+//! No feature flags: permessage-deflate is always built (zlib-rs) and off
+//! until configured.
+//!
 //! ```
 //! use tether_proto::{Connection, Role, Config, Event, Message};
 //!

@@ -12,6 +12,16 @@
 //! - [`WebSocket`] implements `Stream` and `Sink`; [`WebSocket::split`] gives
 //!   halves for two tasks.
 //!
+//! ## Feature flags
+//!
+//! - `tls` (default): `wss://` for clients and servers, on rustls (ring),
+//!   with the system's roots and webpki-roots ([`tls`]).
+//! - `hyper`: [`upgrade`] a hyper 1 request to a WebSocket, sharing a port
+//!   with an HTTP server.
+//! - `axum` (implies `hyper`): the [`axum::WebSocketUpgrade`] extractor.
+//!
+//! An echo server:
+//!
 //! ```no_run
 //! use tether::Message;
 //!
