@@ -324,6 +324,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// tell the connection (which then ends itself). The protocol core never
     /// reads the clock: the time is passed in.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.conn.state() == tether_proto::State::Open {
+            // The hot path: no deadline while open, and no clock read.
+            return Poll::Pending;
+        }
         let now = tokio::time::Instant::now();
         let Some(deadline) = self.conn.poll_timeout(now.into_std()) else {
             self.timer = None;
