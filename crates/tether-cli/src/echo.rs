@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tether::{Accept, CloseCode, Config, Message};
+use tether_hub::Ending;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -21,25 +22,47 @@ pub struct EchoArgs {
     /// Largest message accepted (e.g. 1MiB, 65536); larger ones close with 1009.
     #[arg(long, default_value = "64MiB", value_name = "SIZE", value_parser = crate::settings::parse_size)]
     max_message_size: usize,
-    /// Worker threads (default: the CPUs this process may run on; 1 uses a
-    /// single-threaded runtime).
+    /// Event loops (with `--driver loop`) or worker threads (with `--driver
+    /// tokio`); default: the CPUs this process may run on.
     #[arg(long)]
     threads: Option<usize>,
+    /// What runs the connections after their handshake: `loop`, one small
+    /// event loop per thread owning its connections (least memory and CPU
+    /// per connection), or `tokio`, a task per connection.
+    #[arg(long, value_enum, default_value_t = Driver::Loop, env = "TETHER_DRIVER")]
+    driver: Driver,
     #[command(flatten)]
     deflate: crate::settings::DeflateArgs,
 }
 
+/// How connections are run after the handshake.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// One event loop per thread, connections in a slab (src/driver.rs).
+    Loop,
+    /// One tokio task per connection.
+    Tokio,
+}
+
 pub fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if args.driver == Driver::Loop {
+        // Accept and handshakes on one tokio thread; the connections on the loops.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let driver = crate::driver::Driver::start(Arc::new(EchoService), threads, tether::Config::default().write_buffer_high_water)?;
+        return runtime.block_on(serve(args, Some(Arc::new(driver))));
+    }
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, None))
 }
 
-async fn serve(args: EchoArgs) -> anyhow::Result<ExitCode> {
+type Loops = Arc<crate::driver::Driver<EchoService>>;
+
+async fn serve(args: EchoArgs, loops: Option<Loops>) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("listening on ws://{addr}");
@@ -65,8 +88,12 @@ async fn serve(args: EchoArgs) -> anyhow::Result<ExitCode> {
                     let stop = stop_rx.clone();
                     let live = live.clone();
                     live.fetch_add(1, Ordering::Relaxed);
+                    let loops = loops.clone();
                     let task = async move {
-                        connection(tcp, &config, stop).await;
+                        match loops {
+                            Some(loops) => handshake_then_loop(tcp, &config, &loops).await,
+                            None => connection(tcp, &config, stop).await,
+                        }
                         live.fetch_sub(1, Ordering::Relaxed);
                     };
                     tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task size");
@@ -82,14 +109,18 @@ async fn serve(args: EchoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     drop(listener);
-    let open = live.load(Ordering::Relaxed);
+    let open = live.load(Ordering::Relaxed) + loops.as_ref().map_or(0, |l| l.live());
     tracing::info!(open, "shutting down: closing connections with 1001");
     let _ = stop_tx.send(true);
+    if let Some(loops) = &loops {
+        loops.shutdown();
+    }
+    let open = || live.load(Ordering::Relaxed) + loops.as_ref().map_or(0, |l| l.live());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while live.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+    while open() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = live.load(Ordering::Relaxed);
+    let left = open();
     if left > 0 {
         tracing::warn!(left, "connections did not close in time");
     }
@@ -146,5 +177,46 @@ fn connection(tcp: TcpStream, config: &Config, mut stop: watch::Receiver<bool>) 
     if stopped {
         let _ = Box::pin(tokio::time::timeout(Duration::from_secs(3), ws.close(CloseCode::GOING_AWAY, "server shutting down"))).await;
     }
+    }
+}
+
+/// The handshake on tokio, then the connection on an event loop.
+async fn handshake_then_loop(tcp: TcpStream, config: &Config, loops: &Loops) {
+    let _ = tcp.set_nodelay(true);
+    let ws = match Box::pin(tether::accept_with(tcp, config, |_| Ok(Accept::default()))).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    let (tcp, conn) = ws.into_parts();
+    match tcp.into_std() {
+        Ok(tcp) => loops.adopt(tcp, conn, ()),
+        Err(e) => tracing::debug!(error = %e, "cannot hand the connection to the event loop"),
+    }
+}
+
+/// Echo on the event loop: every text or binary message goes back as it came.
+pub(crate) struct EchoService;
+
+impl crate::driver::Service for EchoService {
+    type State = ();
+    const WAKES: bool = false;
+
+    fn on_message(&self, _: &mut (), conn: &mut tether_proto::Connection, msg: Message) -> Result<(), Ending> {
+        if msg.is_data() {
+            // Fails only once closing began: then there is nobody to echo to.
+            let _ = conn.send(msg);
+        }
+        Ok(())
+    }
+
+    fn on_closed(&self, _: &mut ()) -> Ending {
+        Ending::Finish { within: Duration::from_secs(2) }
+    }
+
+    fn on_shutdown(&self, _: &mut ()) -> Option<Ending> {
+        Some(Ending::Close { code: CloseCode::GOING_AWAY.0, reason: "server shutting down", within: Duration::from_secs(3) })
     }
 }

@@ -4,6 +4,7 @@
 mod admission;
 mod bench;
 mod connect;
+mod driver;
 mod echo;
 mod front;
 mod logging;

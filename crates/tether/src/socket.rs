@@ -349,6 +349,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         crate::io::poll_read_into(&mut self.io, self.conn.receiver(), cx)
     }
 
+    /// Take the stream and the protocol state apart, for a driver that runs
+    /// connections itself after the handshake (an event loop owning many
+    /// sockets). Meant for a socket fresh from an accept: bytes already
+    /// queued or buffered stay in the returned [`Connection`].
+    pub fn into_parts(self) -> (S, Connection) {
+        (self.io, self.conn)
+    }
+
     /// Split into a receiving and a sending half that can be used from two
     /// tasks. See [`crate::split`].
     pub fn split(self) -> (crate::split::WsReader<S>, crate::split::WsWriter<S>) {
