@@ -26,6 +26,38 @@ use std::time::{Duration, Instant};
 use tether_hub::Ending;
 use tether_proto::{CloseFrame, Connection, Event, Message};
 
+/// The driver flags of `tether echo` and `tether serve`.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct DriverArgs {
+    /// What runs WebSocket connections after their handshake: `loop`, a
+    /// small event loop per thread owning its connections (least memory and
+    /// CPU per connection; plain TCP only, TLS connections stay on tokio),
+    /// or `tokio`, a task per connection.
+    #[arg(long, value_enum, default_value_t, env = "TETHER_DRIVER")]
+    pub driver: DriverKind,
+    /// Event loops with `--driver loop` (tokio worker threads for `tether
+    /// echo --driver tokio`) [default: the CPUs this process may run on]
+    #[arg(long, env = "TETHER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+impl DriverArgs {
+    /// `--threads`, or the CPUs this process may run on.
+    pub fn threads(&self) -> usize {
+        self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from)
+    }
+}
+
+/// What runs connections after the handshake.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DriverKind {
+    /// One event loop per thread, connections in a slab.
+    #[default]
+    Loop,
+    /// One tokio task per connection.
+    Tokio,
+}
+
 /// What runs on the connections of a loop. Called on the loop's thread.
 pub(crate) trait Service: Send + Sync + 'static {
     /// Per-connection state, kept in the connection's slab entry.
@@ -198,6 +230,13 @@ impl<S: Service> Driver<S> {
     /// Connections open on the loops (adopted and not yet closed).
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// Wait (polling, at shutdown) until no connection is open or `deadline` passed.
+    pub async fn wait_closed(&self, deadline: tokio::time::Instant) {
+        while self.live() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -22,31 +22,15 @@ pub struct EchoArgs {
     /// Largest message accepted (e.g. 1MiB, 65536); larger ones close with 1009.
     #[arg(long, default_value = "64MiB", value_name = "SIZE", value_parser = crate::settings::parse_size)]
     max_message_size: usize,
-    /// Event loops (with `--driver loop`) or worker threads (with `--driver
-    /// tokio`); default: the CPUs this process may run on.
-    #[arg(long)]
-    threads: Option<usize>,
-    /// What runs the connections after their handshake: `loop`, one small
-    /// event loop per thread owning its connections (least memory and CPU
-    /// per connection), or `tokio`, a task per connection.
-    #[arg(long, value_enum, default_value_t = Driver::Loop, env = "TETHER_DRIVER")]
-    driver: Driver,
+    #[command(flatten)]
+    driver: crate::driver::DriverArgs,
     #[command(flatten)]
     deflate: crate::settings::DeflateArgs,
 }
 
-/// How connections are run after the handshake.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Driver {
-    /// One event loop per thread, connections in a slab (src/driver.rs).
-    Loop,
-    /// One tokio task per connection.
-    Tokio,
-}
-
 pub fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if args.driver == Driver::Loop {
+    let threads = args.driver.threads();
+    if args.driver.driver == crate::driver::DriverKind::Loop {
         // Accept and handshakes on one tokio thread; the connections on the loops.
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let driver = crate::driver::Driver::start(Arc::new(EchoService), threads, tether::Config::default().write_buffer_high_water)?;

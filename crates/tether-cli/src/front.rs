@@ -21,6 +21,19 @@ impl<S> Prefixed<S> {
     }
 }
 
+impl<S> Prefixed<S> {
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The bytes not read yet from the prefix, and the stream.
+    pub fn into_parts(self) -> (Vec<u8>, S) {
+        let rest = self.prefix.map(|p| p[self.pos..].to_vec()).unwrap_or_default();
+        (rest, self.inner)
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;

@@ -9,6 +9,7 @@ mod echo;
 mod front;
 mod logging;
 mod serve;
+mod serve_loop;
 mod settings;
 mod shutdown;
 

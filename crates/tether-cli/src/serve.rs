@@ -43,6 +43,8 @@ struct App {
     /// HTTP request (served) from an upgrade (refused with 503).
     spare_slots: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
+    /// The event loops of `--driver loop`.
+    loops: Option<Arc<Loops>>,
     auth_failures: AuthFailures,
 }
 
@@ -68,12 +70,16 @@ struct ConnCtx {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let driver = args.driver.clone();
     let settings = Settings::resolve(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(settings))
+    runtime.block_on(serve(settings, driver))
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+/// The event loops that run plain-TCP WebSocket connections (`--driver loop`).
+type Loops = crate::driver::Driver<crate::serve_loop::HubService<Slot>>;
+
+async fn serve(settings: Settings, driver: crate::driver::DriverArgs) -> anyhow::Result<ExitCode> {
     let broker: Arc<dyn tether_hub::Broker> = match settings.broker.as_str() {
         "memory" => Arc::new(MemoryBroker::with_history(settings.history.clone())),
         url if url.starts_with("redis://") => Arc::new(tether_hub::RedisBroker::new(url, settings.history.clone())?),
@@ -98,6 +104,13 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         ..HubConfig::default()
     };
     let hub = Hub::new(hub_config, broker);
+    let loops = match driver.driver {
+        crate::driver::DriverKind::Loop => {
+            let service = Arc::new(crate::serve_loop::HubService::new(hub.clone()));
+            Some(Arc::new(Loops::start(service, driver.threads(), socket_config(&settings).write_buffer_high_water)?))
+        }
+        crate::driver::DriverKind::Tokio => None,
+    };
     let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -113,6 +126,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         spare_slots: Arc::new(Semaphore::new(SPARE_SLOTS)),
         per_ip: PerIp::new(settings.max_connections_per_ip),
         auth_failures: AuthFailures::new(settings.max_auth_failures),
+        loops,
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -176,7 +190,12 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     drop(listener);
     let open = hub.connection_count();
     tracing::info!(open, "shutting down: closing WebSocket connections with 1001");
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
     let left = hub.close_all(settings.shutdown_timeout).await;
+    if let Some(loops) = &app.loops {
+        // Sessions are gone; let the loops finish their close handshakes.
+        loops.wait_closed(deadline).await;
+    }
     if left > 0 {
         tracing::warn!(left, "connections still open at the shutdown deadline");
     } else {
@@ -193,7 +212,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 /// future lives as long as the client.
 fn serve_stream<S>(mut stream: S, app: Arc<App>, router: Router, peer: SocketAddr, slot: Slot) -> impl std::future::Future<Output = ()> + Send
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve_loop::MaybeTcp + Unpin + Send + 'static,
 {
     async move {
     let timeout = app.settings.handshake_timeout;
@@ -361,7 +380,7 @@ impl App {
 }
 
 /// The lean WebSocket path: handshake straight on the stream.
-fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(stream: S, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
+fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve_loop::MaybeTcp + Unpin + Send + 'static>(stream: Prefixed<S>, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
     async move {
     let mut room = String::new();
     // Scoped so the config and the handshake state are gone before the
@@ -389,6 +408,13 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
     };
     match accepted {
         Ok(ws) => {
+            let (ws, room, slot) = match &app.loops {
+                Some(loops) => match crate::serve_loop::hand_off(loops, &app.hub, ws, room, slot) {
+                    Ok(()) => return,
+                    Err(back) => back,
+                },
+                None => (ws, room, slot),
+            };
             app.hub.run_connection(ws, ConnInfo { room }).await;
             drop(slot);
         }

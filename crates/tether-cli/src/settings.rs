@@ -173,6 +173,8 @@ pub struct ServeArgs {
     pub broker: Option<String>,
     #[command(flatten)]
     pub deflate: DeflateArgs,
+    #[command(flatten)]
+    pub driver: crate::driver::DriverArgs,
     /// Messages kept per topic for clients that resume (`since`); 0 keeps
     /// none [default: 1000]
     #[arg(long, env = "TETHER_HISTORY_SIZE")]
