@@ -3,6 +3,7 @@
 #   - Python's websockets package: the interop peer we did not write;
 #   - Debian's Chromium and playwright-core: the browser tests;
 #   - tmux: drives `tether connect` through a pseudo-terminal;
+#   - strace: counts the syscalls of an echoed message (tether-cli/tests/syscalls.rs);
 #   - Debian's redis-server and nginx: the cluster tests (tether-cli/tests/cluster.rs
 #     starts its own instances on free ports; the system services are not used);
 #   - Autobahn|Testsuite is installed by conformance/setup.sh.
@@ -26,6 +27,11 @@ if ! "$PY" -c 'import websockets' 2>/dev/null; then
         || "$PY" -m pip install --quiet --break-system-packages 'websockets>=13'
 fi
 "$PY" -c 'import websockets; print("python websockets", websockets.__version__)' >&2
+
+if ! command -v strace >/dev/null; then
+    echo "installing strace for the syscalls-per-message test (tether-cli/tests/syscalls.rs)" >&2
+    apt_install strace
+fi
 
 if ! command -v tmux >/dev/null; then
     echo "installing tmux for the interactive tether connect test" >&2

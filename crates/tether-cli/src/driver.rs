@@ -60,13 +60,18 @@ pub enum DriverKind {
 
 /// What runs on the connections of a loop. Called on the loop's thread.
 pub(crate) trait Service: Send + Sync + 'static {
+    /// What a connection brings to the loop from its handshake.
+    type Init: Send + 'static;
     /// Per-connection state, kept in the connection's slab entry.
     type State: Send + 'static;
     /// Whether the state is changed from other threads and needs a waker
     /// (the hub's queues); `false` saves the waker's allocation.
     const WAKES: bool;
-    /// The connection joined the loop; `waker` schedules it on this loop.
-    fn attach(&self, _state: &mut Self::State, _waker: &Waker) {}
+    /// The connection joined the loop: its state, made on the loop's
+    /// thread (so what lives as long as the connection is allocated there,
+    /// not among the handshake's short-lived buffers on tokio's threads).
+    /// `waker` (if [`WAKES`](Self::WAKES)) schedules it on this loop.
+    fn open(&self, init: Self::Init, waker: Option<Waker>) -> Self::State;
     /// Move what the service has for the connection into it (on every
     /// wake-up and after write progress); `Err` ends it.
     fn pump(&self, _state: &mut Self::State, _conn: &mut Connection, _high_water: usize) -> Result<(), Ending> {
@@ -121,15 +126,14 @@ pub(crate) struct Entry<St> {
     flags: u8,
     conn: Connection,
     state: St,
-    wake: Option<Arc<ConnWake>>,
 }
 
-/// Wakes one connection of a loop: pushes its token (once until the loop
-/// takes it) and wakes the loop (once per turn).
+/// Wakes one connection of a loop: pushes its token and wakes the loop
+/// (once per turn). Duplicates are few: the hub's `AtomicWaker` gives its
+/// waker up when it wakes, until the next pump registers it again.
 struct ConnWake {
     notify: Arc<Notify>,
     token: usize,
-    scheduled: AtomicBool,
 }
 
 impl std::task::Wake for ConnWake {
@@ -137,10 +141,8 @@ impl std::task::Wake for ConnWake {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.scheduled.swap(true, Ordering::AcqRel) {
-            self.notify.woken.lock().unwrap_or_else(|p| p.into_inner()).push(self.token);
-            self.notify.wake();
-        }
+        self.notify.woken.lock().unwrap_or_else(|p| p.into_inner()).push(self.token);
+        self.notify.wake();
     }
 }
 
@@ -161,21 +163,21 @@ impl Notify {
 }
 
 /// A connection handed to a loop.
-struct Adopt<St> {
+struct Adopt<I> {
     tcp: std::net::TcpStream,
     conn: Connection,
-    state: St,
+    init: I,
 }
 
-struct Shared<St> {
+struct Shared<I> {
     notify: Arc<Notify>,
-    inbox: Mutex<Vec<Adopt<St>>>,
+    inbox: Mutex<Vec<Adopt<I>>>,
     shutdown: AtomicBool,
 }
 
 /// A set of loops (one thread each) sharing a service.
 pub(crate) struct Driver<S: Service> {
-    loops: Vec<Arc<Shared<S::State>>>,
+    loops: Vec<Arc<Shared<S::Init>>>,
     next: AtomicUsize,
     live: Arc<AtomicUsize>,
 }
@@ -212,10 +214,10 @@ impl<S: Service> Driver<S> {
 
     /// Hand a connection whose handshake is done to a loop (round-robin).
     /// `tcp` must be in non-blocking mode (tokio's `into_std` leaves it so).
-    pub fn adopt(&self, tcp: std::net::TcpStream, conn: Connection, state: S::State) {
+    pub fn adopt(&self, tcp: std::net::TcpStream, conn: Connection, init: S::Init) {
         let shared = &self.loops[self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len()];
         self.live.fetch_add(1, Ordering::Relaxed);
-        shared.inbox.lock().unwrap_or_else(|p| p.into_inner()).push(Adopt { tcp, conn, state });
+        shared.inbox.lock().unwrap_or_else(|p| p.into_inner()).push(Adopt { tcp, conn, init });
         shared.notify.wake();
     }
 
@@ -251,7 +253,7 @@ struct Loop<S: Service> {
     closing: Vec<(usize, Instant)>,
     buf: Box<[u8]>,
     service: Arc<S>,
-    shared: Arc<Shared<S::State>>,
+    shared: Arc<Shared<S::Init>>,
     live: Arc<AtomicUsize>,
     high_water: usize,
     shutting_down: bool,
@@ -327,12 +329,7 @@ impl<S: Service> Loop<S> {
         }
         let woken = std::mem::take(&mut *self.shared.notify.woken.lock().unwrap_or_else(|p| p.into_inner()));
         for t in woken {
-            if let Some(e) = self.slab.get_mut(t) {
-                if let Some(w) = &e.wake {
-                    w.scheduled.store(false, Ordering::Release);
-                }
-                self.process(t);
-            }
+            self.process(t);
         }
         if !self.shutting_down && self.shared.shutdown.load(Ordering::Acquire) {
             self.shutting_down = true;
@@ -349,22 +346,19 @@ impl<S: Service> Loop<S> {
         }
     }
 
-    fn insert(&mut self, a: Adopt<S::State>) {
-        let Adopt { tcp, conn, mut state } = a;
+    fn insert(&mut self, a: Adopt<S::Init>) {
+        let Adopt { tcp, conn, init } = a;
         let mut tcp = TcpStream::from_std(tcp);
         let slot = self.slab.vacant_entry();
         let t = slot.key();
         if let Err(e) = self.poll.registry().register(&mut tcp, Token(t), Interest::READABLE | Interest::WRITABLE) {
             tracing::warn!(error = %e, "cannot add a connection to the event loop");
-            let _ = self.service.on_closed(&mut state);
             self.live.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let wake = S::WAKES.then(|| Arc::new(ConnWake { notify: self.shared.notify.clone(), token: t, scheduled: AtomicBool::new(false) }));
-        if let Some(w) = &wake {
-            self.service.attach(&mut state, &Waker::from(w.clone()));
-        }
-        slot.insert(Entry { tcp, flags: 0, conn, state, wake });
+        let waker = S::WAKES.then(|| Waker::from(Arc::new(ConnWake { notify: self.shared.notify.clone(), token: t })));
+        let state = self.service.open(init, waker);
+        slot.insert(Entry { tcp, flags: 0, conn, state });
         if self.shutting_down {
             if let Some(ending) = self.service.on_shutdown(&mut self.slab[t].state) {
                 self.begin_ending(t, ending);
@@ -403,12 +397,15 @@ impl<S: Service> Loop<S> {
                 Err(err) => Err(err),
             }
         };
+        let mut drained = false;
         match result {
             Ok((0, _)) => e.conn.receive_eof(),
             Ok((_, full)) => {
                 if full {
                     // Maybe more waiting: read again next turn (after the others).
                     again(&mut self.again, e, t);
+                } else {
+                    drained = true;
                 }
             }
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -422,6 +419,13 @@ impl<S: Service> Loop<S> {
             }
         }
         self.process(t);
+        if drained {
+            if let Some(e) = self.slab.get_mut(t) {
+                // Nothing more to read for now: an idle connection keeps no
+                // receive buffer (only a partly received frame is kept).
+                e.conn.receiver().shrink_if_idle();
+            }
+        }
     }
 
     /// Read and throw away until the peer closes (the linger after a failure).

@@ -185,8 +185,11 @@ async fn handshake_then_loop(tcp: TcpStream, config: &Config, loops: &Loops) {
 pub(crate) struct EchoService;
 
 impl crate::driver::Service for EchoService {
+    type Init = ();
     type State = ();
     const WAKES: bool = false;
+
+    fn open(&self, (): (), _: Option<std::task::Waker>) {}
 
     fn on_message(&self, _: &mut (), conn: &mut tether_proto::Connection, msg: Message) -> Result<(), Ending> {
         if msg.is_data() {

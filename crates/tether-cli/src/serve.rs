@@ -50,7 +50,7 @@ struct App {
 
 /// What a connection holds while it is open: its slot and, unless its
 /// address is only known from a proxy header, its per-address count.
-struct Slot {
+pub(crate) struct Slot {
     permit: OwnedSemaphorePermit,
     ip: Option<IpGuard>,
 }
@@ -409,7 +409,7 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
     match accepted {
         Ok(ws) => {
             let (ws, room, slot) = match &app.loops {
-                Some(loops) => match crate::serve_loop::hand_off(loops, &app.hub, ws, room, slot) {
+                Some(loops) => match crate::serve_loop::hand_off(loops, ws, room, slot) {
                     Ok(()) => return,
                     Err(back) => back,
                 },

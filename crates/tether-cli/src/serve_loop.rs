@@ -46,11 +46,14 @@ impl<G> HubService<G> {
 }
 
 impl<G: Send + 'static> Service for HubService<G> {
+    /// tether.v1 or plain, the room, the guard.
+    type Init = (bool, String, G);
     type State = HubConn<G>;
     const WAKES: bool = true;
 
-    fn attach(&self, st: &mut HubConn<G>, waker: &Waker) {
-        st.waker = Some(waker.clone());
+    fn open(&self, (json, room, guard): (bool, String, G), waker: Option<Waker>) -> HubConn<G> {
+        let session = self.hub.open_session(json, ConnInfo { room });
+        HubConn { session: Some(session), waker, _guard: guard }
     }
 
     fn pump(&self, st: &mut HubConn<G>, conn: &mut Connection, high_water: usize) -> Result<(), Ending> {
@@ -110,7 +113,6 @@ impl<S> MaybeTcp for tokio_rustls::server::TlsStream<S> {
 /// it back (with its guard) for the tokio driver.
 pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, G: Send + 'static>(
     loops: &Driver<HubService<G>>,
-    hub: &Arc<Hub>,
     ws: WebSocket<Prefixed<S>>,
     room: String,
     guard: G,
@@ -133,7 +135,21 @@ pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrit
             return Ok(());
         }
     };
-    let session = hub.open_session(json, ConnInfo { room });
-    loops.adopt(tcp, conn, HubConn { session: Some(session), waker: None, _guard: guard });
+    loops.adopt(tcp, conn, (json, room, guard));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle `tether serve` connection on a loop, inline: the slab entry
+    /// (socket, protocol state, session, waker, admission slot). Its heap
+    /// is pinned by tether-hub's tests/sizes.rs.
+    #[test]
+    fn an_idle_hub_connection_is_one_small_slab_entry() {
+        let size = std::mem::size_of::<crate::driver::Entry<HubConn<crate::serve::Slot>>>();
+        println!("tether serve slab entry: {size} bytes");
+        assert!(size <= 512, "a tether serve connection's slab entry grew to {size} bytes");
+    }
 }

@@ -18,7 +18,9 @@ struct Sub {
     conn: Arc<ConnShared>,
     /// Live messages held back while the broker answers the subscription
     /// (its starting point and any replay): `Some` until then.
-    pending: Option<VecDeque<Published>>,
+    /// Boxed: a subscriber entry lives as long as the subscription, the
+    /// held messages only until the broker answers.
+    pending: Option<Box<VecDeque<Published>>>,
     /// Position of the last message queued to this subscriber: what lets
     /// delivery skip what a replay already sent and notice any gap.
     epoch: Option<Arc<str>>,
@@ -154,6 +156,12 @@ impl Hub {
     }
 
     /// A topic's subscribers, if it has any here.
+    /// The name of `name` as a shared string: the topic map's own key when
+    /// the topic has local subscribers (a room's name is not copied per client).
+    pub(crate) fn topic_name(&self, name: &str) -> Arc<str> {
+        lock(&self.topics).get_key_value(name).map_or_else(|| Arc::from(name), |(k, _)| k.clone())
+    }
+
     fn topic(&self, name: &str) -> Option<TopicSubs> {
         lock(&self.topics).get(name).cloned()
     }
@@ -191,7 +199,7 @@ impl Hub {
         {
             let mut topics = lock(&self.topics);
             let mut subs = lock(topics.entry(topic.clone()).or_default());
-            let sub = Sub { conn: conn.clone(), pending: Some(VecDeque::new()), epoch: None, last: 0, announced: false };
+            let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false };
             subs.insert(conn.id, sub);
             if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session, subs.len()));
@@ -442,6 +450,7 @@ impl Hub {
         self.ping_token.store(token, Ordering::Release);
         let conns: Vec<Arc<ConnShared>> = lock(&self.conns).values().cloned().collect();
         for conn in conns {
+            conn.shrink_if_empty();
             let flags = conn.flags.fetch_and(!flag::PROGRESS, Ordering::AcqRel);
             if flags & flag::PROGRESS != 0 {
                 conn.stalled_rounds.store(0, Ordering::Relaxed);

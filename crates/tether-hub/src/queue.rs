@@ -72,6 +72,11 @@ impl Frames {
     }
 
     fn push(&mut self, frame: EncodedFrame, reply: bool) {
+        if self.items.capacity() == 0 {
+            // Room for one: most of the time one frame waits at a time,
+            // and an idle connection keeps this (VecDeque would take four).
+            self.items.reserve_exact(1);
+        }
         self.bytes += frame.len();
         if reply {
             self.replies += 1;
@@ -227,11 +232,22 @@ impl ConnShared {
                 self.replies_over.store(false, Ordering::Release);
             }
         }
-        if q.items.is_empty() && q.items.capacity() > 16 {
-            // Give memory back after a burst.
+        if q.items.is_empty() && (q.items.capacity() > 16 || item.reply) {
+            // Give memory back after a burst, and after a reply (the
+            // welcome, acks): a connection that goes idle holds no queue.
+            // Broadcasts in a steady flow keep their one slot.
             q.items = VecDeque::new();
         }
         Some(item.frame)
+    }
+
+    /// Give the queue's buffer back if nothing waits in it (the heartbeat
+    /// does this for every connection: idle ones hold no queue memory).
+    pub fn shrink_if_empty(&self) {
+        let mut q = self.lock();
+        if q.items.is_empty() && q.items.capacity() > 0 {
+            q.items = VecDeque::new();
+        }
     }
 
     /// Whether any frame is queued.

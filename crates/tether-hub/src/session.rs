@@ -139,7 +139,7 @@ impl Hub {
     /// speaks `tether.v1`. Queues the welcome and joins the room.
     pub fn open_session(self: &Arc<Self>, json: bool, info: ConnInfo) -> Session {
         let conn = self.register(json);
-        let room: Arc<str> = Arc::from(info.room.as_str());
+        let room = self.topic_name(&info.room);
         let welcome = if json {
             envelope::welcome(&conn.session, &room)
         } else {

@@ -1,7 +1,46 @@
-//! Per-connection footprint: the future that runs each connection lives as
-//! long as the connection, so its size is memory per idle client.
+//! Per-connection footprint, measured structurally (no RSS, no timing):
+//! the future that runs each connection on tokio lives as long as the
+//! connection, and so do a session's state and heap on the event loop.
+
+// A counting global allocator needs `unsafe impl GlobalAlloc`.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::Arc;
-use tether_hub::{ConnInfo, Hub, HubConfig, MemoryBroker};
+use tether_hub::{ConnInfo, Hub, HubConfig, MemoryBroker, Session};
+use tether_proto::{Config, Connection, Role};
+
+thread_local! {
+    /// Bytes allocated minus bytes freed on this thread.
+    static LIVE: Cell<i64> = const { Cell::new(0) };
+}
+
+fn add(n: i64) {
+    let _ = LIVE.try_with(|c| c.set(c.get() + n));
+}
+
+struct Counting;
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counter is a const-initialised thread-local, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        add(layout.size() as i64);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        add(-(layout.size() as i64));
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        add(new_size as i64 - layout.size() as i64);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 #[tokio::test]
 async fn connection_future_stays_small() {
@@ -12,4 +51,36 @@ async fn connection_future_stays_small() {
     let size = std::mem::size_of_val(&fut);
     println!("run_connection future: {size} bytes");
     assert!(size <= 1024, "run_connection future grew to {size} bytes");
+}
+
+/// What an idle client of `tether serve` costs beside its socket: the
+/// session and its protocol state (inline, as an event loop keeps them)
+/// and everything they hold on the heap (the shared queue, the session id,
+/// the hub's maps, the room's subscriber entry), once the welcome is sent.
+#[tokio::test]
+async fn an_idle_session_and_its_connection_stay_small() {
+    const N: usize = 2000;
+    let hub = Hub::new(HubConfig::default(), Arc::new(MemoryBroker::new()));
+    // The room exists before (its topic entry is not per connection).
+    let mut keep = vec![idle(&hub)];
+    let before = LIVE.with(Cell::get);
+    keep.reserve_exact(N);
+    for _ in 0..N {
+        keep.push(idle(&hub));
+    }
+    let per = (LIVE.with(Cell::get) - before) as usize / N;
+    let inline = std::mem::size_of::<(Session, Connection)>();
+    println!("idle session: {per} bytes each ({inline} inline: Session {}, Connection {})", std::mem::size_of::<Session>(), std::mem::size_of::<Connection>());
+    assert!(inline <= 384, "a session and its connection grew to {inline} bytes inline");
+    assert!(per <= 768, "an idle session costs {per} bytes (at most 768 for tether serve)");
+    assert_eq!(hub.connection_count(), N + 1);
+}
+
+fn idle(hub: &Arc<Hub>) -> (Session, Connection) {
+    let mut session = hub.open_session(false, ConnInfo { room: "/room".into() });
+    let mut conn = Connection::new(Role::Server, Config::default());
+    session.pump(hub, &mut conn, 128 * 1024).unwrap();
+    assert!(!conn.take_data_to_send().is_empty(), "the welcome was queued");
+    conn.shrink_if_idle();
+    (session, conn)
 }
