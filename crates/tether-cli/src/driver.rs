@@ -101,6 +101,8 @@ const LARGE_READ: usize = 64 * 1024;
 const MAX_IOVECS: usize = 64;
 /// How often deadlines of closing connections are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// How often connections that went quiet give their buffers back.
+const SWEEP: Duration = Duration::from_secs(1);
 /// The token of the loop's waker (connections use slab indices).
 const WAKER: Token = Token(usize::MAX);
 
@@ -118,6 +120,10 @@ mod flag {
     /// Our write side is shut after a protocol error: reads are discarded
     /// until the peer closes, so the close frame is not lost to a reset.
     pub const LINGER: u8 = 32;
+    /// In the `recent` list: read or written lately, buffers kept.
+    pub const RECENT: u8 = 64;
+    /// Read or written since the last sweep.
+    pub const ACTIVE: u8 = 128;
 }
 
 /// One connection: what an idle client costs the loop.
@@ -199,6 +205,7 @@ impl<S: Service> Driver<S> {
                 again: Vec::new(),
                 dirty: Vec::new(),
                 closing: Vec::new(),
+                recent: Vec::new(),
                 buf: vec![0; READ_BUF].into_boxed_slice(),
                 service: service.clone(),
                 shared: shared.clone(),
@@ -251,6 +258,11 @@ struct Loop<S: Service> {
     dirty: Vec<usize>,
     /// Connections whose ending is in progress, with the time to give up.
     closing: Vec<(usize, Instant)>,
+    /// Connections that moved data lately: their buffers (the receiver's,
+    /// the sender's) are kept while they stay busy, so a steady flow does
+    /// not allocate and free them for every message, and released at the
+    /// first sweep that finds them quiet: an idle connection holds none.
+    recent: Vec<usize>,
     buf: Box<[u8]>,
     service: Arc<S>,
     shared: Arc<Shared<S::Init>>,
@@ -263,11 +275,14 @@ impl<S: Service> Loop<S> {
     fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
+        let mut next_sweep = Instant::now() + SWEEP;
         loop {
             let timeout = if !self.again.is_empty() || !self.dirty.is_empty() {
                 Some(Duration::ZERO)
             } else if !self.closing.is_empty() {
                 Some(next_tick.saturating_duration_since(Instant::now()))
+            } else if !self.recent.is_empty() {
+                Some(next_sweep.saturating_duration_since(Instant::now()))
             } else {
                 None
             };
@@ -309,11 +324,15 @@ impl<S: Service> Loop<S> {
                     self.flush(t);
                 }
             }
-            if !self.closing.is_empty() {
+            if !self.closing.is_empty() || !self.recent.is_empty() {
                 let now = Instant::now();
                 if now >= next_tick {
                     next_tick = now + TICK;
                     self.tick(now);
+                }
+                if now >= next_sweep {
+                    next_sweep = now + SWEEP;
+                    self.sweep();
                 }
             }
         }
@@ -397,16 +416,14 @@ impl<S: Service> Loop<S> {
                 Err(err) => Err(err),
             }
         };
-        let mut drained = false;
         match result {
             Ok((0, _)) => e.conn.receive_eof(),
             Ok((_, full)) => {
                 if full {
                     // Maybe more waiting: read again next turn (after the others).
                     again(&mut self.again, e, t);
-                } else {
-                    drained = true;
                 }
+                active(&mut self.recent, e, t);
             }
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {
@@ -419,13 +436,6 @@ impl<S: Service> Loop<S> {
             }
         }
         self.process(t);
-        if drained {
-            if let Some(e) = self.slab.get_mut(t) {
-                // Nothing more to read for now: an idle connection keeps no
-                // receive buffer (only a partly received frame is kept).
-                e.conn.receiver().shrink_if_idle();
-            }
-        }
     }
 
     /// Read and throw away until the peer closes (the linger after a failure).
@@ -552,9 +562,7 @@ impl<S: Service> Loop<S> {
                 Ok(0) => return self.remove(t),
                 Ok(n) => {
                     e.conn.consume_sent(n);
-                    if e.conn.pending_len() == 0 {
-                        e.conn.sender().shrink_if_idle();
-                    }
+                    active(&mut self.recent, e, t);
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                     e.flags |= flag::WRITE_BLOCKED;
@@ -587,25 +595,53 @@ impl<S: Service> Loop<S> {
         }
     }
 
+    /// Connections that were quiet since the last sweep give their empty
+    /// buffers back (only a partly received frame or unsent bytes are kept).
+    fn sweep(&mut self) {
+        let slab = &mut self.slab;
+        self.recent.retain(|&t| {
+            let Some(e) = slab.get_mut(t) else { return false };
+            if e.flags & flag::ACTIVE != 0 {
+                e.flags &= !flag::ACTIVE;
+                return true;
+            }
+            e.flags &= !flag::RECENT;
+            e.conn.shrink_if_idle();
+            false
+        });
+    }
+
     /// Give up on connections whose ending took too long.
     fn tick(&mut self, now: Instant) {
-        let expired: Vec<usize> = self.closing.iter().filter(|(_, at)| now >= *at).map(|(t, _)| *t).collect();
+        let mut expired = Vec::new();
+        self.closing.retain(|&(t, at)| {
+            if now >= at {
+                expired.push(t);
+            }
+            now < at
+        });
         for t in expired {
             if let Some(e) = self.slab.get_mut(t) {
-                e.conn.handle_timeout(now);
+                // An index reused by a connection that is not ending is
+                // not this deadline's.
+                if e.flags & flag::ENDED != 0 {
+                    e.conn.handle_timeout(now);
+                    self.remove(t);
+                }
             }
-            self.remove(t);
         }
     }
 
     /// Drop connection `t` (the socket closes; the service hears of it if
     /// it did not end it).
     fn remove(&mut self, t: usize) {
+        // Its index may stay in `recent` or `closing` (a removal does not
+        // search them): a sweep of a reused index only shrinks idle
+        // buffers, and a deadline applies only to a connection that is
+        // ending (see `tick`).
         let Some(mut e) = self.slab.try_remove(t) else { return };
         if e.flags & flag::ENDED == 0 {
             let _ = self.service.on_closed(&mut e.state);
-        } else {
-            self.closing.retain(|(c, _)| *c != t);
         }
         // Closing the descriptor (dropping `e`) removes it from epoll.
         self.live.fetch_sub(1, Ordering::Relaxed);
@@ -616,6 +652,14 @@ fn mark<St>(dirty: &mut Vec<usize>, e: &mut Entry<St>, t: usize) {
     if e.flags & flag::DIRTY == 0 {
         e.flags |= flag::DIRTY;
         dirty.push(t);
+    }
+}
+
+fn active<St>(recent: &mut Vec<usize>, e: &mut Entry<St>, t: usize) {
+    e.flags |= flag::ACTIVE;
+    if e.flags & flag::RECENT == 0 {
+        e.flags |= flag::RECENT;
+        recent.push(t);
     }
 }
 

@@ -62,7 +62,7 @@ impl Hub {
                 }
             })
             .await;
-            let id: Box<str> = session.id().into();
+            let id = session.id();
             let ending = self.end_session(session, end);
             Box::pin(finish(&mut ws, &id, ending)).await;
         }

@@ -177,7 +177,7 @@ impl Hub {
         // Process-wide, so sessions stay unique even with several hubs in one process.
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(ConnShared::new(id, format!("{}-{id}", crate::broker::node_id()), json));
+        let conn = Arc::new(ConnShared::new(id, json));
         lock(&self.conns).insert(id, conn.clone());
         self.metrics.connections.fetch_add(1, Ordering::Relaxed);
         Metrics::add(&self.metrics.connections_total, 1);
@@ -202,7 +202,7 @@ impl Hub {
             let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false };
             subs.insert(conn.id, sub);
             if !self.shares_presence {
-                let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session, subs.len()));
+                let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session(), subs.len()));
                 for sub in subs.values().filter(|s| s.conn.json) {
                     self.notify(&sub.conn, frame.clone());
                 }
@@ -225,7 +225,7 @@ impl Hub {
             if count == 0 {
                 topics.remove(topic);
             } else if !self.shares_presence {
-                let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session, count));
+                let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session(), count));
                 for sub in subs.values().filter(|s| s.conn.json) {
                     self.notify(&sub.conn, frame.clone());
                 }
@@ -233,7 +233,7 @@ impl Hub {
             (sub.announced, count)
         };
         if announced {
-            self.broker.presence(PresenceChange { topic: topic.clone(), session: Arc::from(&*conn.session), joined: false, local_count: count });
+            self.broker.presence(PresenceChange { topic: topic.clone(), session: Arc::from(&*conn.session()), joined: false, local_count: count });
         }
         self.broker.unsubscribe(topic);
         true
@@ -379,7 +379,7 @@ impl Hub {
             self.shares_presence.then_some((conn, count))
         };
         if let Some((conn, local_count)) = announce {
-            self.broker.presence(PresenceChange { topic: request.topic, session: Arc::from(&*conn.session), joined: true, local_count });
+            self.broker.presence(PresenceChange { topic: request.topic, session: Arc::from(&*conn.session()), joined: true, local_count });
         }
     }
 

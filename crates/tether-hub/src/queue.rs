@@ -89,7 +89,6 @@ impl Frames {
 /// One connection as seen by the rest of the hub.
 pub(crate) struct ConnShared {
     pub id: u64,
-    pub session: Box<str>,
     pub json: bool,
     queue: Mutex<Frames>,
     pub waker: AtomicWaker,
@@ -116,10 +115,9 @@ pub(crate) enum Pushed {
 }
 
 impl ConnShared {
-    pub fn new(id: u64, session: String, json: bool) -> Self {
+    pub fn new(id: u64, json: bool) -> Self {
         ConnShared {
             id,
-            session: session.into_boxed_str(),
             json,
             queue: Mutex::new(Frames::default()),
             waker: AtomicWaker::new(),
@@ -128,6 +126,12 @@ impl ConnShared {
             replies_over: AtomicBool::new(false),
             dropped_unreported: AtomicU64::new(0),
         }
+    }
+
+    /// The session id, `<node id>-<n>`: made when asked (logs, presence,
+    /// the sender of a publish), not kept by every idle connection.
+    pub fn session(&self) -> String {
+        format!("{}-{}", crate::broker::node_id(), self.id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Frames> {
@@ -274,7 +278,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_keeps_the_newest_within_bounds() {
-        let c = ConnShared::new(1, "s".into(), false);
+        let c = ConnShared::new(1, false);
         for i in 0..10 {
             c.push(EncodedFrame::text(&format!("{i}")), 4, 1 << 20, SlowConsumerPolicy::DropOldest);
         }
@@ -285,7 +289,7 @@ mod tests {
 
     #[test]
     fn byte_bound_applies() {
-        let c = ConnShared::new(1, "s".into(), false);
+        let c = ConnShared::new(1, false);
         let big = "x".repeat(1000);
         for _ in 0..10 {
             c.push(EncodedFrame::text(&big), 1000, 3500, SlowConsumerPolicy::DropOldest);
@@ -296,7 +300,7 @@ mod tests {
 
     #[test]
     fn close_policy_flags_the_connection() {
-        let c = ConnShared::new(1, "s".into(), false);
+        let c = ConnShared::new(1, false);
         assert_eq!(c.push(EncodedFrame::text("a"), 1, 100, SlowConsumerPolicy::Close(1013)), Pushed::Queued);
         assert_eq!(c.push(EncodedFrame::text("b"), 1, 100, SlowConsumerPolicy::Close(1013)), Pushed::Closing);
         assert!(c.has(flag::SLOW_CLOSE));
@@ -305,7 +309,7 @@ mod tests {
 
     #[test]
     fn replies_count_against_the_bounds_and_are_never_dropped() {
-        let c = ConnShared::new(1, "s".into(), false);
+        let c = ConnShared::new(1, false);
         let policy = SlowConsumerPolicy::DropOldest;
         for i in 0..4 {
             c.push(EncodedFrame::text(&format!("m{i}")), 4, 1 << 20, policy);
@@ -327,7 +331,7 @@ mod tests {
 
     #[test]
     fn reply_bytes_pause_reading_at_half_the_byte_bound() {
-        let c = ConnShared::new(1, "s".into(), false);
+        let c = ConnShared::new(1, false);
         let policy = SlowConsumerPolicy::DropOldest;
         let big = "x".repeat(600);
         c.push_reply(EncodedFrame::text(&big), 100, 2000, policy);

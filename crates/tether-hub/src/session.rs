@@ -130,7 +130,7 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("session", &self.conn.session).field("room", &self.room).finish()
+        f.debug_struct("Session").field("session", &self.conn.session()).field("room", &self.room).finish()
     }
 }
 
@@ -141,13 +141,13 @@ impl Hub {
         let conn = self.register(json);
         let room = self.topic_name(&info.room);
         let welcome = if json {
-            envelope::welcome(&conn.session, &room)
+            envelope::welcome(&conn.session(), &room)
         } else {
-            self.config.welcome.replace("{session}", &conn.session).replace("{room}", &room)
+            self.config.welcome.replace("{session}", &conn.session()).replace("{room}", &room)
         };
         self.reply(&conn, EncodedFrame::text(&welcome));
         self.subscribe(&conn, &room, None, None);
-        tracing::debug!(session = %conn.session, room = ?room, json, "connected");
+        tracing::debug!(session = %conn.session(), room = ?room, json, "connected");
         let topics = vec![room.clone()];
         Session { conn, room, topics, limiter: Limiter::default(), last_pending: 0 }
     }
@@ -161,17 +161,17 @@ impl Hub {
             End::Closed => Ending::Finish { within: Duration::from_secs(2) },
             End::Terminated => {
                 Metrics::add(&self.metrics.terminated_connections, 1);
-                tracing::info!(session = %conn.session, "terminated: no answer to the previous heartbeat ping");
+                tracing::info!(session = %conn.session(), "terminated: no answer to the previous heartbeat ping");
                 Ending::Abort
             }
             End::Stalled => {
                 Metrics::add(&self.metrics.write_stall_closes, 1);
-                tracing::info!(session = %conn.session, timeout = ?self.config.write_stall_timeout, "dropped: nothing could be written to it for the write-stall timeout");
+                tracing::info!(session = %conn.session(), timeout = ?self.config.write_stall_timeout, "dropped: nothing could be written to it for the write-stall timeout");
                 Ending::Abort
             }
             End::RateLimited => {
                 Metrics::add(&self.metrics.rate_limit_closes, 1);
-                tracing::info!(session = %conn.session, "closing a client that kept exceeding its rate limit");
+                tracing::info!(session = %conn.session(), "closing a client that kept exceeding its rate limit");
                 Ending::Close { code: CloseCode::POLICY_VIOLATION.0, reason: "rate limit exceeded", within: Duration::from_secs(2) }
             }
             End::Slow => {
@@ -180,7 +180,7 @@ impl Hub {
                     SlowConsumerPolicy::Close(code) => code,
                     SlowConsumerPolicy::DropOldest => CloseCode::TRY_AGAIN_LATER.0,
                 };
-                tracing::info!(session = %conn.session, code, "closing a client that fell behind");
+                tracing::info!(session = %conn.session(), code, "closing a client that fell behind");
                 Ending::Close { code, reason: "too slow: outbound queue full", within: Duration::from_secs(2) }
             }
             End::Shutdown => Ending::Close { code: CloseCode::GOING_AWAY.0, reason: "server shutting down", within: Duration::from_secs(3) },
@@ -190,8 +190,8 @@ impl Hub {
 
 impl Session {
     /// The session id (`<node id>-<n>`).
-    pub fn id(&self) -> &str {
-        &self.conn.session
+    pub fn id(&self) -> String {
+        self.conn.session()
     }
 
     /// What wakes this connection's driver when a frame is queued or a flag
@@ -401,7 +401,7 @@ impl Hub {
     fn publish(&self, conn: &Arc<ConnShared>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>) {
         Metrics::add(&self.metrics.broadcasts, 1);
         let ack_id = id.clone();
-        let msg = Publish { topic, sender: Arc::from(&*conn.session), timestamp_ms: now_ms(), body, origin: Origin { conn: conn.id, id } };
+        let msg = Publish { topic, sender: Arc::from(&*conn.session()), timestamp_ms: now_ms(), body, origin: Origin { conn: conn.id, id } };
         if let Err(e) = self.broker.publish(msg) {
             self.reply_error(conn, "unavailable", &format!("message not published: {e}"), ack_id.as_ref());
         }
