@@ -475,7 +475,11 @@ impl<S: Service> Loop<S> {
             match e.conn.next_event() {
                 Ok(Some(Event::Message(msg))) => {
                     if !ended {
-                        if let Err(end) = self.service.on_message(&mut e.state, &mut e.conn, msg) {
+                        // As the tokio driver does between messages: what
+                        // the message queued (replies, errors) moves to the
+                        // socket before the next message is handled.
+                        let result = self.service.on_message(&mut e.state, &mut e.conn, msg).and_then(|()| self.service.pump(&mut e.state, &mut e.conn, self.high_water));
+                        if let Err(end) = result {
                             ending = Some(end);
                         }
                     }
