@@ -46,6 +46,7 @@ mod broker;
 mod config;
 mod conn;
 mod hub;
+mod keyed;
 mod limit;
 mod memory;
 mod metrics;
