@@ -55,6 +55,9 @@ pub struct HubConfig {
     /// make delta patches for `"delta":"merge-patch"` subscriptions; past
     /// it, messages go in full. Default 64 MiB.
     pub delta_cache_bytes: usize,
+    /// How often each `$room:` topic publishes its batched player states
+    /// ([`crate::room`]). Default 50 ms (20 ticks a second).
+    pub room_tick: Duration,
 }
 
 impl Default for HubConfig {
@@ -70,6 +73,7 @@ impl Default for HubConfig {
             subscribe_rate: RateLimit { per_second: 20, burst: 256 },
             conflate_prefixes: Vec::new(),
             delta_cache_bytes: 64 << 20,
+            room_tick: Duration::from_millis(50),
         }
     }
 }

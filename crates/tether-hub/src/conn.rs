@@ -292,6 +292,10 @@ impl Hub {
                     }
                     return ControlFlow::Continue(());
                 }
+                if let Err(why) = self.may_subscribe(room, &topic) {
+                    self.reply_error(conn, "forbidden", &why, id.as_ref());
+                    return ControlFlow::Continue(());
+                }
                 if topics.len() >= MAX_SUBSCRIPTIONS {
                     self.reply_error(conn, "too_many_subscriptions", &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), id.as_ref());
                     return ControlFlow::Continue(());
@@ -340,6 +344,9 @@ impl Hub {
     }
 
     fn publish_keyed(&self, conn: &Arc<ConnShared>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>, key: Option<Arc<str>>) {
+        if self.intercept_publish(conn, &topic, &body, id.as_ref()) {
+            return;
+        }
         Metrics::add(&self.metrics.broadcasts, 1);
         let ack_id = id.clone();
         let msg = Publish { topic, sender: Arc::from(&*conn.session), timestamp_ms: now_ms(), body, key, origin: Origin { conn: conn.id, id } };

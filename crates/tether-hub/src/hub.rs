@@ -85,6 +85,8 @@ pub struct Hub {
     stall_rounds: u8,
     /// Bytes of previous contents kept for delta patches, over all topics.
     delta_bytes: AtomicUsize,
+    /// `$room:` topics: the latest state per player, published once per tick.
+    pub(crate) rooms: crate::room::Rooms,
 }
 
 struct Sink(Weak<Hub>);
@@ -146,11 +148,13 @@ impl Hub {
             ping_token: AtomicU64::new(0),
             stall_rounds,
             delta_bytes: AtomicUsize::new(0),
+            rooms: crate::room::Rooms::default(),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
         let weak = Arc::downgrade(&hub);
         let interval = hub.config.heartbeat_interval;
         tokio::spawn(async move { heartbeat(weak, interval).await });
+        tokio::spawn(crate::room::tick_loop(Arc::downgrade(&hub), hub.config.room_tick.max(Duration::from_millis(1))));
         hub
     }
 
@@ -177,6 +181,11 @@ impl Hub {
     /// Topics with at least one local subscriber.
     pub fn topic_count(&self) -> usize {
         lock(&self.topics).len()
+    }
+
+    /// Whether connection `conn` subscribes to `topic` here.
+    pub(crate) fn is_subscribed(&self, conn: u64, topic: &str) -> bool {
+        self.topic(topic).is_some_and(|subs| lock(&subs).contains_key(&conn))
     }
 
     /// A topic's subscribers, if it has any here.
@@ -237,6 +246,9 @@ impl Hub {
         if resume.is_some() {
             Metrics::add(&self.metrics.resumes, 1);
         }
+        if crate::room::is_room(topic) {
+            self.rooms.joined(topic);
+        }
         // Not under the hub lock: the broker may answer right away.
         self.broker.subscribe(SubscribeRequest { conn: conn.id, topic: topic.clone(), resume, id });
     }
@@ -265,6 +277,9 @@ impl Hub {
             }
             (sub.announced, count)
         };
+        if crate::room::is_room(topic) {
+            self.rooms.left(topic, &conn.session);
+        }
         if announced {
             self.broker.presence(PresenceChange { topic: topic.clone(), session: Arc::from(&*conn.session), joined: false, local_count: count });
         }

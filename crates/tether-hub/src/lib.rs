@@ -51,7 +51,9 @@ mod limit;
 mod memory;
 mod metrics;
 mod queue;
+pub mod room;
 mod serve;
+pub mod system;
 #[cfg(feature = "redis")]
 mod redis_broker;
 

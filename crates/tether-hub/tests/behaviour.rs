@@ -391,3 +391,98 @@ async fn delta_patches_reconstruct_every_message_including_after_a_resume() {
     assert_eq!(next_json(&mut full).await["content"], quote("TTR", 99));
     assert!(hub.metrics().delta_patches.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
+
+/// Frames a watcher of `$room:arena` receives while `players` players each
+/// send 10 positions per tick for 10 ticks, and the last frame it got.
+async fn room_frames(players: usize) -> (usize, Value, u64) {
+    let tick = Duration::from_millis(50);
+    let hub = hub(HubConfig { room_tick: tick, message_rate: RateLimit::OFF, ..HubConfig::default() });
+    let mut watcher = join(&hub, "/w", true).await;
+    send(&mut watcher, json!({"type": "subscribe", "topic": "$room:arena", "id": 0})).await;
+    assert_eq!(next_json(&mut watcher).await["type"], "ack");
+    let mut ps = Vec::new();
+    for i in 0..players {
+        let mut p = join(&hub, "/p", true).await;
+        send(&mut p, json!({"type": "subscribe", "topic": "$room:arena", "id": i})).await;
+        assert_eq!(next_json(&mut p).await["type"], "ack");
+        ps.push(p);
+    }
+    let start = tokio::time::Instant::now();
+    for round in 0..10u64 {
+        for (i, p) in ps.iter_mut().enumerate() {
+            for step in 0..10u64 {
+                send(p, json!({"type": "publish", "topic": "$room:arena", "content": {"x": round * 10 + step, "y": i}})).await;
+            }
+        }
+        tokio::time::sleep(tick).await;
+    }
+    tokio::time::sleep(tick * 2).await;
+    let ticks = (tokio::time::Instant::now() - start).as_millis() as u64 / 50 + 1;
+    let mut frames = 0;
+    let mut last = Value::Null;
+    loop {
+        let m = match timeout(Duration::from_secs(1), next_json(&mut watcher)).await {
+            Ok(m) => m,
+            Err(_) => break,
+        };
+        if m["type"] == "message" {
+            frames += 1;
+            last = m["content"].clone();
+        }
+    }
+    (frames, last, ticks)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_sends_one_frame_per_tick_whatever_the_number_of_players() {
+    for players in [1, 8] {
+        let (frames, last, ticks) = room_frames(players).await;
+        assert!(frames as u64 <= ticks, "{players} players: {frames} frames in {ticks} ticks (one per tick at most), for {} updates", players * 100);
+        assert!(frames >= 5, "frames kept coming: {frames}");
+        let positions = last["players"].as_object().expect("players").clone();
+        assert_eq!(positions.len(), players, "{last}");
+        assert!(positions.values().all(|p| p["x"] == 99), "the latest state of every player: {last}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn system_topics_are_reserved_and_only_for_system_rooms() {
+    let hub = hub(HubConfig::default());
+    hub.start_stats(Duration::from_secs(1));
+    let mut user = join(&hub, "/lobby", true).await;
+    send(&mut user, json!({"type": "publish", "topic": "$sys:stats", "content": {"connections": 1e9}, "id": 1})).await;
+    assert_eq!(next_json(&mut user).await["code"], "reserved_topic");
+    send(&mut user, json!({"type": "subscribe", "topic": "$sys:stats", "id": 2})).await;
+    assert_eq!(next_json(&mut user).await["code"], "forbidden");
+    let mut admin = join(&hub, "/$sys/dashboard", true).await;
+    send(&mut admin, json!({"type": "subscribe", "topic": "$sys:stats", "delta": "merge-patch", "id": 3})).await;
+    assert_eq!(next_json(&mut admin).await["type"], "ack");
+    let m = loop {
+        let m = next_json(&mut admin).await;
+        if m["type"] == "message" {
+            break m;
+        }
+    };
+    assert_eq!(m["content"]["connections"], 2);
+    assert_eq!(m["key"], m["content"]["node"]);
+    // Leaving a room removes the player from the next frame.
+    let mut a = join(&hub, "/a", true).await;
+    let mut b = join(&hub, "/b", true).await;
+    for (i, p) in [&mut a, &mut b].into_iter().enumerate() {
+        send(p, json!({"type": "subscribe", "topic": "$room:r", "id": i})).await;
+        next_json(p).await;
+        send(p, json!({"type": "publish", "topic": "$room:r", "content": {"x": i}, "id": "m"})).await;
+        assert_eq!(next_json(p).await["type"], "ack");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut last = Value::Null;
+    while let Ok(m) = timeout(Duration::from_millis(500), next_json(&mut a)).await {
+        if m["type"] == "message" {
+            last = m["content"].clone();
+        }
+    }
+    let players: Vec<Value> = last["players"].as_object().expect("a frame").values().cloned().collect();
+    assert_eq!(players, vec![json!({"x": 0})], "only a is left: {last}");
+}
