@@ -4,8 +4,10 @@
 mod admission;
 mod bench;
 mod connect;
+mod demo;
 mod echo;
 mod front;
+mod live;
 mod logging;
 mod serve;
 mod settings;
@@ -40,6 +42,9 @@ enum Command {
     /// stdin are sent, messages received are printed; --reconnect survives
     /// drops. Works at a terminal and in a pipe.
     Connect(connect::ConnectArgs),
+    /// Run a demo feed: `tether demo ticker` publishes stock quotes (keyed,
+    /// so conflated; read them with deltas at /ticker.html).
+    Demo(demo::DemoArgs),
     /// Print a shell completion script, e.g.
     /// `tether completions bash > ~/.local/share/bash-completion/completions/tether`.
     Completions {
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "tether", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
