@@ -4,10 +4,11 @@
 //
 // One publisher sends each quote twice: keyed (topic "keyed", key = symbol:
 // conflatable, patched per symbol) and unkeyed (topic "plain"). Fast
-// subscribers read everything; slow ones read for 100 ms of every second.
+// subscribers read everything; slow ones stop reading while the feed runs,
+// then read what the server kept for them.
 //
 //   cargo build --release -p tether-cli && (cd bench/node && npm ci)
-//   node bench/node/ticker.js [--symbols 50] [--rate 1000] [--seconds 20]
+//   node bench/node/ticker.js [--symbols 500] [--rate 3000] [--seconds 15] [--queue 1024]
 "use strict";
 
 const { spawn } = require("node:child_process");
@@ -17,9 +18,9 @@ const path = require("node:path");
 const WebSocket = require("ws");
 
 const args = Object.fromEntries(process.argv.slice(2).join(" ").split("--").filter(Boolean).map((a) => a.trim().split(/\s+/)));
-const SYMBOLS = Number(args.symbols || 50);
-const RATE = Number(args.rate || 1000);
-const SECONDS = Number(args.seconds || 20);
+const SYMBOLS = Number(args.symbols || 500);
+const RATE = Number(args.rate || 3000);
+const SECONDS = Number(args.seconds || 15);
 const BIN = process.env.TETHER_BIN || path.join(__dirname, "../../target/release/tether");
 
 function freePort() {
@@ -74,13 +75,9 @@ function subscriber(url, name, topic, { delta = false, slow = false } = {}) {
     });
   });
   if (slow) {
-    // Read 100 ms of every second: the kernel buffers fill, then the server queue.
-    ws.on("open", () => {
-      s.timer = setInterval(() => {
-        ws._socket.pause();
-        setTimeout(() => ws._socket.resume(), 900);
-      }, 1000);
-    });
+    // Stop reading once subscribed (until the publishing ends): the kernel
+    // buffers fill, then the server's queue for this client.
+    s.ready.then(() => ws._socket.pause());
   }
   return s;
 }
@@ -88,7 +85,7 @@ function subscriber(url, name, topic, { delta = false, slow = false } = {}) {
 async function main() {
   const port = await freePort();
   const server = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`, "--message-rate", "0", "--subscribe-rate", "0",
-    "--queue-max-messages", "256", "--stats-interval", "0"], { stdio: ["ignore", "pipe", "inherit"] });
+    "--queue-max-messages", String(args.queue || 1024), "--stats-interval", "0"], { stdio: ["ignore", "pipe", "inherit"] });
   await new Promise((resolve) => server.stdout.on("data", (d) => String(d).includes("listening on") && resolve()));
   const url = `ws://127.0.0.1:${port}/bench`;
   const subs = [
@@ -127,7 +124,7 @@ async function main() {
   });
   const elapsed = (Date.now() - t0) / 1000;
   // Let everyone drain (slow readers read normally again).
-  for (const s of subs) { clearInterval(s.timer); s.ws._socket.resume(); }
+  for (const s of subs) s.ws._socket.resume();
   await new Promise((r) => setTimeout(r, 3000));
   const cpu = (cpuTicks(server.pid) - cpu0) / 100;
   const deliveries = subs.reduce((n, s) => n + s.messages, 0);
