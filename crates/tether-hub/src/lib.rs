@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # tether-hub
 //!
 //! The real-time server as a library, on top of the `tether` async WebSocket:
