@@ -8,49 +8,19 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
+import { BIN, freePort, startTether, stopServer, chromiumOptions } from "../support/tether-server.mjs";
 
-const BIN = process.env.TETHER_BIN || "target/release/tether";
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SHOTS = process.env.TETHER_SCREENSHOTS || "target/browser-screenshots";
 const UNLIMITED = ["--message-rate", "0", "--subscribe-rate", "0"];
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
 
 /** `tether ARGS... --listen 127.0.0.1:PORT`, resolved once it listens. */
 async function start(args) {
   const port = await freePort();
-  const child = spawn(BIN, [...args, "--listen", `127.0.0.1:${port}`], { stdio: ["ignore", "pipe", "inherit"] });
-  await new Promise((resolve, reject) => {
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-      if (out.includes("listening on")) resolve();
-    });
-    child.on("exit", (code) => reject(new Error(`tether ${args.join(" ")} exited with ${code}: ${out}`)));
-  });
+  const child = await startTether([...args, "--listen", `127.0.0.1:${port}`]);
   children.push(child);
   return { child, port, base: `http://127.0.0.1:${port}` };
-}
-
-function stop(child) {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
-    child.removeAllListeners("exit");
-    child.on("exit", () => resolve());
-    child.kill("SIGKILL");
-  });
 }
 
 /** Poll `fn` (in Node) until it returns a truthy value; fail after `ms`. */
@@ -80,16 +50,12 @@ const children = [];
 
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
-  });
+  browser = await chromium.launch(chromiumOptions(["--disable-quic", "--disable-background-networking", "--disable-component-update", "--disable-sync"]));
 });
 
 after(async () => {
   if (browser) await browser.close();
-  await Promise.all(children.map(stop));
+  await Promise.all(children.map((c) => stopServer(c)));
 });
 
 async function open(url) {

@@ -8,37 +8,18 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import WebSocket from "ws";
 import jsonMergePatch from "json-merge-patch";
 import TetherClient, { mergePatch } from "tether-client";
-
-const BIN = process.env.TETHER_BIN || "../../target/release/tether";
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
+import { freePort, startServer, stopServer } from "../support/tether-server.mjs";
 
 let server;
 let port;
 before(async () => {
   port = await freePort();
-  server = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`, "--message-rate", "0", "--subscribe-rate", "0"], { stdio: ["ignore", "pipe", "inherit"] });
-  await new Promise((resolve, reject) => {
-    let out = "";
-    server.stdout.on("data", (d) => { out += d; if (out.includes("listening on")) resolve(); });
-    server.on("exit", (code) => reject(new Error(`tether serve exited with ${code}: ${out}`)));
-  });
+  server = await startServer(port, ["--message-rate", "0", "--subscribe-rate", "0"]);
 });
-after(() => { server.removeAllListeners("exit"); server.kill("SIGKILL"); });
+after(() => stopServer(server));
 
 function next(client, event, pred = () => true, ms = 10000) {
   return new Promise((resolve, reject) => {
