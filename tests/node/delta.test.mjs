@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import WebSocket from "ws";
 import jsonMergePatch from "json-merge-patch";
 import TetherClient, { mergePatch } from "tether-client";
-import { freePort, startServer, stopServer } from "../support/tether-server.mjs";
+import { freePort, startServer, stopServer, next } from "../support/tether-server.mjs";
 
 let server;
 let port;
@@ -20,19 +20,6 @@ before(async () => {
   server = await startServer(port, ["--message-rate", "0", "--subscribe-rate", "0"]);
 });
 after(() => stopServer(server));
-
-function next(client, event, pred = () => true, ms = 10000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
-    const fn = (payload) => {
-      if (!pred(payload)) return;
-      clearTimeout(timer);
-      client.off(event, fn);
-      resolve(payload);
-    };
-    client.on(event, fn);
-  });
-}
 
 function quote(symbol, i) {
   return { symbol, name: `${symbol} Holdings Incorporated`, price: 100 + (i % 7) / 4, volume: 1000 + i, book: { bid: 99 + (i % 5), depth: [i % 3, 2] }, note: i % 4 === 0 ? null : "open" };

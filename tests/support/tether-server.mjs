@@ -66,3 +66,17 @@ export function stopServer(child, signal = "SIGKILL") {
 export function chromiumOptions(args = []) {
   return { executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-gpu", "--no-first-run", ...args] };
 }
+
+/** Resolves with the first `event` payload of a TetherClient that satisfies `pred`. */
+export function next(client, event, pred = () => true, ms = 10000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+    const fn = (payload) => {
+      if (!pred(payload)) return;
+      clearTimeout(timer);
+      client.off(event, fn);
+      resolve(payload);
+    };
+    client.on(event, fn);
+  });
+}
