@@ -369,7 +369,8 @@ mod tests {
         assert_eq!((joined, session.as_str(), count), (false, "s-2", 3));
         assert!(decode_event(b"m\nabc\nnot-a-number").is_none());
         // A conflation key rides after the kind.
-        let (kind, bytes) = encode_body(&Body::Text(Arc::from("42")), Some("AAPL:x"));
+        let body = Body::Text(Arc::from("42"));
+        let (kind, bytes) = encode_body(&body, Some("AAPL:x"));
         let payload = [b"m\nabc\n8\ns-1\n123\n".as_slice(), kind.as_bytes(), b"\n", bytes].concat();
         let Some(Event::Message { key, body: Body::Text(t), .. }) = decode_event(&payload) else { panic!("not a message") };
         assert_eq!((key.as_deref(), &*t), (Some("AAPL:x"), "42"));
