@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{metric, Server};
+use common::{metric, Redis, Server};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -134,4 +134,40 @@ async fn the_dashboard_room_needs_the_metrics_token() {
     let mut user = v1(&server, "/lobby").await;
     user.send(json!({"type": "subscribe", "topic": "$sys:stats", "id": 1}).to_string()).await.unwrap();
     assert_eq!(next_json(&mut user).await["code"], "forbidden");
+}
+
+/// Two nodes on one Redis: the dashboard on node A sees a `$sys:stats` line
+/// per node (keyed by node id), and a keyed publish on node B reaches a
+/// delta subscriber on node A with its key, then as a patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clustered_stats_come_per_node_and_keys_cross_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let a = Server::start(&["--broker", &url, "--message-rate", "0"]);
+    let b = Server::start(&["--broker", &url, "--message-rate", "0"]);
+    let mut admin = v1(&a, "/$sys/dashboard").await;
+    admin.send(json!({"type": "subscribe", "topic": "$sys:stats", "id": 1}).to_string()).await.unwrap();
+    assert_eq!(next_json(&mut admin).await["type"], "ack");
+    let mut nodes = std::collections::HashSet::new();
+    while nodes.len() < 2 {
+        let m = next_json(&mut admin).await;
+        if m["type"] == "message" {
+            assert_eq!(m["key"], m["content"]["node"]);
+            assert_eq!(m["content"]["broker"], "redis");
+            nodes.insert(m["key"].as_str().unwrap().to_string());
+        }
+    }
+    let mut reader = v1(&a, "/r").await;
+    reader.send(json!({"type": "subscribe", "topic": "quotes", "delta": "merge-patch", "id": 1}).to_string()).await.unwrap();
+    assert_eq!(next_json(&mut reader).await["type"], "ack");
+    let mut publisher = v1(&b, "/p").await;
+    let quote = |price: u64| json!({"symbol": "TTR", "name": "Tether Industries Incorporated", "price": price});
+    for (i, price) in [100u64, 101].into_iter().enumerate() {
+        publisher.send(json!({"type": "publish", "topic": "quotes", "key": "TTR", "content": quote(price), "id": i}).to_string()).await.unwrap();
+        assert_eq!(next_json(&mut publisher).await["type"], "ack");
+    }
+    let first = next_json(&mut reader).await;
+    assert_eq!((first["key"].as_str(), &first["content"]), (Some("TTR"), &quote(100)));
+    let second = next_json(&mut reader).await;
+    assert_eq!((second["base"].as_u64(), &second["patch"]), (first["seq"].as_u64(), &json!({"price": 101})), "{second}");
 }
