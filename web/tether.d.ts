@@ -22,12 +22,15 @@ declare class TetherClient {
 
   /** Send raw data. Queued while disconnected; false when the queue is full and queueFull is "reject". */
   send(data: string | ArrayBuffer | ArrayBufferView | Blob): boolean;
-  /** tether.v1: subscribe to a topic (kept across reconnects). Resolves on ack. */
-  subscribe(topic: string): Promise<TetherClient.Ack>;
+  /** tether.v1: subscribe to a topic (kept across reconnects). Resolves on ack.
+   * With `delta`, JSON Merge Patches are applied here (messages carry their full content);
+   * with `resume`, a reconnect asks for what was missed since the last message seen. */
+  subscribe(topic: string, options?: TetherClient.SubscribeOptions): Promise<TetherClient.Ack>;
   /** tether.v1: stop receiving a topic. */
   unsubscribe(topic: string): Promise<TetherClient.Ack>;
-  /** tether.v1: publish content (any JSON) to a topic. Resolves with the ack (epoch, seq). */
-  publish(topic: string, content: TetherClient.Json): Promise<TetherClient.Ack>;
+  /** tether.v1: publish content (any JSON) to a topic. Resolves with the ack (epoch, seq).
+   * With `key`, a slow subscriber gets the newest message of each key (conflation). */
+  publish(topic: string, content: TetherClient.Json, options?: TetherClient.PublishOptions): Promise<TetherClient.Ack>;
   /** tether.v1: send a chat message to this connection's room. */
   chat(content: TetherClient.Json): Promise<TetherClient.Ack>;
   /** Close for good (no reconnect). */
@@ -43,6 +46,8 @@ declare class TetherClient {
   static heartbeatAnswer(state: TetherClient.HeartbeatState): void;
   /** When heartbeatAction next has something to do (ms). */
   static heartbeatNextWake(state: TetherClient.HeartbeatState): number;
+  /** RFC 7396 MergePatch: `patch` applied to `target` (which it may modify); returns the result. */
+  static mergePatch(target: TetherClient.Json | undefined, patch: TetherClient.Json): TetherClient.Json;
   static readonly DEFAULTS: Readonly<Required<Omit<TetherClient.Options, "WebSocket">>> & { readonly WebSocket: null };
 }
 
@@ -140,7 +145,21 @@ declare namespace TetherClient {
     seq: number;
     sender: string;
     ts: number;
+    /** The conflation key the message was published with. */
+    key?: string;
     content: Json;
+  }
+
+  interface SubscribeOptions {
+    /** Receive JSON Merge Patch deltas (applied transparently). */
+    delta?: boolean;
+    /** After a reconnect, resume from the last message seen (`since`/`epoch`). */
+    resume?: boolean;
+  }
+
+  interface PublishOptions {
+    /** Conflation key: a newer message with the same topic and key replaces an unsent older one. */
+    key?: string;
   }
 
   interface Ack {
@@ -154,7 +173,7 @@ declare namespace TetherClient {
   type ErrorCode =
     | "bad_json" | "not_an_object" | "missing_type" | "unknown_type" | "missing_field" | "invalid_field"
     | "not_subscribed" | "too_many_subscriptions" | "binary_not_supported" | "history_gap" | "lagged"
-    | "rate_limited" | "unavailable";
+    | "rate_limited" | "unavailable" | "reserved_topic" | "forbidden" | "room_refused";
 
   interface ErrorEnvelope {
     type: "error";

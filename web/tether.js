@@ -14,6 +14,11 @@
  *   client.on("reconnecting", ({ attempt, delay }) => {});
  *   await client.subscribe("news");
  *   const { seq } = await client.publish("news", { headline: "hi" });
+ *   // A ticker: conflated by key, delivered as JSON Merge Patches that
+ *   // tether.js applies (messages arrive with their full content), resumed
+ *   // from the last message seen after a reconnect.
+ *   await client.subscribe("prices", { delta: true, resume: true });
+ *   await client.publish("prices", { symbol: "TTR", price: 42 }, { key: "TTR" });
  *
  * The same file is the classic script (`<script src="/tether.js">`, which
  * defines window.TetherClient), a CommonJS module (`require("tether-client")`)
@@ -92,6 +97,24 @@
     state.deadline = null;
   }
 
+  /** RFC 7396 MergePatch: `patch` applied to `target` (which it may modify). */
+  function mergePatch(target, patch) {
+    if (patch === null || typeof patch !== "object" || Array.isArray(patch)) return patch;
+    if (target === null || typeof target !== "object" || Array.isArray(target)) target = {};
+    Object.keys(patch).forEach(function (k) {
+      if (patch[k] === null) delete target[k];
+      else target[k] = mergePatch(target[k], patch[k]);
+    });
+    return target;
+  }
+
+  function cloneJson(v) {
+    return v === undefined ? v : JSON.parse(JSON.stringify(v));
+  }
+
+  /** Most (topic, key) contents held to apply delta patches to. */
+  var MAX_HELD = 10000;
+
   /** When heartbeatAction next has something to do (ms). */
   function heartbeatNextWake(state) {
     return state.deadline === null ? state.nextPing : Math.min(state.deadline, state.nextPing);
@@ -109,6 +132,9 @@
     this.queue = [];
     this.attempt = 0;
     this.topics = new Set();
+    this.topicOptions = new Map(); // topic -> { delta, resume }
+    this.positions = new Map();    // topic -> { epoch, seq }: where a resume starts
+    this.held = new Map();         // topic \0 key -> { epoch, seq, content }: what patches apply to
     this.pending = new Map();
     this.nextId = 1;
     this.session = null;
@@ -125,6 +151,7 @@
   TetherClient.heartbeatAction = heartbeatAction;
   TetherClient.heartbeatAnswer = heartbeatAnswer;
   TetherClient.heartbeatNextWake = heartbeatNextWake;
+  TetherClient.mergePatch = mergePatch;
   TetherClient.DEFAULTS = DEFAULTS;
 
   TetherClient.prototype.on = function (event, fn) {
@@ -174,7 +201,7 @@
       self._emit("open", { protocol: ws.protocol, attempt: self.attempt });
       // Re-subscribe, then flush what was queued while down.
       if (self.options.json) {
-        self.topics.forEach(function (topic) { self._request({ type: "subscribe", topic: topic }, true); });
+        self.topics.forEach(function (topic) { self._request(self._subscribeEnvelope(topic, true), true); });
       }
       var queued = self.queue;
       self.queue = [];
@@ -187,6 +214,7 @@
       if (self.options.json && typeof data === "string") {
         var msg;
         try { msg = JSON.parse(data); } catch (e) { self._emit("error", e); return; }
+        if (msg.type === "message" && !self._applyDelta(msg)) return;
         self._handleEnvelope(msg);
         if (msg.type === "ack" && msg.id !== undefined && msg.id !== null && String(msg.id).indexOf("hb-") === 0) return;
         self._emit("message", msg);
@@ -280,6 +308,48 @@
     }
   };
 
+  /** A message of a delta or resumed topic: a patch becomes the full
+   * content again (RFC 7396, on the content held for its key), and the
+   * position is kept for a resume. False if it cannot be applied (reported
+   * as an error event, the message is not delivered). */
+  TetherClient.prototype._applyDelta = function (msg) {
+    var opts = this.topicOptions.get(msg.topic);
+    if (!opts) return true;
+    var pos = this.positions.get(msg.topic);
+    if (!pos || pos.epoch !== msg.epoch || msg.seq > pos.seq) this.positions.set(msg.topic, { epoch: msg.epoch, seq: msg.seq });
+    if (!opts.delta) return true;
+    var slot = msg.topic + "\u0000" + (msg.key || "");
+    var content;
+    if (Object.prototype.hasOwnProperty.call(msg, "patch")) {
+      var held = this.held.get(slot);
+      if (!held || held.seq !== msg.base || held.epoch !== msg.epoch) {
+        this._emit("error", Object.assign(new Error("delta for " + msg.topic + " (key " + JSON.stringify(msg.key || "") + ") against seq " + msg.base + ", which this client does not hold"), { code: "delta_base" }));
+        return false;
+      }
+      content = mergePatch(cloneJson(held.content), msg.patch);
+      delete msg.patch;
+      delete msg.base;
+      msg.content = cloneJson(content);
+    } else {
+      content = cloneJson(msg.content);
+    }
+    if (this.held.size >= MAX_HELD && !this.held.has(slot)) this.held.delete(this.held.keys().next().value);
+    this.held.set(slot, { epoch: msg.epoch, seq: msg.seq, content: content });
+    return true;
+  };
+
+  TetherClient.prototype._subscribeEnvelope = function (topic, resuming) {
+    var env = { type: "subscribe", topic: topic };
+    var opts = this.topicOptions.get(topic);
+    if (opts && opts.delta) env.delta = "merge-patch";
+    var pos = this.positions.get(topic);
+    if (resuming && opts && opts.resume && pos) {
+      env.since = pos.seq;
+      env.epoch = pos.epoch;
+    }
+    return env;
+  };
+
   TetherClient.prototype._failPending = function (err) {
     this.pending.forEach(function (p) { clearTimeout(p.timer); p.reject(err); });
     this.pending.clear();
@@ -324,21 +394,41 @@
     });
   };
 
-  /** tether.v1: subscribe to a topic (kept across reconnects). Resolves on ack. */
-  TetherClient.prototype.subscribe = function (topic) {
+  /** tether.v1: subscribe to a topic (kept across reconnects). Resolves on ack.
+   * options.delta: receive JSON Merge Patches, applied here (messages still
+   * carry their full content). options.resume: after a reconnect, ask for
+   * what was missed since the last message seen. */
+  TetherClient.prototype.subscribe = function (topic, options) {
+    var self = this;
     this.topics.add(topic);
-    return this._request({ type: "subscribe", topic: topic });
+    if (options && (options.delta || options.resume)) {
+      this.topicOptions.set(topic, { delta: !!options.delta, resume: !!options.resume });
+    }
+    var request = this._request(this._subscribeEnvelope(topic, false));
+    if (!this.topicOptions.has(topic)) return request;
+    return request.then(function (ack) {
+      if (ack && ack.epoch !== undefined && !self.positions.has(topic)) self.positions.set(topic, { epoch: ack.epoch, seq: ack.seq });
+      return ack;
+    });
   };
 
   /** tether.v1: stop receiving a topic. */
   TetherClient.prototype.unsubscribe = function (topic) {
+    var self = this;
     this.topics.delete(topic);
+    this.topicOptions.delete(topic);
+    this.positions.delete(topic);
+    this.held.forEach(function (_, slot) { if (slot.indexOf(topic + "\u0000") === 0) self.held.delete(slot); });
     return this._request({ type: "unsubscribe", topic: topic });
   };
 
-  /** tether.v1: publish content (any JSON) to a topic. Resolves with the ack ({seq}). */
-  TetherClient.prototype.publish = function (topic, content) {
-    return this._request({ type: "publish", topic: topic, content: content });
+  /** tether.v1: publish content (any JSON) to a topic. Resolves with the ack ({seq}).
+   * options.key: a conflation key (e.g. a symbol): a slow subscriber gets the
+   * newest message of each key instead of every one. */
+  TetherClient.prototype.publish = function (topic, content, options) {
+    var env = { type: "publish", topic: topic, content: content };
+    if (options && options.key !== undefined) env.key = options.key;
+    return this._request(env);
   };
 
   /** tether.v1: send a chat message to this connection's room. */

@@ -14,3 +14,4 @@ export const heartbeatAction = TetherClient.heartbeatAction;
 export const heartbeatAnswer = TetherClient.heartbeatAnswer;
 export const heartbeatNextWake = TetherClient.heartbeatNextWake;
 export const DEFAULTS = TetherClient.DEFAULTS;
+export const mergePatch = TetherClient.mergePatch;

@@ -9,27 +9,10 @@ import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
 import WebSocket from "ws";
-import { freePort, startServer, stopServer } from "../support/tether-server.mjs";
+import { freePort, startServer, stopServer, next } from "../support/tether-server.mjs";
 import TetherClient, { backoffDelay, heartbeatAction, DEFAULTS } from "tether-client";
 
 const require = createRequire(import.meta.url);
-
-
-
-
-/** Resolves with the first `event` payload that satisfies `pred`. */
-function next(client, event, pred = () => true, ms = 10000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
-    const fn = (payload) => {
-      if (!pred(payload)) return;
-      clearTimeout(timer);
-      client.off(event, fn);
-      resolve(payload);
-    };
-    client.on(event, fn);
-  });
-}
 
 let port;
 let server;

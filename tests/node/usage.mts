@@ -1,8 +1,8 @@
 // Type-checked (not run) by `npm run typecheck`: the public API of
 // tether-client as an ES module, with the ws package as the WebSocket.
 import WebSocket from "ws";
-import TetherClient, { backoffDelay, heartbeatAction, heartbeatStart, heartbeatNextWake, heartbeatAnswer, DEFAULTS } from "tether-client";
-import type { Envelope, Options, State } from "tether-client";
+import TetherClient, { backoffDelay, heartbeatAction, heartbeatStart, heartbeatNextWake, heartbeatAnswer, DEFAULTS, mergePatch } from "tether-client";
+import type { Envelope, Options, State, SubscribeOptions, PublishOptions } from "tether-client";
 
 const options: Options = { json: true, minDelay: 100, maxDelay: 2000, queueFull: "drop-oldest", WebSocket };
 const client = new TetherClient("ws://127.0.0.1:8080/lobby", options);
@@ -26,6 +26,11 @@ async function main(): Promise<void> {
   const sub = await client.subscribe("news");
   const pub = await client.publish("news", { headline: "hi", tags: ["a", 1, null] });
   await client.chat("hello");
+  const live: SubscribeOptions = { delta: true, resume: true };
+  await client.subscribe("prices", live);
+  const keyed: PublishOptions = { key: "TTR" };
+  await client.publish("prices", { symbol: "TTR", price: 42 }, keyed);
+  console.log(mergePatch({ a: 1 }, { a: null, b: [2] }));
   await client.unsubscribe("news");
   const sent: boolean = client.send("raw text");
   console.log(sub.seq, pub.epoch, sent, client.session, client.state, [...client.topics]);

@@ -29,16 +29,22 @@ export function freePort() {
  * child process once it prints "listening on"; rejects if it exits first.
  */
 export function startServer(port, args = []) {
+  return startTether(["serve", "--listen", `127.0.0.1:${port}`, ...args]);
+}
+
+/**
+ * Starts `tether ARGV...` (any subcommand that serves, e.g. `demo ticker
+ * --listen ...`) and resolves with the child once it prints "listening on".
+ */
+export function startTether(argv) {
   return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`, ...args], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
+    const child = spawn(BIN, argv, { stdio: ["ignore", "pipe", "inherit"] });
     let out = "";
     child.stdout.on("data", (d) => {
       out += d;
       if (out.includes("listening on")) resolve(child);
     });
-    child.on("exit", (code) => reject(new Error(`tether serve exited with ${code}: ${out}`)));
+    child.on("exit", (code) => reject(new Error(`tether ${argv[0]} exited with ${code}: ${out}`)));
   });
 }
 
@@ -59,4 +65,18 @@ export function stopServer(child, signal = "SIGKILL") {
  */
 export function chromiumOptions(args = []) {
   return { executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-gpu", "--no-first-run", ...args] };
+}
+
+/** Resolves with the first `event` payload of a TetherClient that satisfies `pred`. */
+export function next(client, event, pred = () => true, ms = 10000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+    const fn = (payload) => {
+      if (!pred(payload)) return;
+      clearTimeout(timer);
+      client.off(event, fn);
+      resolve(payload);
+    };
+    client.on(event, fn);
+  });
 }

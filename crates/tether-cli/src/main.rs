@@ -5,8 +5,10 @@ mod admission;
 mod bench;
 mod connect;
 mod driver;
+mod demo;
 mod echo;
 mod front;
+mod live;
 mod logging;
 mod serve;
 mod serve_loop;
@@ -42,6 +44,9 @@ enum Command {
     /// stdin are sent, messages received are printed; --reconnect survives
     /// drops. Works at a terminal and in a pipe.
     Connect(connect::ConnectArgs),
+    /// Run a demo feed: `tether demo ticker` publishes stock quotes (keyed,
+    /// so conflated; read them with deltas at /ticker.html).
+    Demo(demo::DemoArgs),
     /// Print a shell completion script, e.g.
     /// `tether completions bash > ~/.local/share/bash-completion/completions/tether`.
     Completions {
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "tether", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

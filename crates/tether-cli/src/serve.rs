@@ -70,16 +70,24 @@ struct ConnCtx {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    run_with(args, None)
+}
+
+/// Something to start on the hub once it exists (an in-process publisher).
+pub type OnHub = Box<dyn FnOnce(Arc<Hub>) + Send>;
+
+/// [`run`], calling `on_hub` with the hub before accepting connections.
+pub fn run_with(args: ServeArgs, on_hub: Option<OnHub>) -> anyhow::Result<ExitCode> {
     let driver = args.driver.clone();
     let settings = Settings::resolve(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(settings, driver))
+    runtime.block_on(serve(settings, driver, on_hub))
 }
 
 /// The event loops that run plain-TCP WebSocket connections (`--driver loop`).
 type Loops = crate::driver::Driver<crate::serve_loop::HubService<Slot>>;
 
-async fn serve(settings: Settings, driver: crate::driver::DriverArgs) -> anyhow::Result<ExitCode> {
+async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Option<OnHub>) -> anyhow::Result<ExitCode> {
     let broker: Arc<dyn tether_hub::Broker> = match settings.broker.as_str() {
         "memory" => Arc::new(MemoryBroker::with_history(settings.history.clone())),
         url if url.starts_with("redis://") => Arc::new(tether_hub::RedisBroker::new(url, settings.history.clone())?),
@@ -101,6 +109,8 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs) -> anyhow:
         write_stall_timeout: settings.write_stall_timeout,
         message_rate: settings.message_rate,
         subscribe_rate: settings.subscribe_rate,
+        conflate_prefixes: settings.live.conflate_prefixes.clone(),
+        room_tick: settings.live.room_tick(),
         ..HubConfig::default()
     };
     let hub = Hub::new(hub_config, broker);
@@ -111,6 +121,12 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs) -> anyhow:
         }
         crate::driver::DriverKind::Tokio => None,
     };
+    if let Some(interval) = settings.live.stats_interval() {
+        hub.start_stats(interval);
+    }
+    if let Some(start) = on_hub {
+        start(hub.clone());
+    }
     let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -353,7 +369,11 @@ impl App {
             return Err((StatusCode::FORBIDDEN, "origin not allowed"));
         }
         let ip = admission::client_ip(req.peer.ip(), req.client_ip, self.behind_proxy(req.peer), &s.trusted_proxies);
-        if let Some(token) = &s.token {
+        // The system rooms (/$sys...) may read $sys: topics: with a metrics
+        // token, that token admits them (and nothing else does).
+        let system = tether_hub::system::may_subscribe_system(req.path);
+        let token = if system { s.metrics_token.as_ref().or(s.token.as_ref()) } else { s.token.as_ref() };
+        if let Some(token) = token {
             if self.auth_failures.throttled(ip) {
                 count(&refused.auth_throttled);
                 return Err((StatusCode::TOO_MANY_REQUESTS, "too many failed authentication attempts from your address, try again in a minute"));
@@ -449,6 +469,10 @@ async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Exten
             metrics(app).await.into_response()
         }
         "/favicon.ico" => StatusCode::NO_CONTENT.into_response(),
+        path if crate::live::page(path).is_some() => {
+            let (kind, body) = crate::live::page(path).expect("checked");
+            ([(header::CONTENT_TYPE, kind)], body).into_response()
+        }
         _ => (StatusCode::NOT_FOUND, "not found; WebSocket clients connect to any path with an Upgrade request\n").into_response(),
     }
 }

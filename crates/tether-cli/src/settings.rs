@@ -239,6 +239,8 @@ pub struct ServeArgs {
     /// client that stops reading a response cannot hold it [default: 60s]
     #[arg(long, env = "TETHER_HTTP_TIMEOUT", value_parser = parse_duration)]
     pub http_timeout: Option<Duration>,
+    #[command(flatten)]
+    pub live: crate::live::LiveArgs,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -313,6 +315,8 @@ pub struct Settings {
     pub max_auth_failures: u32,
     pub metrics_token: Option<String>,
     pub http_timeout: Duration,
+    /// Conflation, `$sys:stats` and `$room:` ticks (flags and variables only).
+    pub live: crate::live::LiveArgs,
 }
 
 impl Settings {
@@ -390,6 +394,7 @@ impl Settings {
             max_auth_failures: args.max_auth_failures.or(file.max_auth_failures).unwrap_or(20),
             metrics_token: args.metrics_token.or(file.metrics_token),
             http_timeout: dur(args.http_timeout, file.http_timeout, "http-timeout", Duration::from_secs(60))?,
+            live: args.live,
         };
         if settings.heartbeat_interval.is_zero() || settings.write_stall_timeout.is_zero() || settings.http_timeout.is_zero() {
             bail!("--heartbeat-interval, --write-stall-timeout and --http-timeout must be greater than zero");

@@ -58,6 +58,10 @@ pub struct Publish {
     pub timestamp_ms: u64,
     /// What was sent.
     pub body: Body,
+    /// The conflation key (`"key"` of the publish): a newer message with the
+    /// same topic and key replaces an unsent older one in a slow
+    /// subscriber's queue, and delta subscriptions are patched per key.
+    pub key: Option<Arc<str>>,
     /// Whom to acknowledge once the message has its sequence number, or to
     /// tell if it could not be published.
     pub origin: Origin,
@@ -80,6 +84,8 @@ pub struct Published {
     pub timestamp_ms: u64,
     /// What was sent.
     pub body: Body,
+    /// The conflation key, as published.
+    pub key: Option<Arc<str>>,
 }
 
 /// Where a resuming subscriber left off.

@@ -46,6 +46,18 @@ pub struct HubConfig {
     /// burst (refused and closed as for `message_rate`). Default 20/s, burst
     /// 256 (a reconnecting client may resubscribe to all its topics at once).
     pub subscribe_rate: RateLimit,
+    /// Topics starting with any of these are conflated: a newer message
+    /// replaces an unsent older one with the same key (or, without a key,
+    /// any unsent older message of the topic) in a slow subscriber's queue.
+    /// A publish with a `key` is conflated wherever it goes. Default: none.
+    pub conflate_prefixes: Vec<String>,
+    /// Most bytes of previous message contents kept, over all topics, to
+    /// make delta patches for `"delta":"merge-patch"` subscriptions; past
+    /// it, messages go in full. Default 64 MiB.
+    pub delta_cache_bytes: usize,
+    /// How often each `$room:` topic publishes its batched player states
+    /// ([`crate::room`]). Default 50 ms (20 ticks a second).
+    pub room_tick: Duration,
 }
 
 impl Default for HubConfig {
@@ -59,6 +71,9 @@ impl Default for HubConfig {
             write_stall_timeout: Duration::from_secs(90),
             message_rate: RateLimit { per_second: 100, burst: 200 },
             subscribe_rate: RateLimit { per_second: 20, burst: 256 },
+            conflate_prefixes: Vec::new(),
+            delta_cache_bytes: 64 << 20,
+            room_tick: Duration::from_millis(50),
         }
     }
 }

@@ -4,10 +4,11 @@
 use crate::broker::{Body, Broker, BrokerError, DeliverySink, History, Origin, PresenceChange, Published, Resume, SubscribeRequest};
 use crate::config::HubConfig;
 use crate::envelope;
+use crate::keyed::{self, DeltaCache, KeyedMessage};
 use crate::metrics::Metrics;
 use crate::queue::{flag, ConnShared, Pushed};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tether::v1::heartbeat::{self, Action};
@@ -27,12 +28,34 @@ struct Sub {
     last: u64,
     /// The join was announced through the broker (so the leave will be).
     announced: bool,
+    /// The subscription asked for delta patches (`"delta":"merge-patch"`).
+    delta: bool,
 }
 
 /// One topic's local subscribers, behind its own lock: delivery to one
 /// topic never waits on another, and no hub-wide lock is held while frames
-/// are encoded or pushed.
-type Subs = HashMap<u64, Sub>;
+/// are encoded or pushed. With delta subscribers, the previous content of
+/// each stream (to patch against) is kept here too.
+#[derive(Default)]
+struct Subs {
+    subs: HashMap<u64, Sub>,
+    delta_subs: usize,
+    deltas: DeltaCache,
+}
+
+impl std::ops::Deref for Subs {
+    type Target = HashMap<u64, Sub>;
+    fn deref(&self) -> &Self::Target {
+        &self.subs
+    }
+}
+
+impl std::ops::DerefMut for Subs {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.subs
+    }
+}
+
 type TopicSubs = Arc<Mutex<Subs>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -62,6 +85,10 @@ pub struct Hub {
     ping_token: AtomicU64,
     /// Heartbeat rounds without outbound progress before a connection is dropped.
     stall_rounds: u8,
+    /// Bytes of previous contents kept for delta patches, over all topics.
+    delta_bytes: AtomicUsize,
+    /// `$room:` topics: the latest state per player, published once per tick.
+    pub(crate) rooms: crate::room::Rooms,
 }
 
 struct Sink(Weak<Hub>);
@@ -122,11 +149,14 @@ impl Hub {
             started: tokio::time::Instant::now(),
             ping_token: AtomicU64::new(0),
             stall_rounds,
+            delta_bytes: AtomicUsize::new(0),
+            rooms: crate::room::Rooms::default(),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
         let weak = Arc::downgrade(&hub);
         let interval = hub.config.heartbeat_interval;
         tokio::spawn(async move { heartbeat(weak, interval).await });
+        tokio::spawn(crate::room::tick_loop(Arc::downgrade(&hub), hub.config.room_tick.max(Duration::from_millis(1))));
         hub
     }
 
@@ -153,6 +183,11 @@ impl Hub {
     /// Topics with at least one local subscriber.
     pub fn topic_count(&self) -> usize {
         lock(&self.topics).len()
+    }
+
+    /// Whether connection `conn` subscribes to `topic` here.
+    pub(crate) fn is_subscribed(&self, conn: u64, topic: &str) -> bool {
+        self.topic(topic).is_some_and(|subs| lock(&subs).contains_key(&conn))
     }
 
     /// A topic's subscribers, if it has any here.
@@ -196,10 +231,18 @@ impl Hub {
     /// where the subscription starts ([`Hub::subscribed`]), which replays
     /// what a resuming client missed and acks `id`.
     pub(crate) fn subscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>) {
+        self.subscribe_with(conn, topic, resume, id, false);
+    }
+
+    /// [`subscribe`](Self::subscribe), with delta patches if `delta`
+    /// (`tether.v1` clients only: plain clients get text lines).
+    pub(crate) fn subscribe_with(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>, delta: bool) {
+        let delta = delta && conn.json;
         {
             let mut topics = lock(&self.topics);
             let mut subs = lock(topics.entry(topic.clone()).or_default());
-            let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false };
+            let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta };
+            subs.delta_subs += usize::from(delta);
             subs.insert(conn.id, sub);
             if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session(), subs.len()));
@@ -211,6 +254,9 @@ impl Hub {
         if resume.is_some() {
             Metrics::add(&self.metrics.resumes, 1);
         }
+        if crate::room::is_room(topic) {
+            self.rooms.joined(topic);
+        }
         // Not under the hub lock: the broker may answer right away.
         self.broker.subscribe(SubscribeRequest { conn: conn.id, topic: topic.clone(), resume, id });
     }
@@ -221,6 +267,13 @@ impl Hub {
             let Some(entry) = topics.get(topic).cloned() else { return false };
             let mut subs = lock(&entry);
             let Some(sub) = subs.remove(&conn.id) else { return false };
+            if sub.delta {
+                subs.delta_subs -= 1;
+                conn.forget_topic(topic);
+                if subs.delta_subs == 0 {
+                    subs.deltas.clear(&self.delta_bytes);
+                }
+            }
             let count = subs.len();
             if count == 0 {
                 topics.remove(topic);
@@ -232,6 +285,9 @@ impl Hub {
             }
             (sub.announced, count)
         };
+        if crate::room::is_room(topic) {
+            self.rooms.left(topic, &conn.session());
+        }
         if announced {
             self.broker.presence(PresenceChange { topic: topic.clone(), session: Arc::from(&*conn.session()), joined: false, local_count: count });
         }
@@ -248,7 +304,7 @@ impl Hub {
     /// Queue a notice (presence) to `conn`: a broadcast, dropped like one.
     fn notify(&self, conn: &ConnShared, frame: EncodedFrame) {
         match conn.push(frame, self.config.queue_max_messages, self.config.queue_max_bytes, self.config.slow_consumer) {
-            Pushed::DroppedOldest(n) => Metrics::add(&self.metrics.dropped_messages, n),
+            Pushed::DroppedOldest(n) | Pushed::Replaced(n) => Metrics::add(&self.metrics.dropped_messages, n),
             Pushed::Dropped => Metrics::add(&self.metrics.dropped_messages, 1),
             Pushed::Queued | Pushed::Closing => {}
         }
@@ -278,7 +334,8 @@ impl Hub {
         let (mut delivered, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
         let Some(topic) = self.topic(&msg.topic) else { return };
         let mut subs = lock(&topic);
-        for sub in subs.values_mut() {
+        let keyed = self.keyed(&mut subs, msg);
+        for sub in subs.subs.values_mut() {
             if let Some(held) = &mut sub.pending {
                 if held.len() >= self.config.queue_max_messages {
                     held.pop_front();
@@ -288,7 +345,7 @@ impl Hub {
                 held.push_back(msg.clone());
                 continue;
             }
-            let (n, b, d) = self.deliver_to(sub, msg, &mut frames);
+            let (n, b, d) = self.deliver_to(sub, msg, &mut frames, keyed.as_ref());
             (delivered, bytes, dropped) = (delivered + n, bytes + b, dropped + d);
         }
         drop(subs);
@@ -297,9 +354,25 @@ impl Hub {
         Metrics::add(&self.metrics.dropped_messages, dropped);
     }
 
+    /// What the queues need to know of a message with a key (conflation,
+    /// delta patches), made once per message; `None` for a plain message on
+    /// a topic without delta subscribers.
+    fn keyed(&self, subs: &mut Subs, msg: &Published) -> Option<Arc<KeyedMessage>> {
+        let conflate = msg.key.is_some() || keyed::conflated_topic(&self.config.conflate_prefixes, &msg.topic);
+        if !conflate && subs.delta_subs == 0 {
+            return None;
+        }
+        let patch = if subs.delta_subs > 0 { subs.deltas.patch(msg, &self.delta_bytes, self.config.delta_cache_bytes) } else { None };
+        if patch.is_some() {
+            Metrics::add(&self.metrics.delta_patches, 1);
+        }
+        let key = msg.key.clone().unwrap_or_else(|| Arc::from(""));
+        Some(Arc::new(KeyedMessage { stream: (msg.topic.clone(), key), conflate, epoch: msg.epoch.clone(), seq: msg.seq, patch }))
+    }
+
     /// Queue `msg` to one live subscriber unless it already has it; tell it
     /// first if messages are missing before it. Returns (delivered, bytes, dropped).
-    fn deliver_to(&self, sub: &mut Sub, msg: &Published, frames: &mut Frames) -> (u64, u64, u64) {
+    fn deliver_to(&self, sub: &mut Sub, msg: &Published, frames: &mut Frames, keyed: Option<&Arc<KeyedMessage>>) -> (u64, u64, u64) {
         let missed = match &sub.epoch {
             Some(e) if Arc::ptr_eq(e, &msg.epoch) || **e == *msg.epoch => {
                 if msg.seq <= sub.last {
@@ -318,8 +391,13 @@ impl Hub {
         let frame = if sub.conn.json { frames.json.get_or_insert_with(|| json_frame(msg)) } else { frames.plain.get_or_insert_with(|| plain_frame(msg)) };
         let Some(frame) = frame else { return (0, 0, 0) };
         let (max_messages, max_bytes, policy) = (self.config.queue_max_messages, self.config.queue_max_bytes, self.config.slow_consumer);
-        match sub.conn.push(frame.clone(), max_messages, max_bytes, policy) {
+        let keyed = keyed.map(|k| (k.clone(), sub.delta));
+        match sub.conn.push_keyed(frame.clone(), keyed, max_messages, max_bytes, policy) {
             Pushed::Queued => (1, frame.len() as u64, 0),
+            Pushed::Replaced(n) => {
+                Metrics::add(&self.metrics.conflated_messages, 1);
+                (1, frame.len() as u64, n)
+            }
             Pushed::DroppedOldest(n) => (1, frame.len() as u64, n),
             Pushed::Dropped => (0, 0, 1),
             // Counted once per connection by the connection task.
@@ -373,7 +451,14 @@ impl Hub {
                 self.reply(&conn, EncodedFrame::text(&envelope::ack(id, Some(&request.topic), Some((&history.epoch, history.last_seq)))));
             }
             for msg in held.iter() {
-                self.deliver_to(sub, msg, &mut frames);
+                // Held back while the broker answered: conflatable, but sent in
+                // full (the delta cache has moved past them).
+                let conflate = msg.key.is_some() || keyed::conflated_topic(&self.config.conflate_prefixes, &msg.topic);
+                let keyed = conflate.then(|| {
+                    let key = msg.key.clone().unwrap_or_else(|| Arc::from(""));
+                    Arc::new(KeyedMessage { stream: (msg.topic.clone(), key), conflate, epoch: msg.epoch.clone(), seq: msg.seq, patch: None })
+                });
+                self.deliver_to(sub, msg, &mut frames, keyed.as_ref());
             }
             sub.announced = self.shares_presence;
             self.shares_presence.then_some((conn, count))
@@ -493,7 +578,7 @@ fn json_frame(msg: &Published) -> Option<EncodedFrame> {
         Body::Json(raw) => raw.get().to_string(),
         Body::Binary(_) => return None,
     };
-    Some(EncodedFrame::text(&envelope::message(&msg.topic, &msg.epoch, msg.seq, &msg.sender, msg.timestamp_ms, &content)))
+    Some(EncodedFrame::text(&envelope::keyed_message(&msg.topic, &msg.epoch, msg.seq, &msg.sender, msg.timestamp_ms, msg.key.as_deref(), &content)))
 }
 
 async fn heartbeat(hub: Weak<Hub>, interval: Duration) {

@@ -47,12 +47,15 @@ mod broker;
 mod config;
 mod conn;
 mod hub;
+mod keyed;
 mod limit;
 mod memory;
 mod metrics;
 mod queue;
+pub mod room;
 mod serve;
 mod session;
+pub mod system;
 #[cfg(feature = "redis")]
 mod redis_broker;
 

@@ -182,6 +182,7 @@ impl Broker for MemoryBroker {
             sender: msg.sender,
             timestamp_ms: msg.timestamp_ms,
             body: msg.body,
+            key: msg.key,
         };
         let mut added = 0;
         if self.config.max_messages > 0 {
@@ -256,6 +257,7 @@ mod tests {
             sender: Arc::from("s"),
             timestamp_ms: 0,
             body: Body::Text(Arc::from(text)),
+            key: None,
             origin: Origin { conn: 1, id: None },
         };
         b.publish(msg).unwrap();

@@ -41,6 +41,12 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Connections closed (1008) for sustained abuse of a rate limit.
     pub rate_limit_closes: AtomicU64,
+    /// Queued messages replaced by a newer one with the same topic and key
+    /// before they were sent (conflation).
+    pub conflated_messages: AtomicU64,
+    /// Delta patches made (once per published message, shared by every
+    /// delta subscriber that has the message it patches).
+    pub delta_patches: AtomicU64,
     /// Connections refused before or at the upgrade, by reason.
     pub refused: Refused,
 }
@@ -90,6 +96,8 @@ impl Metrics {
             ("tether_write_stall_closes_total", "counter", "Connections dropped after writing nothing for the write-stall timeout.", g(&self.write_stall_closes)),
             ("tether_rate_limited_total", "counter", "Messages and subscription requests refused by a rate limit.", g(&self.rate_limited)),
             ("tether_rate_limit_closes_total", "counter", "Connections closed (1008) for sustained abuse of a rate limit.", g(&self.rate_limit_closes)),
+            ("tether_conflated_messages_total", "counter", "Queued messages replaced by a newer one with the same topic and key.", g(&self.conflated_messages)),
+            ("tether_delta_patches_total", "counter", "Delta (JSON Merge Patch) messages made for delta subscriptions.", g(&self.delta_patches)),
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");

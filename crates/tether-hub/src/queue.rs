@@ -10,12 +10,20 @@
 //! client while its unsent replies pass half the bounds
 //! ([`ConnShared::replies_over`]): a client that does not read what it asked
 //! for is not read either, and TCP backpressure reaches it.
+//!
+//! A message with a conflation key (see [`crate::keyed`]) replaces an
+//! unsent older one of the same topic and key: the index that finds it
+//! covers only what is queued, so it is bounded by the queue. For a delta
+//! subscription the choice between the full frame and the patch is made
+//! when the frame leaves the queue, against what this client was last sent
+//! for the key (a patch is only sent on top of the message it patches).
 
 use crate::config::SlowConsumerPolicy;
+use crate::keyed::{KeyedMessage, SentKeys, StreamKey};
 use atomic_waker::AtomicWaker;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tether_proto::EncodedFrame;
 
 /// Flags a publisher or the heartbeat sets for the connection task.
@@ -41,6 +49,11 @@ struct Item {
     frame: EncodedFrame,
     /// A reply to the client's own request: never dropped.
     reply: bool,
+    /// Push order: what the conflation index points at (items stay sorted by it).
+    n: u64,
+    /// A message with a key (conflated, or for a delta subscription), and
+    /// whether this subscriber asked for deltas.
+    keyed: Option<(Arc<KeyedMessage>, bool)>,
 }
 
 #[derive(Default)]
@@ -51,6 +64,12 @@ struct Frames {
     reply_bytes: usize,
     /// Half the bounds, as given with the last reply: where reading pauses.
     reply_limit: (usize, usize),
+    next_n: u64,
+    /// (topic, key) → the queued conflatable item for it. Only queued items
+    /// are in it: an entry goes when its item is sent, dropped or replaced.
+    conflation: HashMap<StreamKey, u64>,
+    /// For delta subscriptions: the position of the last message sent per key.
+    sent: SentKeys,
 }
 
 impl Frames {
@@ -65,13 +84,43 @@ impl Frames {
     /// Drop the oldest droppable frame; false if there is none.
     fn drop_oldest(&mut self) -> bool {
         let Some(pos) = self.items.iter().position(|i| !i.reply) else { return false };
-        if let Some(old) = self.items.remove(pos) {
-            self.bytes -= old.frame.len();
-        }
+        self.remove_at(pos);
         true
     }
 
-    fn push(&mut self, frame: EncodedFrame, reply: bool) {
+    /// Remove a broadcast from the middle of the queue.
+    fn remove_at(&mut self, pos: usize) {
+        if let Some(old) = self.items.remove(pos) {
+            self.bytes -= old.frame.len();
+            self.unindex(&old);
+        }
+    }
+
+    /// Forget `item` in the conflation index (it leaves the queue).
+    fn unindex(&mut self, item: &Item) {
+        if let Some((msg, _)) = &item.keyed {
+            if msg.conflate && self.conflation.get(&msg.stream) == Some(&item.n) {
+                self.conflation.remove(&msg.stream);
+            }
+        }
+    }
+
+    /// Remove the queued message that `msg` supersedes, if any: true if one was.
+    fn conflate(&mut self, msg: &KeyedMessage) -> bool {
+        let Some(&n) = self.conflation.get(&msg.stream) else { return false };
+        match self.items.binary_search_by_key(&n, |i| i.n) {
+            Ok(pos) => {
+                self.remove_at(pos);
+                true
+            }
+            Err(_) => {
+                self.conflation.remove(&msg.stream);
+                false
+            }
+        }
+    }
+
+    fn push(&mut self, frame: EncodedFrame, reply: bool, keyed: Option<(Arc<KeyedMessage>, bool)>) {
         if self.items.capacity() == 0 {
             // Room for one: most of the time one frame waits at a time,
             // and an idle connection keeps this (VecDeque would take four).
@@ -82,7 +131,14 @@ impl Frames {
             self.replies += 1;
             self.reply_bytes += frame.len();
         }
-        self.items.push_back(Item { frame, reply });
+        let n = self.next_n;
+        self.next_n += 1;
+        if let Some((msg, _)) = &keyed {
+            if msg.conflate {
+                self.conflation.insert(msg.stream.clone(), n);
+            }
+        }
+        self.items.push_back(Item { frame, reply, n, keyed });
     }
 }
 
@@ -112,6 +168,9 @@ pub(crate) enum Pushed {
     Dropped,
     /// Not queued: the connection is being closed for falling behind.
     Closing,
+    /// Queued in place of an unsent older message with the same topic and
+    /// key (conflated), after dropping this many older messages.
+    Replaced(u64),
 }
 
 impl ConnShared {
@@ -154,11 +213,23 @@ impl ConnShared {
     /// Queue a broadcast (a message, presence or a notice), applying the
     /// slow-consumer policy when full. Never waits.
     pub fn push(&self, frame: EncodedFrame, max_messages: usize, max_bytes: usize, policy: SlowConsumerPolicy) -> Pushed {
+        self.push_keyed(frame, None, max_messages, max_bytes, policy)
+    }
+
+    /// [`push`](Self::push) for a message with a key: if `keyed` is
+    /// conflatable, an unsent older message with the same topic and key is
+    /// removed first (the newer one goes last, so sequence numbers stay in
+    /// order); `true` with it marks a delta subscription.
+    pub fn push_keyed(&self, frame: EncodedFrame, keyed: Option<(Arc<KeyedMessage>, bool)>, max_messages: usize, max_bytes: usize, policy: SlowConsumerPolicy) -> Pushed {
         let mut result = Pushed::Queued;
         {
             let mut q = self.lock();
             if self.has(flag::SLOW_CLOSE) {
                 return Pushed::Closing;
+            }
+            let replaced = matches!(&keyed, Some((msg, _)) if msg.conflate && q.conflate(msg));
+            if replaced {
+                result = Pushed::Replaced(0);
             }
             if q.over(max_messages, max_bytes, frame.len()) {
                 match policy {
@@ -173,7 +244,7 @@ impl ConnShared {
                             dropped += 1;
                         }
                         self.dropped_unreported.fetch_add(dropped, Ordering::Relaxed);
-                        result = Pushed::DroppedOldest(dropped);
+                        result = if replaced { Pushed::Replaced(dropped) } else { Pushed::DroppedOldest(dropped) };
                     }
                     SlowConsumerPolicy::Close(_) => {
                         drop(q);
@@ -182,7 +253,7 @@ impl ConnShared {
                     }
                 }
             }
-            q.push(frame, false);
+            q.push(frame, false, keyed);
         }
         self.waker.wake();
         result
@@ -209,7 +280,7 @@ impl ConnShared {
                     }
                 }
             }
-            q.push(frame, true);
+            q.push(frame, true, None);
             q.reply_limit = ((max_messages / 2).max(1), max_bytes / 2);
             self.replies_over.store(q.replies_over(), Ordering::Release);
         }
@@ -224,11 +295,13 @@ impl ConnShared {
         self.replies_over.load(Ordering::Acquire)
     }
 
-    /// Take the next queued frame.
+    /// Take the next queued frame: for a delta subscription, the patch if
+    /// this client was last sent the message it patches, else the full one.
     pub fn pop(&self) -> Option<EncodedFrame> {
         let mut q = self.lock();
         let item = q.items.pop_front()?;
         q.bytes -= item.frame.len();
+        q.unindex(&item);
         if item.reply {
             q.replies -= 1;
             q.reply_bytes -= item.frame.len();
@@ -236,13 +309,26 @@ impl ConnShared {
                 self.replies_over.store(false, Ordering::Release);
             }
         }
+        let mut frame = item.frame;
+        if let Some((msg, true)) = &item.keyed {
+            if let Some(patch) = q.sent.choose(msg) {
+                frame = patch;
+            }
+        }
         if q.items.is_empty() && (q.items.capacity() > 16 || item.reply) {
             // Give memory back after a burst, and after a reply (the
             // welcome, acks): a connection that goes idle holds no queue.
             // Broadcasts in a steady flow keep their one slot.
             q.items = VecDeque::new();
+            q.conflation = HashMap::new();
         }
-        Some(item.frame)
+        Some(frame)
+    }
+
+    /// The client no longer follows `topic`: forget what it was sent there
+    /// (a later subscription starts with full messages).
+    pub fn forget_topic(&self, topic: &str) {
+        self.lock().sent.forget_topic(topic);
     }
 
     /// Give the queue's buffer back if nothing waits in it (the heartbeat
@@ -327,6 +413,42 @@ mod tests {
         let order: Vec<_> = std::iter::from_fn(|| c.pop()).collect();
         assert_eq!(order, ["ack", "ack2", "ack3", "ack4"].map(EncodedFrame::text));
         assert!(!c.replies_over());
+    }
+
+    fn keyed(key: &str, seq: u64) -> Option<(Arc<KeyedMessage>, bool)> {
+        let msg = KeyedMessage { stream: (Arc::from("prices"), Arc::from(key)), conflate: true, epoch: Arc::from("e"), seq, patch: None };
+        Some((Arc::new(msg), false))
+    }
+
+    #[test]
+    fn a_newer_message_of_a_key_replaces_the_unsent_older_one_and_the_index_stays_bounded() {
+        let c = ConnShared::new(1, true);
+        let policy = SlowConsumerPolicy::DropOldest;
+        let mut seq = 0;
+        let mut push = |key: &str| {
+            seq += 1;
+            c.push_keyed(EncodedFrame::text(&format!("{key}{seq}")), keyed(key, seq), 8, 1 << 20, policy)
+        };
+        assert_eq!(push("A"), Pushed::Queued);
+        assert_eq!(push("B"), Pushed::Queued);
+        for _ in 0..100 {
+            assert_eq!(push("A"), Pushed::Replaced(0));
+        }
+        assert_eq!(push("C"), Pushed::Queued);
+        assert_eq!(push("B"), Pushed::Replaced(0));
+        // One per key, newest value, in the order of the newest messages.
+        assert_eq!(c.lock().conflation.len(), 3);
+        c.push(EncodedFrame::text("plain"), 8, 1 << 20, policy);
+        let order: Vec<_> = std::iter::from_fn(|| c.pop()).collect();
+        assert_eq!(order, ["A102", "C103", "B104", "plain"].map(EncodedFrame::text));
+        assert!(c.lock().conflation.is_empty(), "the index covers only what is queued");
+        assert_eq!(c.dropped_unreported.load(Ordering::Relaxed), 0, "replaced is not dropped");
+        // Over the bound with more keys than room: drop-oldest still applies, and drops leave the index.
+        for i in 0..20 {
+            c.push_keyed(EncodedFrame::text("x"), keyed(&format!("k{i}"), 200 + i), 8, 1 << 20, policy);
+        }
+        let q = c.lock();
+        assert_eq!((q.items.len(), q.conflation.len()), (8, 8));
     }
 
     #[test]

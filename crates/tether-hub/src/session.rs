@@ -345,14 +345,18 @@ impl Hub {
         match parsed {
             Err(e) => self.reply_error(conn, e.code, &e.message, e.id.as_ref()),
             Ok(ClientMessage::Chat { content, id }) => self.publish(conn, room.clone(), Body::Json(Arc::from(content)), id),
-            Ok(ClientMessage::Publish { topic, content, id }) => self.publish(conn, Arc::from(topic), Body::Json(Arc::from(content)), id),
-            Ok(ClientMessage::Subscribe { topic, since, epoch, id }) => {
+            Ok(ClientMessage::Publish { topic, content, id, key }) => self.publish_keyed(conn, Arc::from(topic), Body::Json(Arc::from(content)), id, key.map(Arc::from)),
+            Ok(ClientMessage::Subscribe { topic, since, epoch, id, delta }) => {
                 let topic: Arc<str> = Arc::from(topic);
                 if topics.contains(&topic) {
                     // Already live: nothing to replay (a resume needs a new subscription).
                     if let Some(id) = id {
                         self.reply(conn, EncodedFrame::text(&envelope::ack(&id, Some(&topic), None)));
                     }
+                    return ControlFlow::Continue(());
+                }
+                if let Err(why) = self.may_subscribe(room, &topic) {
+                    self.reply_error(conn, "forbidden", &why, id.as_ref());
                     return ControlFlow::Continue(());
                 }
                 if topics.len() >= MAX_SUBSCRIPTIONS {
@@ -362,7 +366,7 @@ impl Hub {
                 topics.push(topic.clone());
                 // The ack (with the starting epoch and seq) comes once the
                 // broker has answered, after any replay.
-                self.subscribe(conn, &topic, since.map(|since| Resume { since, epoch }), id);
+                self.subscribe_with(conn, &topic, since.map(|since| Resume { since, epoch }), id, delta);
             }
             Ok(ClientMessage::Unsubscribe { topic, id }) => {
                 if let Some(pos) = topics.iter().position(|t| **t == *topic) {
@@ -399,9 +403,16 @@ impl Hub {
     }
 
     fn publish(&self, conn: &Arc<ConnShared>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>) {
+        self.publish_keyed(conn, topic, body, id, None);
+    }
+
+    fn publish_keyed(&self, conn: &Arc<ConnShared>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>, key: Option<Arc<str>>) {
+        if self.intercept_publish(conn, &topic, &body, id.as_ref()) {
+            return;
+        }
         Metrics::add(&self.metrics.broadcasts, 1);
         let ack_id = id.clone();
-        let msg = Publish { topic, sender: Arc::from(&*conn.session()), timestamp_ms: now_ms(), body, origin: Origin { conn: conn.id, id } };
+        let msg = Publish { topic, sender: Arc::from(&*conn.session()), timestamp_ms: now_ms(), body, key, origin: Origin { conn: conn.id, id } };
         if let Err(e) = self.broker.publish(msg) {
             self.reply_error(conn, "unavailable", &format!("message not published: {e}"), ack_id.as_ref());
         }

@@ -246,3 +246,243 @@ async fn serve_runs_a_hub_on_a_listener_and_shuts_down_with_1001() {
     assert_eq!(code, Some(1001));
     timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
 }
+
+/// 50 symbols, then a burst of one hot symbol, published while `slow`
+/// reads nothing; then `slow` reads. Without conflation the hot burst
+/// would push every other symbol's last value out of the queue.
+#[tokio::test(start_paused = true)]
+async fn conflation_a_slow_client_ends_with_the_latest_value_of_every_key() {
+    let hub = hub(HubConfig { queue_max_messages: 64, message_rate: RateLimit::OFF, ..HubConfig::default() });
+    let mut slow = join(&hub, "/feed", true).await;
+    let mut publisher = join(&hub, "/pub", true).await;
+    send(&mut slow, json!({"type": "subscribe", "topic": "prices", "id": 1})).await;
+    assert_eq!(next_json(&mut slow).await["type"], "ack");
+    let pad = "x".repeat(512);
+    let mut latest = std::collections::HashMap::new();
+    let mut publish = |symbol: String, price: u64| {
+        latest.insert(symbol.clone(), price);
+        json!({"type": "publish", "topic": "prices", "key": symbol, "content": {"symbol": symbol, "price": price, "pad": pad}})
+    };
+    let mut frames = Vec::new();
+    for round in 0..20 {
+        for s in 0..50 {
+            frames.push(publish(format!("S{s}"), round * 100 + s));
+        }
+    }
+    for i in 0..300 {
+        frames.push(publish("HOT".into(), 10_000 + i));
+    }
+    for f in frames {
+        send(&mut publisher, f).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut seen = std::collections::HashMap::new();
+    let mut seqs = Vec::new();
+    while seen.get("HOT") != Some(&10_299) {
+        let m = next_json(&mut slow).await;
+        if m["type"] == "message" {
+            assert_eq!(m["key"], m["content"]["symbol"], "the key rides with the message");
+            seqs.push(m["seq"].as_u64().unwrap());
+            seen.insert(m["key"].as_str().unwrap().to_string(), m["content"]["price"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seen, latest, "every symbol's latest value arrived");
+    assert!(seqs.len() < 1300, "older values were conflated: {} delivered", seqs.len());
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
+    let m = hub.metrics();
+    assert!(m.conflated_messages.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(m.dropped_messages.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing dropped: replaced instead");
+}
+
+/// The client side of a delta subscription: apply each patch to the
+/// content held for its key (RFC 7396), checking it patches what we have.
+#[derive(Default)]
+struct DeltaClient {
+    held: std::collections::HashMap<String, (u64, Value)>,
+    patches: usize,
+    bytes: usize,
+}
+
+impl DeltaClient {
+    fn content(&mut self, m: &Value, wire_len: usize) -> Value {
+        self.bytes += wire_len;
+        let key = m["key"].as_str().unwrap_or("").to_string();
+        let seq = m["seq"].as_u64().unwrap();
+        let content = if let Some(patch) = m.get("patch") {
+            self.patches += 1;
+            let (held_seq, held) = self.held.get(&key).cloned().expect("a patch only for a key we have");
+            assert_eq!(Some(held_seq), m["base"].as_u64(), "the patch applies to the message we have");
+            let mut v = held;
+            tether::v1::delta::apply(&mut v, patch);
+            v
+        } else {
+            m["content"].clone()
+        };
+        self.held.insert(key, (seq, content.clone()));
+        content
+    }
+}
+
+/// The next text that is not a presence notice, as sent.
+async fn next_non_presence(ws: &mut Ws) -> String {
+    loop {
+        let text = next_text(ws).await;
+        if !text.starts_with(r#"{"type":"presence""#) {
+            return text;
+        }
+    }
+}
+
+fn quote(symbol: &str, i: u64) -> Value {
+    json!({"symbol": symbol, "name": format!("{symbol} Holdings Incorporated"), "price": 100 + i % 7, "bid": 99 + i % 5, "volume": 1000 + i, "nothing": null, "tags": ["a", i % 3]})
+}
+
+#[tokio::test(start_paused = true)]
+async fn delta_patches_reconstruct_every_message_including_after_a_resume() {
+    let hub = hub(HubConfig { message_rate: RateLimit::OFF, ..HubConfig::default() });
+    let mut publisher = join(&hub, "/pub", true).await;
+    let mut client = join(&hub, "/c", true).await;
+    send(&mut client, json!({"type": "subscribe", "topic": "prices", "delta": "merge-patch", "id": "s"})).await;
+    let ack = next_json(&mut client).await;
+    let epoch = ack["epoch"].as_str().unwrap().to_string();
+    let mut dc = DeltaClient::default();
+    let symbols = ["TTR", "ACME", "INIT"];
+    let mut last_seq = 0;
+    for i in 0..30u64 {
+        let symbol = symbols[i as usize % 3];
+        let content = if i == 20 { json!("halted") } else { quote(symbol, i) };
+        send(&mut publisher, json!({"type": "publish", "topic": "prices", "key": symbol, "content": content})).await;
+        let text = next_non_presence(&mut client).await;
+        let m: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(dc.content(&m, text.len()), content, "message {i}");
+        last_seq = m["seq"].as_u64().unwrap();
+    }
+    assert!(dc.patches >= 20, "most messages were patches: {}", dc.patches);
+    drop(client);
+    // Missed while away, then a resume on a new connection: the replay is
+    // full, and patches follow on top of what the replay delivered.
+    for i in 30..36u64 {
+        let symbol = symbols[i as usize % 3];
+        send(&mut publisher, json!({"type": "publish", "topic": "prices", "key": symbol, "content": quote(symbol, i)})).await;
+    }
+    let mut client = join(&hub, "/c", true).await;
+    send(&mut client, json!({"type": "subscribe", "topic": "prices", "delta": "merge-patch", "since": last_seq, "epoch": epoch, "id": "r"})).await;
+    let before = dc.patches;
+    for i in 30..36u64 {
+        let text = next_non_presence(&mut client).await;
+        let m: Value = serde_json::from_str(&text).unwrap();
+        assert!(m.get("patch").is_none(), "a replay is sent in full");
+        assert_eq!(dc.content(&m, text.len()), quote(symbols[i as usize % 3], i));
+    }
+    assert_eq!(next_json(&mut client).await["type"], "ack");
+    for i in 36..45u64 {
+        let symbol = symbols[i as usize % 3];
+        send(&mut publisher, json!({"type": "publish", "topic": "prices", "key": symbol, "content": quote(symbol, i)})).await;
+        let text = next_non_presence(&mut client).await;
+        let m: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(dc.content(&m, text.len()), quote(symbol, i));
+    }
+    assert!(dc.patches > before, "patches again after the resume");
+    // A subscriber without deltas gets full messages of the same topic.
+    let mut full = join(&hub, "/f", true).await;
+    send(&mut full, json!({"type": "subscribe", "topic": "prices", "id": 1})).await;
+    next_json(&mut full).await;
+    send(&mut publisher, json!({"type": "publish", "topic": "prices", "key": "TTR", "content": quote("TTR", 99)})).await;
+    assert_eq!(next_json(&mut full).await["content"], quote("TTR", 99));
+    assert!(hub.metrics().delta_patches.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
+
+/// Frames a watcher of `$room:arena` receives while `players` players each
+/// send 10 positions per tick for 10 ticks, and the last frame it got.
+async fn room_frames(players: usize) -> (usize, Value, u64) {
+    let tick = Duration::from_millis(50);
+    let hub = hub(HubConfig { room_tick: tick, message_rate: RateLimit::OFF, ..HubConfig::default() });
+    let mut watcher = join(&hub, "/w", true).await;
+    send(&mut watcher, json!({"type": "subscribe", "topic": "$room:arena", "id": 0})).await;
+    assert_eq!(next_json(&mut watcher).await["type"], "ack");
+    let mut ps = Vec::new();
+    for i in 0..players {
+        let mut p = join(&hub, "/p", true).await;
+        send(&mut p, json!({"type": "subscribe", "topic": "$room:arena", "id": i})).await;
+        assert_eq!(next_json(&mut p).await["type"], "ack");
+        ps.push(p);
+    }
+    let start = tokio::time::Instant::now();
+    for round in 0..10u64 {
+        for (i, p) in ps.iter_mut().enumerate() {
+            for step in 0..10u64 {
+                send(p, json!({"type": "publish", "topic": "$room:arena", "content": {"x": round * 10 + step, "y": i}})).await;
+            }
+        }
+        tokio::time::sleep(tick).await;
+    }
+    tokio::time::sleep(tick * 2).await;
+    let ticks = (tokio::time::Instant::now() - start).as_millis() as u64 / 50 + 1;
+    let mut frames = 0;
+    let mut last = Value::Null;
+    loop {
+        let m = match timeout(Duration::from_secs(1), next_json(&mut watcher)).await {
+            Ok(m) => m,
+            Err(_) => break,
+        };
+        if m["type"] == "message" {
+            frames += 1;
+            last = m["content"].clone();
+        }
+    }
+    (frames, last, ticks)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_sends_one_frame_per_tick_whatever_the_number_of_players() {
+    for players in [1, 8] {
+        let (frames, last, ticks) = room_frames(players).await;
+        assert!(frames as u64 <= ticks, "{players} players: {frames} frames in {ticks} ticks (one per tick at most), for {} updates", players * 100);
+        assert!(frames >= 5, "frames kept coming: {frames}");
+        let positions = last["players"].as_object().expect("players").clone();
+        assert_eq!(positions.len(), players, "{last}");
+        assert!(positions.values().all(|p| p["x"] == 99), "the latest state of every player: {last}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn system_topics_are_reserved_and_only_for_system_rooms() {
+    let hub = hub(HubConfig::default());
+    hub.start_stats(Duration::from_secs(1));
+    let mut user = join(&hub, "/lobby", true).await;
+    send(&mut user, json!({"type": "publish", "topic": "$sys:stats", "content": {"connections": 1e9}, "id": 1})).await;
+    assert_eq!(next_json(&mut user).await["code"], "reserved_topic");
+    send(&mut user, json!({"type": "subscribe", "topic": "$sys:stats", "id": 2})).await;
+    assert_eq!(next_json(&mut user).await["code"], "forbidden");
+    let mut admin = join(&hub, "/$sys/dashboard", true).await;
+    send(&mut admin, json!({"type": "subscribe", "topic": "$sys:stats", "delta": "merge-patch", "id": 3})).await;
+    assert_eq!(next_json(&mut admin).await["type"], "ack");
+    let m = loop {
+        let m = next_json(&mut admin).await;
+        if m["type"] == "message" {
+            break m;
+        }
+    };
+    assert_eq!(m["content"]["connections"], 2);
+    assert_eq!(m["key"], m["content"]["node"]);
+    // Leaving a room removes the player from the next frame.
+    let mut a = join(&hub, "/a", true).await;
+    let mut b = join(&hub, "/b", true).await;
+    for (i, p) in [&mut a, &mut b].into_iter().enumerate() {
+        send(p, json!({"type": "subscribe", "topic": "$room:r", "id": i})).await;
+        next_json(p).await;
+        send(p, json!({"type": "publish", "topic": "$room:r", "content": {"x": i}, "id": "m"})).await;
+        assert_eq!(next_json(p).await["type"], "ack");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut last = Value::Null;
+    while let Ok(m) = timeout(Duration::from_millis(500), next_json(&mut a)).await {
+        if m["type"] == "message" {
+            last = m["content"].clone();
+        }
+    }
+    let players: Vec<Value> = last["players"].as_object().expect("a frame").values().cloned().collect();
+    assert_eq!(players, vec![json!({"x": 0})], "only a is left: {last}");
+}

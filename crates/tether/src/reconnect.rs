@@ -317,7 +317,7 @@ impl ClientSender {
                 st.topics.push(topic.to_owned());
             }
         }
-        let result = self.shared.request(Request::Subscribe { topic, since: None, epoch: None }).await;
+        let result = self.shared.request(Request::Subscribe { topic, since: None, epoch: None, delta: false }).await;
         if let Err(ClientError::Refused { .. }) = result {
             self.shared.lock().topics.retain(|t| t != topic);
         }
@@ -336,7 +336,14 @@ impl ClientSender {
     /// `tether.v1`: publish `content` (any JSON) to `topic`. Resolves with
     /// the ack, which carries the message's sequence number.
     pub async fn publish(&self, topic: &str, content: impl Into<Value>) -> Result<Ack, ClientError> {
-        self.shared.request(Request::Publish { topic, content: &content.into() }).await
+        self.shared.request(Request::Publish { topic, content: &content.into(), key: None }).await
+    }
+
+    /// `tether.v1`: publish `content` to `topic` with a conflation `key`
+    /// (e.g. a ticker symbol): a subscriber that falls behind gets the
+    /// newest message of each key instead of every one (docs/protocol.md).
+    pub async fn publish_keyed(&self, topic: &str, key: &str, content: impl Into<Value>) -> Result<Ack, ClientError> {
+        self.shared.request(Request::Publish { topic, content: &content.into(), key: Some(key) }).await
     }
 
     /// `tether.v1`: send `content` (any JSON) to this connection's room.
@@ -455,6 +462,11 @@ impl ReconnectingClient {
     /// See [`ClientSender::publish`].
     pub async fn publish(&self, topic: &str, content: impl Into<Value>) -> Result<Ack, ClientError> {
         self.sender.publish(topic, content).await
+    }
+
+    /// See [`ClientSender::publish_keyed`].
+    pub async fn publish_keyed(&self, topic: &str, key: &str, content: impl Into<Value>) -> Result<Ack, ClientError> {
+        self.sender.publish_keyed(topic, key, content).await
     }
 
     /// See [`ClientSender::chat`].

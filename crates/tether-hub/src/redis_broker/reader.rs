@@ -387,12 +387,12 @@ impl Reader {
             tracing::warn!(%topic, "redis broker: ignored a malformed message on the topic channel");
             return Ok(());
         };
-        let (epoch, seq, sender, timestamp_ms, body) = match event {
+        let (epoch, seq, sender, timestamp_ms, body, key) = match event {
             Event::Presence { joined, session, count } => {
                 self.shared.sink().presence(&topic, joined, &session, count);
                 return Ok(());
             }
-            Event::Message { epoch, seq, sender, timestamp_ms, body } => (epoch, seq, sender, timestamp_ms, body),
+            Event::Message { epoch, seq, sender, timestamp_ms, body, key } => (epoch, seq, sender, timestamp_ms, body, key),
         };
         if !followed.synced {
             // Not answered yet: the first sync sets the position past this.
@@ -418,7 +418,7 @@ impl Reader {
         let Some(followed) = self.topics.get_mut(&topic) else { return Ok(()) };
         if *followed.epoch == *epoch && seq > followed.last {
             followed.last = seq;
-            let msg = Published { topic, epoch: followed.epoch.clone(), seq, sender, timestamp_ms, body };
+            let msg = Published { topic, epoch: followed.epoch.clone(), seq, sender, timestamp_ms, body, key };
             self.shared.sink().deliver(&msg);
         }
         Ok(())

@@ -220,22 +220,33 @@ pub fn topic_of_channel(channel: &str) -> Option<&str> {
     channel.strip_prefix("tether:{")?.strip_suffix("}:ch")
 }
 
-/// The kind and bytes of a body, as stored and published.
-pub fn encode_body(body: &Body) -> (&'static str, &[u8]) {
-    match body {
+/// The kind and bytes of a body, as stored and published. A message with a
+/// conflation key has the key after the kind letter and a colon (`j:AAPL`);
+/// keys have no control characters, so the newline-separated layout holds.
+pub fn encode_body<'a>(body: &'a Body, key: Option<&str>) -> (std::borrow::Cow<'static, str>, &'a [u8]) {
+    let (kind, bytes): (&'static str, &[u8]) = match body {
         Body::Text(t) => ("t", t.as_bytes()),
         Body::Json(j) => ("j", j.get().as_bytes()),
         Body::Binary(b) => ("b", b),
+    };
+    match key {
+        None => (kind.into(), bytes),
+        Some(key) => (format!("{kind}:{key}").into(), bytes),
     }
 }
 
-fn decode_body(kind: &[u8], bytes: &[u8]) -> Option<Body> {
-    Some(match kind {
+fn decode_body(kind: &[u8], bytes: &[u8]) -> Option<(Body, Option<Arc<str>>)> {
+    let (kind, key) = match kind.iter().position(|&b| b == b':') {
+        Some(at) => (&kind[..at], Some(Arc::from(std::str::from_utf8(&kind[at + 1..]).ok()?))),
+        None => (kind, None),
+    };
+    let body = match kind {
         b"t" => Body::Text(Arc::from(std::str::from_utf8(bytes).ok()?)),
         b"j" => Body::Json(Arc::from(serde_json::value::RawValue::from_string(String::from_utf8(bytes.to_vec()).ok()?).ok()?)),
         b"b" => Body::Binary(bytes::Bytes::copy_from_slice(bytes)),
         _ => return None,
-    })
+    };
+    Some((body, key))
 }
 
 fn num(bytes: &[u8]) -> Option<u64> {
@@ -245,7 +256,7 @@ fn num(bytes: &[u8]) -> Option<u64> {
 /// Something received on a topic channel.
 pub enum Event {
     /// A published message (its epoch not yet interned).
-    Message { epoch: String, seq: u64, sender: Arc<str>, timestamp_ms: u64, body: Body },
+    Message { epoch: String, seq: u64, sender: Arc<str>, timestamp_ms: u64, body: Body, key: Option<Arc<str>> },
     /// A join or leave with the cluster-wide count.
     Presence { joined: bool, session: String, count: u64 },
 }
@@ -260,8 +271,8 @@ pub fn decode_event(payload: &[u8]) -> Option<Event> {
             let sender = Arc::from(std::str::from_utf8(parts.next()?).ok()?);
             let timestamp_ms = num(parts.next()?)?;
             let kind = parts.next()?;
-            let body = decode_body(kind, parts.next().unwrap_or(b""))?;
-            Some(Event::Message { epoch, seq, sender, timestamp_ms, body })
+            let (body, key) = decode_body(kind, parts.next().unwrap_or(b""))?;
+            Some(Event::Message { epoch, seq, sender, timestamp_ms, body, key })
         }
         b"p" => {
             let joined = parts.next()? == b"join";
@@ -319,8 +330,8 @@ pub fn decode_entries(topic: &Arc<str>, epoch: &Arc<str>, entries: Value) -> Vec
             }
         }
         let (Some(seq), Some(sender), Some(kind)) = (s, f, k) else { continue };
-        let Some(body) = decode_body(kind, b.unwrap_or(b"")) else { continue };
-        messages.push((id, Published { topic: topic.clone(), epoch: epoch.clone(), seq, sender, timestamp_ms: t.unwrap_or(0), body }));
+        let Some((body, key)) = decode_body(kind, b.unwrap_or(b"")) else { continue };
+        messages.push((id, Published { topic: topic.clone(), epoch: epoch.clone(), seq, sender, timestamp_ms: t.unwrap_or(0), body, key }));
     }
     messages
 }
@@ -357,6 +368,12 @@ mod tests {
         let Some(Event::Presence { joined, session, count }) = decode_event(b"p\nleave\ns-2\n3") else { panic!("not presence") };
         assert_eq!((joined, session.as_str(), count), (false, "s-2", 3));
         assert!(decode_event(b"m\nabc\nnot-a-number").is_none());
+        // A conflation key rides after the kind.
+        let body = Body::Text(Arc::from("42"));
+        let (kind, bytes) = encode_body(&body, Some("AAPL:x"));
+        let payload = [b"m\nabc\n8\ns-1\n123\n".as_slice(), kind.as_bytes(), b"\n", bytes].concat();
+        let Some(Event::Message { key, body: Body::Text(t), .. }) = decode_event(&payload) else { panic!("not a message") };
+        assert_eq!((key.as_deref(), &*t), (Some("AAPL:x"), "42"));
     }
 
     #[test]

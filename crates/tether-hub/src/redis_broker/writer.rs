@@ -147,7 +147,7 @@ async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut 
     let build = |msgs: &[Publish]| {
         let mut pipe = redis::pipe();
         for p in msgs {
-            let (kind, body) = encode_body(&p.body);
+            let (kind, body) = encode_body(&p.body, p.key.as_deref());
             pipe.cmd("EVALSHA")
                 .arg(sha)
                 .arg(2)
@@ -160,7 +160,7 @@ async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut 
                 .arg(key(&p.topic, "ch"))
                 .arg(&*p.sender)
                 .arg(p.timestamp_ms)
-                .arg(kind)
+                .arg(&*kind)
                 .arg(body)
                 .arg(shared.history.max_topic_bytes);
         }

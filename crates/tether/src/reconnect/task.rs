@@ -109,7 +109,7 @@ impl Driver {
         // of anything queued while disconnected.
         let topics = self.shared.lock().topics.clone();
         for topic in topics {
-            let _ = ws.start_send(Message::text(Request::Subscribe { topic: &topic, since: None, epoch: None }.to_json(None)));
+            let _ = ws.start_send(Message::text(Request::Subscribe { topic: &topic, since: None, epoch: None, delta: false }.to_json(None)));
         }
         self.shared.lock().connected = true;
         if self.events.send(Event::Open { protocol, attempt: self.attempt }).await.is_err() {

@@ -13,10 +13,12 @@ use serde_json::Value;
 pub enum ClientMessage {
     /// `{"type":"chat","content":...}`: a message to the connection's room.
     Chat { content: Box<RawValue>, id: Option<Value> },
-    /// `{"type":"publish","topic":"...","content":...}`.
-    Publish { topic: String, content: Box<RawValue>, id: Option<Value> },
-    /// `{"type":"subscribe","topic":"...","since"?:N,"epoch"?:"E"}`.
-    Subscribe { topic: String, since: Option<u64>, epoch: Option<String>, id: Option<Value> },
+    /// `{"type":"publish","topic":"...","content":...,"key"?:"K"}`; a `key`
+    /// makes the message conflatable (a newer one with the same topic and key
+    /// replaces it in a slow subscriber's queue) and names its delta stream.
+    Publish { topic: String, content: Box<RawValue>, id: Option<Value>, key: Option<String> },
+    /// `{"type":"subscribe","topic":"...","since"?:N,"epoch"?:"E","delta"?:"merge-patch"}`.
+    Subscribe { topic: String, since: Option<u64>, epoch: Option<String>, id: Option<Value>, delta: bool },
     /// `{"type":"unsubscribe","topic":"..."}`.
     Unsubscribe { topic: String, id: Option<Value> },
     /// `{"type":"ping"}`: answered with an ack (an application-level heartbeat).
@@ -44,6 +46,8 @@ struct Raw<'a> {
     content: Option<Box<RawValue>>,
     since: Option<Value>,
     epoch: Option<Value>,
+    key: Option<Value>,
+    delta: Option<Value>,
 }
 
 /// Longest topic name accepted.
@@ -85,6 +89,9 @@ pub fn check_topic(topic: &str) -> Result<(), BadTopic> {
     }
 }
 
+/// Longest conflation key accepted (the rules of topics apply to keys).
+pub const MAX_KEY_LEN: usize = MAX_TOPIC_LEN;
+
 /// Longest epoch accepted in a `subscribe` (servers send 12 characters).
 pub const MAX_EPOCH_LEN: usize = 64;
 
@@ -124,7 +131,15 @@ pub fn parse(text: &str) -> Result<ClientMessage, EnvelopeError> {
         "chat" => Ok(ClientMessage::Chat { content: content(raw)?, id }),
         "publish" => {
             let topic = topic(&raw)?;
-            Ok(ClientMessage::Publish { topic, content: content(raw)?, id })
+            let key = match &raw.key {
+                None | Some(Value::Null) => None,
+                Some(Value::String(k)) => match check_topic(k) {
+                    Ok(()) => Some(k.clone()),
+                    Err(why) => return Err(err("invalid_field", format!("\"key\" is not valid: {}", why.to_string().replace("topic", "key")), id.clone())),
+                },
+                Some(_) => return Err(err("invalid_field", format!("\"key\" must be a non-empty string of at most {MAX_KEY_LEN} bytes"), id.clone())),
+            };
+            Ok(ClientMessage::Publish { topic, content: content(raw)?, id, key })
         }
         "subscribe" => {
             let topic = topic(&raw)?;
@@ -140,7 +155,12 @@ pub fn parse(text: &str) -> Result<ClientMessage, EnvelopeError> {
             if epoch.is_some() && since.is_none() {
                 return Err(err("missing_field", "\"epoch\" goes with \"since\" (the last sequence number received)".into(), id.clone()));
             }
-            Ok(ClientMessage::Subscribe { topic, since, epoch, id })
+            let delta = match &raw.delta {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+                Some(Value::String(d)) if d == super::delta::MERGE_PATCH => true,
+                Some(_) => return Err(err("invalid_field", format!("\"delta\" must be {:?} (JSON Merge Patch, RFC 7396)", super::delta::MERGE_PATCH), id.clone())),
+            };
+            Ok(ClientMessage::Subscribe { topic, since, epoch, id, delta })
         }
         "unsubscribe" => Ok(ClientMessage::Unsubscribe { topic: topic(&raw)?, id }),
         "ping" => Ok(ClientMessage::Ping { id }),
@@ -159,8 +179,29 @@ pub fn welcome(session: &str, room: &str) -> String {
 
 /// `{"type":"message",...}`: `content_json` must be valid JSON.
 pub fn message(topic: &str, epoch: &str, seq: u64, sender: &str, timestamp_ms: u64, content_json: &str) -> String {
+    keyed_message(topic, epoch, seq, sender, timestamp_ms, None, content_json)
+}
+
+/// `{"type":"message",...,"key":"K","content":...}`: a message published
+/// with a conflation key (`None`: as [`message`]).
+pub fn keyed_message(topic: &str, epoch: &str, seq: u64, sender: &str, timestamp_ms: u64, key: Option<&str>, content_json: &str) -> String {
+    let key = key.map_or(String::new(), |k| format!(r#","key":{}"#, quote(k)));
     format!(
-        r#"{{"type":"message","topic":{},"epoch":{},"seq":{seq},"sender":{},"ts":{timestamp_ms},"content":{content_json}}}"#,
+        r#"{{"type":"message","topic":{},"epoch":{},"seq":{seq},"sender":{},"ts":{timestamp_ms}{key},"content":{content_json}}}"#,
+        quote(topic),
+        quote(epoch),
+        quote(sender)
+    )
+}
+
+/// `{"type":"message",...,"base":B,"patch":...}`: a message for a
+/// delta subscription, as a JSON Merge Patch (RFC 7396) of the content of
+/// the message `base` of the same topic and key, which the client has.
+#[allow(clippy::too_many_arguments)]
+pub fn patch_message(topic: &str, epoch: &str, seq: u64, sender: &str, timestamp_ms: u64, key: Option<&str>, base: u64, patch_json: &str) -> String {
+    let key = key.map_or(String::new(), |k| format!(r#","key":{}"#, quote(k)));
+    format!(
+        r#"{{"type":"message","topic":{},"epoch":{},"seq":{seq},"sender":{},"ts":{timestamp_ms}{key},"base":{base},"patch":{patch_json}}}"#,
         quote(topic),
         quote(epoch),
         quote(sender)
@@ -213,14 +254,16 @@ pub enum Request<'a> {
         /// Any JSON.
         content: &'a Value,
     },
-    /// `{"type":"publish","topic":"...","content":...}`.
+    /// `{"type":"publish","topic":"...","content":...,"key"?:"K"}`.
     Publish {
         /// The topic.
         topic: &'a str,
         /// Any JSON.
         content: &'a Value,
+        /// The conflation key (e.g. a ticker symbol), if any.
+        key: Option<&'a str>,
     },
-    /// `{"type":"subscribe","topic":"...","since"?:N,"epoch"?:"E"}`.
+    /// `{"type":"subscribe","topic":"...","since"?:N,"epoch"?:"E","delta"?:"merge-patch"}`.
     Subscribe {
         /// The topic.
         topic: &'a str,
@@ -228,6 +271,8 @@ pub enum Request<'a> {
         since: Option<u64>,
         /// The epoch `since` belongs to.
         epoch: Option<&'a str>,
+        /// Ask for JSON Merge Patch deltas ([`super::delta`]).
+        delta: bool,
     },
     /// `{"type":"unsubscribe","topic":"..."}`.
     Unsubscribe {
@@ -255,14 +300,22 @@ impl Request<'_> {
         let mut out = format!(r#"{{"type":{}"#, quote(self.kind()));
         match *self {
             Request::Chat { content } => out.push_str(&format!(r#","content":{content}"#)),
-            Request::Publish { topic, content } => out.push_str(&format!(r#","topic":{},"content":{content}"#, quote(topic))),
-            Request::Subscribe { topic, since, epoch } => {
+            Request::Publish { topic, content, key } => {
+                out.push_str(&format!(r#","topic":{},"content":{content}"#, quote(topic)));
+                if let Some(key) = key {
+                    out.push_str(&format!(r#","key":{}"#, quote(key)));
+                }
+            }
+            Request::Subscribe { topic, since, epoch, delta } => {
                 out.push_str(&format!(r#","topic":{}"#, quote(topic)));
                 if let Some(since) = since {
                     out.push_str(&format!(r#","since":{since}"#));
                 }
                 if let Some(epoch) = epoch {
                     out.push_str(&format!(r#","epoch":{}"#, quote(epoch)));
+                }
+                if delta {
+                    out.push_str(&format!(r#","delta":{}"#, quote(super::delta::MERGE_PATCH)));
                 }
             }
             Request::Unsubscribe { topic } => out.push_str(&format!(r#","topic":{}"#, quote(topic))),
@@ -347,6 +400,10 @@ mod tests {
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","since":-1}"#), "invalid_field");
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","since":1,"epoch":7}"#), "invalid_field");
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","epoch":"e"}"#), "missing_field");
+        assert_eq!(code(r#"{"type":"subscribe","topic":"t","delta":"fossil"}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"publish","topic":"t","content":1,"key":5}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"publish","topic":"t","content":1,"key":""}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"publish","topic":"t","content":1,"key":"a\u0000b"}"#), "invalid_field");
         let e = parse(r#"{"type":"dance","id":42}"#).unwrap_err();
         assert_eq!(e.id, Some(serde_json::json!(42)));
     }
@@ -356,6 +413,8 @@ mod tests {
         for s in [
             welcome("s-1", "/room \"x\""),
             message("news", "e1", 3, "s-1", 1700000000000, r#"{"a":[1,2]}"#),
+            keyed_message("news", "e1", 3, "s-1", 1700000000000, Some("k\"1"), r#"{"a":[1,2]}"#),
+            patch_message("news", "e1", 4, "s-1", 1700000000000, Some("k"), 3, r#"{"a":null}"#),
             ack(&serde_json::json!("req-1"), Some("news"), Some(("e1", 3))),
             history_gap("news", "e1", 4, "missed", Some(&serde_json::json!(2))),
             error("bad_json", "message is not \"valid\" JSON", None),
@@ -371,8 +430,8 @@ mod tests {
         let content = serde_json::json!({"a": [1, "x\"y"]});
         let kinds = [
             (Request::Chat { content: &content }, "chat"),
-            (Request::Publish { topic: "news", content: &content }, "publish"),
-            (Request::Subscribe { topic: "news", since: Some(3), epoch: Some("e1") }, "subscribe"),
+            (Request::Publish { topic: "news", content: &content, key: Some("k") }, "publish"),
+            (Request::Subscribe { topic: "news", since: Some(3), epoch: Some("e1"), delta: true }, "subscribe"),
             (Request::Unsubscribe { topic: "news" }, "unsubscribe"),
             (Request::Ping, "ping"),
         ];
@@ -383,8 +442,10 @@ mod tests {
             assert_eq!(v["id"], "r1");
             parse(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
         }
-        assert!(matches!(parse(&Request::Subscribe { topic: "t", since: Some(3), epoch: Some("e") }.to_json(None)),
-            Ok(ClientMessage::Subscribe { since: Some(3), epoch: Some(_), id: None, .. })));
+        assert!(matches!(parse(&Request::Subscribe { topic: "t", since: Some(3), epoch: Some("e"), delta: true }.to_json(None)),
+            Ok(ClientMessage::Subscribe { since: Some(3), epoch: Some(_), id: None, delta: true, .. })));
+        assert!(matches!(parse(&Request::Publish { topic: "t", content: &content, key: Some("AAPL") }.to_json(None)),
+            Ok(ClientMessage::Publish { key: Some(ref k), .. }) if k == "AAPL"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `tether.v1`, in one place: the subprotocol name, the JSON envelope
-//! (docs/protocol.md), the heartbeat rule and the reconnect backoff.
+//! (docs/protocol.md), delta compression (JSON Merge Patch), the heartbeat
+//! rule and the reconnect backoff.
 //!
 //! Both ends use this module: `tether-hub` parses client envelopes and
 //! builds its replies with [`envelope`], the reconnecting client
@@ -12,6 +13,7 @@
 //! Everything here is sans-I/O: no sockets, no clock (time is passed in).
 
 mod backoff;
+pub mod delta;
 pub mod envelope;
 pub mod heartbeat;
 

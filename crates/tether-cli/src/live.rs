@@ -1,0 +1,60 @@
+//! `tether serve` settings of the live features (conflation, `$sys:stats`,
+//! `$room:` ticks), kept apart from settings.rs so they merge easily; and
+//! the demo pages they serve.
+
+use crate::settings::parse_duration;
+use std::time::Duration;
+
+/// Conflation, the system stats topic and game rooms.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct LiveArgs {
+    /// Conflate every topic starting with this prefix (repeat or
+    /// comma-separate, e.g. `prices:`): a newer message replaces an unsent
+    /// older one with the same key (or, without a key, of the topic) in a
+    /// slow client's queue. A publish with a "key" is conflated anywhere
+    /// [default: none]
+    #[arg(long = "conflate-prefix", env = "TETHER_CONFLATE_PREFIXES", value_delimiter = ',', value_name = "PREFIX")]
+    pub conflate_prefixes: Vec<String>,
+    /// Publish this server's figures on the `$sys:stats` topic this often
+    /// (the /dashboard.html page reads them); 0 turns it off [default: 1s]
+    #[arg(long, env = "TETHER_STATS_INTERVAL", value_parser = parse_duration)]
+    pub stats_interval: Option<Duration>,
+    /// Ticks per second of `$room:` topics: each publishes its players'
+    /// latest states once per tick (1-1000) [default: 20]
+    #[arg(long, env = "TETHER_TICK_RATE", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub tick_rate: Option<u32>,
+}
+
+impl LiveArgs {
+    /// The room tick.
+    pub fn room_tick(&self) -> Duration {
+        Duration::from_secs(1) / self.tick_rate.unwrap_or(20)
+    }
+
+    /// How often `$sys:stats` is published (`None`: off).
+    pub fn stats_interval(&self) -> Option<Duration> {
+        Some(self.stats_interval.unwrap_or(Duration::from_secs(1))).filter(|d| !d.is_zero())
+    }
+}
+
+// Through symlinks inside the crate (crates/tether-cli/web/ -> web/), like
+// the other embedded files.
+const TICKER_HTML: &str = include_str!("../web/ticker.html");
+const DASHBOARD_HTML: &str = include_str!("../web/dashboard.html");
+const MULTIPLAYER_HTML: &str = include_str!("../web/multiplayer.html");
+const UPLOT_JS: &str = include_str!("../web/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../web/vendor/uPlot.min.css");
+const UPLOT_LICENSE: &str = include_str!("../web/vendor/uPlot.LICENSE");
+
+/// The demo pages and their vendored files: `(content type, body)` by path.
+pub fn page(path: &str) -> Option<(&'static str, &'static str)> {
+    Some(match path {
+        "/ticker.html" => ("text/html; charset=utf-8", TICKER_HTML),
+        "/dashboard.html" => ("text/html; charset=utf-8", DASHBOARD_HTML),
+        "/multiplayer.html" => ("text/html; charset=utf-8", MULTIPLAYER_HTML),
+        "/vendor/uPlot.iife.min.js" => ("text/javascript; charset=utf-8", UPLOT_JS),
+        "/vendor/uPlot.min.css" => ("text/css; charset=utf-8", UPLOT_CSS),
+        "/vendor/uPlot.LICENSE" => ("text/plain; charset=utf-8", UPLOT_LICENSE),
+        _ => return None,
+    })
+}
