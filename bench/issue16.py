@@ -355,6 +355,8 @@ def run_broadcast(opts, servers, progress):
                     after = loadavg()
                     if r:
                         lat = r.get("last_delivery_latency") or {}
+                        if not lat.get("count"):
+                            lat = {}  # no message reached every receiver: no latency to report
                         s = {"deliveries_per_sec": r.get("deliveries_per_sec"), "p50_us": lat.get("p50_us"),
                              "p99_us": lat.get("p99_us"), "lost": (r.get("errors") or {}).get("lost_messages"),
                              "server_cpu": (r.get("server") or {}).get("cpu_percent"),
