@@ -545,6 +545,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="1 round, 2 s runs, 2,000 idle connections, fewer broadcast rates")
     p.add_argument("--nice", type=int, help="run servers and generators under `nice -n N` (e.g. -10 on a shared "
                    "machine, as root); the default leaves priorities alone")
+    p.add_argument("--render-only", action="store_true",
+                   help="run nothing: write the tables from the last run (bench/results/issue16.json) into BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true", help="print the tables, leave BENCHMARKS.md alone")
     opts = p.parse_args(argv)
     if opts.quick:
@@ -556,6 +558,12 @@ def parse_args(argv):
 
 def main(argv):
     opts = parse_args(argv)
+    if opts.render_only:
+        section = render(json.load(open(os.path.join(base.RESULTS, "issue16.json"))), opts)
+        print(section)
+        if not opts.no_write:
+            write_benchmarks_md(section)
+        return
     if not os.path.exists(base.TETHER):
         sys.exit(f"missing {base.TETHER}: run `cargo build --release -p tether-cli` or set TETHER_BIN")
     nofile = raise_nofile(opts.idle + 1000)
@@ -572,7 +580,7 @@ def main(argv):
     start = time.monotonic()
     results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": machine(), "tether": tether_version(), "rounds": opts.rounds,
-               "args": " ".join(argv), "load_start": loadavg(), "nice": opts.nice}
+               "args": " ".join(a for a in argv if a != "--no-write"), "load_start": loadavg(), "nice": opts.nice}
     log(f"{results['machine']}; tether {results['tether']}; load {fmt_load(results['load_start'])}; "
         f"{total} cells (up to: broadcast stops climbing for a server that fell under half)")
     out = os.path.join(base.RESULTS, "issue16.json")
