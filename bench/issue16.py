@@ -250,6 +250,25 @@ def available(opts):
     return echo, idle, broadcast, generators
 
 
+def cell(cmd, what, measure):
+    """Start a server, run `measure(port, pid)` against it, stop it: (result or None, load before, load after)."""
+    before = loadavg()
+    port = base.free_port()
+    result = None
+    try:
+        srv = start_server(cmd, port)
+    except RuntimeError as e:
+        log(f"{what}: failed: {e}")
+        return None, before, loadavg()
+    try:
+        result = measure(port, srv.pid)
+    except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
+        log(f"{what}: failed: {e}")
+    finally:
+        srv.stop()
+    return result, before, loadavg()
+
+
 def run_echo(opts, servers, generators, progress):
     rows = []
     windows = max(1, round(opts.duration / LOAD_TEST_PERIOD))
@@ -258,20 +277,11 @@ def run_echo(opts, servers, generators, progress):
         for rnd in range(opts.rounds):
             for server_name, cmd in servers.items():
                 for gen in generators:
-                    before = loadavg()
-                    port = base.free_port()
-                    srv = start_server(cmd, port)
-                    try:
-                        if gen == "load_test":
-                            r = run_load_test(port, conns, size, windows, srv.pid)
-                        else:
-                            r = run_tether_bench(port, conns, size, opts.duration, srv.pid)
-                    except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
-                        log(f"echo {scenario} {server_name} {gen}: failed: {e}")
-                        r = None
-                    finally:
-                        srv.stop()
-                    after = loadavg()
+                    if gen == "load_test":
+                        measure = lambda port, pid: run_load_test(port, conns, size, windows, pid)
+                    else:
+                        measure = lambda port, pid: run_tether_bench(port, conns, size, opts.duration, pid)
+                    r, before, after = cell(cmd, f"echo {scenario} {server_name} {gen}", measure)
                     if r:
                         r.update(load_before=before, load_after=after)
                         samples[(gen, server_name)].append(r)
@@ -298,18 +308,9 @@ def run_memory(opts, servers, progress):
     rows = []
     for rnd in range(opts.rounds):
         for server_name, cmd in servers.items():
-            before = loadavg()
-            port = base.free_port()
-            srv = start_server(cmd, port)
-            r = None
-            try:
-                r = tether_bench(["connections", "--url", f"ws://127.0.0.1:{port}/idle", "--count", str(opts.idle),
-                                "--hold", "3", "--pid", str(srv.pid)])
-            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
-                log(f"memory {server_name}: failed: {e}")
-            finally:
-                srv.stop()
-            after = loadavg()
+            r, before, after = cell(cmd, f"memory {server_name}", lambda port, pid: tether_bench(
+                ["connections", "--url", f"ws://127.0.0.1:{port}/idle", "--count", str(opts.idle), "--hold", "3",
+                 "--pid", str(pid)]))
             mem = (r or {}).get("server_memory") or {}
             sample = {"bytes_per_conn": mem.get("bytes_per_connection"), "rss_before": mem.get("rss_before_bytes"),
                       "rss_after": mem.get("rss_after_bytes"), "connected": ((r or {}).get("connect") or {}).get("connected"),
@@ -340,19 +341,10 @@ def run_broadcast(opts, servers, progress):
             samples = {s: [] for s in active}
             for rnd in range(opts.rounds):
                 for server_name, cmd in active.items():
-                    before = loadavg()
-                    port = base.free_port()
-                    srv = start_server(cmd, port)
-                    r = None
-                    try:
-                        r = tether_bench(["broadcast", "--url", f"ws://127.0.0.1:{port}/bench", "--mode", "all",
-                                        "--clients", str(clients), "--rate", str(rate), "--size", "64",
-                                        "--duration", str(opts.duration), "--warmup", "1", "--pid", str(srv.pid)])
-                    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
-                        log(f"broadcast {clients} x {rate}/s {server_name}: failed: {e}")
-                    finally:
-                        srv.stop()
-                    after = loadavg()
+                    r, before, after = cell(cmd, f"broadcast {clients} x {rate}/s {server_name}", lambda port, pid: tether_bench(
+                        ["broadcast", "--url", f"ws://127.0.0.1:{port}/bench", "--mode", "all", "--clients", str(clients),
+                         "--rate", str(rate), "--size", "64", "--duration", str(opts.duration), "--warmup", "1",
+                         "--pid", str(pid)]))
                     if r:
                         lat = r.get("last_delivery_latency") or {}
                         if not lat.get("count"):
@@ -366,7 +358,7 @@ def run_broadcast(opts, servers, progress):
                     progress.step(f"broadcast {clients} clients x {rate} msg/s ({offered / 1e6:g}M deliveries/s offered), "
                                   f"{server_name}, round {rnd + 1}/{opts.rounds}",
                                   "failed" if not r else f"{fmt(s['deliveries_per_sec'])} deliveries/s, p99 "
-                                  f"{fmt((s['p99_us'] or 0) / 1000, 1)} ms, lost {fmt(s['lost'])}, server CPU "
+                                  f"{fmt(s['p99_us'] / 1000 if s['p99_us'] is not None else None, 1)} ms, lost {fmt(s['lost'])}, server CPU "
                                   f"{fmt(s['cpu_us_per_msg'], 3)} us/delivery", before, after)
             for server_name, ss in samples.items():
                 row = summarise(ss, clients=clients, rate=rate, offered=offered, server=server_name)
