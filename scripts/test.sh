@@ -28,6 +28,9 @@ cargo package --workspace --allow-dirty --no-verify --locked
 step "cargo test (workspace, all features)"
 cargo test --workspace --all-features --locked
 
+step "rustdoc (every crate, all features; a broken intra-doc link or a warning fails)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features --locked
+
 step "tether-proto does not depend on tokio"
 if cargo tree -p tether-proto -e normal --locked | grep -q tokio; then
     echo "tether-proto pulls in tokio:" >&2

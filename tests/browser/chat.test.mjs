@@ -8,50 +8,17 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
+import { freePort, startServer as start, stopServer, chromiumOptions } from "../support/tether-server.mjs";
 
-const BIN = process.env.TETHER_BIN || "target/release/tether";
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+// --deflate: Chromium offers permessage-deflate on every WebSocket, so every
+// test here also runs with compression negotiated.
+const startServer = (port) => start(port, ["--heartbeat-interval", "2s", "--deflate"]);
 const SHOTS = process.env.TETHER_SCREENSHOTS || "target/browser-screenshots";
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
 
-function startServer(port) {
-  return new Promise((resolve, reject) => {
-    // --deflate: Chromium offers permessage-deflate on every WebSocket, so
-    // every test here also runs with compression negotiated.
-    const child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`, "--heartbeat-interval", "2s", "--deflate"], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-      if (out.includes("listening on")) resolve(child);
-    });
-    child.on("exit", (code) => reject(new Error(`tether serve exited with ${code}: ${out}`)));
-  });
-}
 
-function stopServer(child, signal = "SIGKILL") {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
-    child.removeAllListeners("exit");
-    child.on("exit", () => resolve());
-    child.kill(signal);
-  });
-}
 
 let browser;
 let port;
@@ -61,11 +28,9 @@ before(async () => {
   mkdirSync(SHOTS, { recursive: true });
   port = await freePort();
   server = await startServer(port);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
-  });
+  browser = await chromium.launch(
+    chromiumOptions(["--disable-quic", "--disable-background-networking", "--disable-component-update", "--disable-sync"]),
+  );
 });
 
 after(async () => {

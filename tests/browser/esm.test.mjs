@@ -3,23 +3,10 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { chromium } from "playwright-core";
+import { freePort, startServer, stopServer, chromiumOptions } from "../support/tether-server.mjs";
 
-const BIN = process.env.TETHER_BIN || "target/release/tether";
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
 
 let browser;
 let server;
@@ -27,21 +14,13 @@ let port;
 
 before(async () => {
   port = await freePort();
-  server = await new Promise((resolve, reject) => {
-    const child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`], { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-      if (out.includes("listening on")) resolve(child);
-    });
-    child.on("exit", (code) => reject(new Error(`tether serve exited with ${code}: ${out}`)));
-  });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-gpu", "--no-first-run"] });
+  server = await startServer(port);
+  browser = await chromium.launch(chromiumOptions());
 });
 
 after(async () => {
   if (browser) await browser.close();
-  if (server) server.kill("SIGKILL");
+  await stopServer(server);
 });
 
 test("import { TetherClient } from /tether.mjs: a tether.v1 round trip", async () => {

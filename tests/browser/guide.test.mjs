@@ -4,47 +4,14 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
+import { freePort, startServer as start, stopServer, chromiumOptions } from "../support/tether-server.mjs";
 
-const BIN = process.env.TETHER_BIN || "target/release/tether";
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const startServer = (port) => start(port, ["--heartbeat-interval", "2s"]);
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
 
-function startServer(port) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`, "--heartbeat-interval", "2s"], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-      if (out.includes("listening on")) resolve(child);
-    });
-    child.on("exit", (code) => reject(new Error(`tether serve exited with ${code}: ${out}`)));
-  });
-}
 
-function stopServer(child) {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
-    child.removeAllListeners("exit");
-    child.on("exit", () => resolve());
-    child.kill("SIGKILL");
-  });
-}
 
 let browser;
 let server;
@@ -53,7 +20,7 @@ let port;
 before(async () => {
   port = await freePort();
   server = await startServer(port);
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-gpu", "--no-first-run"] });
+  browser = await chromium.launch(chromiumOptions());
 });
 
 after(async () => {

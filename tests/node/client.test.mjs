@@ -6,47 +6,16 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
 import WebSocket from "ws";
+import { freePort, startServer, stopServer } from "../support/tether-server.mjs";
 import TetherClient, { backoffDelay, heartbeatAction, DEFAULTS } from "tether-client";
 
 const require = createRequire(import.meta.url);
-const BIN = process.env.TETHER_BIN || "../../target/release/tether";
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
 
-function startServer(port) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`], { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-      if (out.includes("listening on")) resolve(child);
-    });
-    child.on("exit", (code) => reject(new Error(`tether serve exited with ${code}: ${out}`)));
-  });
-}
 
-function stopServer(child) {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
-    child.removeAllListeners("exit");
-    child.on("exit", () => resolve());
-    child.kill("SIGKILL");
-  });
-}
 
 /** Resolves with the first `event` payload that satisfies `pred`. */
 function next(client, event, pred = () => true, ms = 10000) {

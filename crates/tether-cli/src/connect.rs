@@ -75,6 +75,11 @@ pub struct ConnectArgs {
     /// Pretty-print text messages that are JSON.
     #[arg(long)]
     json_pretty: bool,
+    /// When input ends, wait up to this long for the answers (`ack` or
+    /// `error`) to the tether.v1 requests sent with an `id` before closing
+    /// (0s closes at once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    answer_timeout: Duration,
     #[command(flatten)]
     deflate: crate::settings::DeflateArgs,
 }
@@ -130,6 +135,65 @@ fn builder(args: &ConnectArgs) -> anyhow::Result<ClientBuilder> {
 enum Control {
     /// Close with this code and reason (as soon as a connection is open).
     Close(CloseCode, String),
+    /// Input ended (or /quit): close normally once every request sent with
+    /// an `id` has its answer, or after --answer-timeout.
+    EndOfInput,
+}
+
+/// The `id`s of tether.v1 requests sent and not yet answered, so that the end
+/// of piped input does not close before their `ack`s arrive (with a broker
+/// the answer takes a round trip to it). Bounded: ids beyond the first 4,096
+/// unanswered ones are not waited for.
+#[derive(Clone, Default)]
+struct Unanswered(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl Unanswered {
+    const MAX: usize = 4096;
+
+    fn sent(&self, text: &str) {
+        if let Some(id) = request_id(text) {
+            let mut ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if ids.len() < Self::MAX {
+                ids.insert(id);
+            }
+        }
+    }
+
+    fn received(&self, msg: &Message) {
+        let Message::Text(text) = msg else { return };
+        let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(text) else { return };
+        if matches!(obj.get("type").and_then(|t| t.as_str()), Some("ack" | "error")) {
+            if let Some(id) = obj.get("id") {
+                self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id.to_string());
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+}
+
+/// Input ended on an open connection: close now, or return when to close
+/// at the latest if requests are still unanswered.
+fn end_of_input(client: &ReconnectingClient, unanswered: &Unanswered, timeout: Duration) -> Option<tokio::time::Instant> {
+    if unanswered.is_empty() || timeout.is_zero() {
+        let _ = client.close(CloseCode::NORMAL, "");
+        None
+    } else {
+        Some(tokio::time::Instant::now() + timeout)
+    }
+}
+
+/// The `id` of a tether.v1 request line, as its JSON text (`1`, `"a"`).
+fn request_id(text: &str) -> Option<String> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    match serde_json::from_str::<serde_json::Value>(text).ok()? {
+        serde_json::Value::Object(obj) => obj.get("id").filter(|id| !id.is_null()).map(|id| id.to_string()),
+        _ => None,
+    }
 }
 
 async fn session(args: ConnectArgs) -> anyhow::Result<ExitCode> {
@@ -151,12 +215,16 @@ async fn session(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let (lines_tx, lines) = mpsc::channel(64);
     std::thread::Builder::new().name("stdin".into()).spawn(move || read_lines(lines_tx))?;
     let (control_tx, mut control) = mpsc::channel(4);
-    tokio::spawn(forward_input(first, lines, client.sender(), control_tx, interactive));
+    let unanswered = Unanswered::default();
+    tokio::spawn(forward_input(first, lines, client.sender(), control_tx, interactive, unanswered.clone()));
+    // End of input came while requests were unanswered: close when they are
+    // answered, or at this deadline.
+    let mut close_at: Option<tokio::time::Instant> = None;
 
     let mut open = false;
     // Close wanted before a connection was open: applied on open, so that
     // what was piped in is sent first.
-    let mut close_wanted: Option<(CloseCode, String)> = None;
+    let mut close_wanted: Option<Control> = None;
     let mut status = ExitCode::from(1);
     let mut interrupted = false;
     // A close was asked for (/close, /quit, end of input, Ctrl-C).
@@ -175,11 +243,22 @@ async fn session(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                             let protocol = protocol.map(|p| format!(" (subprotocol {p})")).unwrap_or_default();
                             printer.note(&format!("connected to {}{protocol}; {COMMANDS}", args.url), true);
                         }
-                        if let Some((code, reason)) = close_wanted.take() {
-                            let _ = client.close(code, &reason);
+                        match close_wanted.take() {
+                            Some(Control::Close(code, reason)) => {
+                                let _ = client.close(code, &reason);
+                            }
+                            Some(Control::EndOfInput) => close_at = end_of_input(&client, &unanswered, args.answer_timeout),
+                            None => {}
                         }
                     }
-                    Event::Message(msg) => printer.message(&msg),
+                    Event::Message(msg) => {
+                        unanswered.received(&msg);
+                        printer.message(&msg);
+                        if close_at.is_some() && unanswered.is_empty() {
+                            close_at = None;
+                            let _ = client.close(CloseCode::NORMAL, "");
+                        }
+                    }
                     Event::Close { was_clean, code, reason } => {
                         open = false;
                         status = ExitCode::from(if was_clean { 0 } else { 1 });
@@ -205,13 +284,21 @@ async fn session(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                     _ => {}
                 }
             }
-            Some(Control::Close(code, reason)) = control.recv() => {
+            Some(c) = control.recv() => {
                 closing = true;
-                if open {
-                    let _ = client.close(code, &reason);
-                } else {
-                    close_wanted = Some((code, reason));
+                match c {
+                    Control::EndOfInput if open => close_at = end_of_input(&client, &unanswered, args.answer_timeout),
+                    Control::Close(code, reason) if open => {
+                        let _ = client.close(code, &reason);
+                    }
+                    // Applied on open, after what was piped in is sent.
+                    c => close_wanted = Some(c),
                 }
+            }
+            _ = async { tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)).await }, if close_at.is_some() => {
+                close_at = None;
+                printer.note(&format!("no answer to some requests within {:?}; closing", args.answer_timeout), false);
+                let _ = client.close(CloseCode::NORMAL, "");
             }
             _ = &mut ctrl_c => {
                 // The stream may not end on its own if no connection is open.
@@ -327,7 +414,14 @@ fn parse_base64(s: &str) -> Result<Vec<u8>, String> {
 
 /// Send what is typed; turn commands and the end of input into controls.
 /// `first`, from --binary-file, goes before any line.
-async fn forward_input(first: Option<Vec<u8>>, mut lines: mpsc::Receiver<String>, sender: ClientSender, control: mpsc::Sender<Control>, interactive: bool) {
+async fn forward_input(
+    first: Option<Vec<u8>>,
+    mut lines: mpsc::Receiver<String>,
+    sender: ClientSender,
+    control: mpsc::Sender<Control>,
+    interactive: bool,
+    unanswered: Unanswered,
+) {
     let prompt = || {
         if interactive {
             print!("> ");
@@ -342,7 +436,10 @@ async fn forward_input(first: Option<Vec<u8>>, mut lines: mpsc::Receiver<String>
     while let Some(line) = lines.recv().await {
         let result = match parse_input(&line) {
             // Wait for room rather than drop input that is piped in fast.
-            Input::Text(text) => sender.send_wait(text).await,
+            Input::Text(text) => {
+                unanswered.sent(&text);
+                sender.send_wait(text).await
+            }
             Input::Binary(bytes) => sender.send_wait(Message::binary(bytes)).await,
             Input::File(path) => match std::fs::read(&path) {
                 Ok(bytes) => sender.send_wait(Message::binary(bytes)).await,
@@ -356,7 +453,10 @@ async fn forward_input(first: Option<Vec<u8>>, mut lines: mpsc::Receiver<String>
                 let _ = control.send(Control::Close(code, reason)).await;
                 return;
             }
-            Input::Quit => break,
+            Input::Quit => {
+                let _ = control.send(Control::Close(CloseCode::NORMAL, String::new())).await;
+                return;
+            }
             Input::Invalid(why) => {
                 eprintln!("{why}");
                 Ok(())
@@ -371,7 +471,7 @@ async fn forward_input(first: Option<Vec<u8>>, mut lines: mpsc::Receiver<String>
         prompt();
     }
     // End of input, or /quit.
-    let _ = control.send(Control::Close(CloseCode::NORMAL, String::new())).await;
+    let _ = control.send(Control::EndOfInput).await;
 }
 
 fn describe_close(was_clean: bool, code: CloseCode, reason: &str) -> String {
@@ -526,6 +626,23 @@ fn pretty_json(json: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_read_from_json_objects_only() {
+        assert_eq!(request_id(r#"{"type":"publish","id":1}"#).as_deref(), Some("1"));
+        assert_eq!(request_id(r#" {"id":"a"}"#).as_deref(), Some("\"a\""));
+        assert_eq!(request_id(r#"{"id":null}"#), None);
+        assert_eq!(request_id(r#"{"type":"chat"}"#), None);
+        assert_eq!(request_id("hello {\"id\":1}"), None);
+        assert_eq!(request_id("{not json"), None);
+        let unanswered = Unanswered::default();
+        unanswered.sent(r#"{"id":"a"}"#);
+        assert!(!unanswered.is_empty());
+        unanswered.received(&Message::text(r#"{"type":"message","id":"a"}"#));
+        assert!(!unanswered.is_empty(), "only an ack or an error answers");
+        unanswered.received(&Message::text(r#"{"type":"error","id":"a","code":"bad"}"#));
+        assert!(unanswered.is_empty());
+    }
 
     #[test]
     fn commands() {

@@ -484,3 +484,34 @@ fn sizes_take_units() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("[default: 1MiB]"), "{help}");
 }
+
+/// End of input does not cut off the answers to requests still in flight: a
+/// server that answers 300 ms late (as a node does after a round trip to
+/// Redis), and drops the answer if the client closes first.
+#[test]
+fn end_of_input_waits_for_the_answers_to_requests_with_an_id() {
+    let addr = serve(|tcp| async move {
+        let accept = |req: &tether::Request| Ok(Accept { protocol: req.protocols().first().map(|p| p.to_string()), ..Accept::default() });
+        let Ok(mut ws) = tether::accept_with(tcp, &Config::default(), accept).await else { return };
+        let Some(Ok(Message::Text(request))) = ws.recv().await else { return };
+        let id = serde_json::from_str::<serde_json::Value>(&request).unwrap()["id"].clone();
+        match tokio::time::timeout(Duration::from_millis(300), ws.recv()).await {
+            // The client closed before the answer: like the hub, nothing more is sent.
+            Ok(_) => {}
+            Err(_) => {
+                let _ = ws.send(format!(r#"{{"type":"ack","id":{id}}}"#)).await;
+            }
+        }
+        while let Some(Ok(_)) = ws.recv().await {}
+    });
+    let url = format!("ws://{addr}/");
+    let request = "{\"type\":\"publish\",\"topic\":\"news\",\"content\":\"hi\",\"id\":7}\n";
+    let out = run(&[&url, "--subprotocol", "tether.v1"], request);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "{\"type\":\"ack\",\"id\":7}\n", "stderr: {}", stderr(&out));
+
+    // --answer-timeout 0s: closed at once, the late answer never comes.
+    let out = run(&[&url, "--subprotocol", "tether.v1", "--answer-timeout", "0s"], request);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "", "stderr: {}", stderr(&out));
+}

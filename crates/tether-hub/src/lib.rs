@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # tether-hub
 //!
 //! The real-time server as a library, on top of the `tether` async WebSocket:
@@ -51,6 +52,7 @@ mod memory;
 mod metrics;
 mod queue;
 mod serve;
+mod session;
 #[cfg(feature = "redis")]
 mod redis_broker;
 
@@ -62,7 +64,7 @@ pub use memory::MemoryBroker;
 #[cfg(feature = "redis")]
 pub use redis_broker::RedisBroker;
 pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
-pub use conn::ConnInfo;
+pub use session::{ConnInfo, End, Ending, Outbox, Session};
 pub use hub::Hub;
 pub use serve::{accept, serve};
 pub use metrics::Metrics;

@@ -234,6 +234,11 @@ impl ConnShared {
         Some(item.frame)
     }
 
+    /// Whether any frame is queued.
+    pub fn has_queued(&self) -> bool {
+        !self.lock().items.is_empty()
+    }
+
     /// Room left in the queue, in (messages, bytes).
     pub fn room(&self, max_messages: usize, max_bytes: usize) -> (usize, usize) {
         let q = self.lock();

@@ -1,10 +1,11 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # tether
 //!
 //! Async WebSocket client and server for tokio, on the sans-I/O protocol
 //! engine in [`tether_proto`].
 //!
 //! - Server, lean path: [`accept`] / [`accept_with`] on any stream.
-//! - Server sharing a port with an HTTP app: [`upgrade`] (hyper 1, feature
+//! - Server sharing a port with an HTTP app: [`upgrade()`] (hyper 1, feature
 //!   `hyper`) and [`axum::WebSocketUpgrade`] (feature `axum`).
 //! - Client: [`connect`] / [`ClientBuilder`] for `ws://` and `wss://`.
 //! - Client that reconnects, queues while down and keeps a heartbeat:
@@ -16,7 +17,7 @@
 //!
 //! - `tls` (default): `wss://` for clients and servers, on rustls (ring),
 //!   with the system's roots and webpki-roots ([`tls`]).
-//! - `hyper`: [`upgrade`] a hyper 1 request to a WebSocket, sharing a port
+//! - `hyper`: [`upgrade()`] a hyper 1 request to a WebSocket, sharing a port
 //!   with an HTTP server.
 //! - `axum` (implies `hyper`): the [`axum::WebSocketUpgrade`] extractor.
 //!

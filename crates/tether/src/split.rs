@@ -1,4 +1,4 @@
-//! Read and write halves of a [`WebSocket`](crate::WebSocket), usable from
+//! Read and write halves of a [`WebSocket`], usable from
 //! two tasks at once.
 //!
 //! Both halves drive the same [`WebSocket`] (one protocol state, one close
