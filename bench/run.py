@@ -5,6 +5,9 @@ BENCHMARKS.md (the comparison section) from the results.
     bench/run.py                 everything (~15 min)
     bench/run.py --quick         1 sample, shorter runs (a smoke test, ~3 min)
     bench/run.py --only echo     one group: echo, memory, broadcast
+    bench/run.py issue16 --rounds 3
+                                 the #16 comparison with uWebSockets as a peer and
+                                 two echo generators (bench/issue16.py; its --help)
 
 Environment: TETHER_BIN=/path/to/tether replaces target/release/tether (as the
 server and as the load generator). TETHER_BASELINE=/path/to/older/tether adds
@@ -330,6 +333,9 @@ def write_benchmarks_md(section):
 
 
 def main():
+    if sys.argv[1:2] == ["issue16"]:
+        import issue16
+        return issue16.main(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 sample, 3 s runs, 2,000 idle connections")
     p.add_argument("--only", choices=["echo", "memory", "broadcast"], action="append")

@@ -51,6 +51,10 @@ fi
 step "adversarial tests (hostile peers against tether serve)"
 "${TETHER_PYTHON:-python3}" tests/adversarial/run.py --bin "$ROOT/target/release/tether" --debug-bin "$ROOT/target/debug/tether"
 
+step "bench/ tooling: unit tests of bench/issue16.py's parsing, run.py --help (no benchmark is run)"
+"${TETHER_PYTHON:-python3}" -m unittest discover -s bench -p 'test_*.py'
+"${TETHER_PYTHON:-python3}" bench/run.py issue16 --help >/dev/null
+
 step "tether-client (web/): tsc --noEmit, from Node with ws against tether serve, npm pack"
 (cd tests/node && npx --no-install tsc -p . && TETHER_BIN="$ROOT/target/release/tether" node --test --test-concurrency=1)
 (cd web && npm pack --dry-run --json --loglevel=error) | node -e '
