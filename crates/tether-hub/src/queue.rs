@@ -19,9 +19,9 @@
 //! for the key (a patch is only sent on top of the message it patches).
 
 use crate::config::SlowConsumerPolicy;
-use crate::keyed::{KeyedMessage, SentKeys, StreamKey};
+use crate::keyed::{KeyedMessage, LazyMap, SentKeys, StreamKey};
 use atomic_waker::AtomicWaker;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use tether_proto::EncodedFrame;
@@ -67,7 +67,7 @@ struct Frames {
     next_n: u64,
     /// (topic, key) → the queued conflatable item for it. Only queued items
     /// are in it: an entry goes when its item is sent, dropped or replaced.
-    conflation: HashMap<StreamKey, u64>,
+    conflation: LazyMap<StreamKey, u64>,
     /// For delta subscriptions: the position of the last message sent per key.
     sent: SentKeys,
 }
@@ -320,7 +320,7 @@ impl ConnShared {
             // welcome, acks): a connection that goes idle holds no queue.
             // Broadcasts in a steady flow keep their one slot.
             q.items = VecDeque::new();
-            q.conflation = HashMap::new();
+            q.conflation.release();
         }
         Some(frame)
     }
