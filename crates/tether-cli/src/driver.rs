@@ -530,6 +530,13 @@ impl<S: Service> Loop<S> {
                 }
                 within
             }
+            Ending::Restart { reconnect_after_ms, within } => {
+                let reason = tether_hub::drain_reason(reconnect_after_ms);
+                if e.conn.close(Some(CloseFrame::new(tether_proto::CloseCode::SERVICE_RESTART, &reason))).is_ok() {
+                    mark(&mut self.dirty, e, t);
+                }
+                within
+            }
         };
         let now = Instant::now();
         let mut give_up = now + within;

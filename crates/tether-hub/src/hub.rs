@@ -89,6 +89,8 @@ pub struct Hub {
     delta_bytes: AtomicUsize,
     /// `$room:` topics: the latest state per player, published once per tick.
     pub(crate) rooms: crate::room::Rooms,
+    /// Longest reconnect hint of a drain, in ms (src/drain.rs).
+    pub(crate) drain_hint_ms: std::sync::atomic::AtomicU32,
 }
 
 struct Sink(Weak<Hub>);
@@ -151,6 +153,7 @@ impl Hub {
             stall_rounds,
             delta_bytes: AtomicUsize::new(0),
             rooms: crate::room::Rooms::default(),
+            drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
         let weak = Arc::downgrade(&hub);
@@ -206,6 +209,11 @@ impl Hub {
         for conn in lock(&self.conns).values() {
             conn.set(flag::SHUTDOWN);
         }
+    }
+
+    /// The open connections, for a drain.
+    pub(crate) fn snapshot_conns(&self) -> Vec<Arc<ConnShared>> {
+        lock(&self.conns).values().cloned().collect()
     }
 
     pub(crate) fn register(&self, json: bool) -> Arc<ConnShared> {

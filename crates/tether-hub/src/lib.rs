@@ -46,6 +46,7 @@
 mod broker;
 mod config;
 mod conn;
+mod drain;
 mod hub;
 mod keyed;
 mod limit;
@@ -69,6 +70,7 @@ pub use redis_broker::RedisBroker;
 pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
 pub use session::{ConnInfo, End, Ending, Outbox, Session};
 pub use hub::Hub;
+pub use drain::{drain_reason, DRAIN_STEP};
 pub use serve::{accept, serve};
 pub use metrics::Metrics;
 

@@ -43,6 +43,8 @@ pub(crate) mod flag {
     pub const PROGRESS: u8 = 32;
     /// Nothing could be written for the write-stall timeout: drop it.
     pub const STALLED: u8 = 64;
+    /// Drained or shed: close with 1012 and a reconnect hint.
+    pub const DRAIN: u8 = 128;
 }
 
 struct Item {
