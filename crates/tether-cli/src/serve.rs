@@ -46,6 +46,8 @@ struct App {
     /// The event loops of `--driver loop`.
     loops: Option<Arc<Loops>>,
     auth_failures: AuthFailures,
+    /// Draining: new WebSockets refused, `/health` 503 (src/admin.rs).
+    drain: crate::admin::DrainState,
 }
 
 /// What a connection holds while it is open: its slot and, unless its
@@ -143,6 +145,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         per_ip: PerIp::new(settings.max_connections_per_ip),
         auth_failures: AuthFailures::new(settings.max_auth_failures),
         loops,
+        drain: crate::admin::DrainState::default(),
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -150,6 +153,10 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
 
     let signal = shutdown::signal();
     tokio::pin!(signal);
+    // SIGTERM with a drain window: keep answering (`/health` 503, upgrades
+    // 503) while the clients are closed gradually; stop when they are.
+    let mut signalled = false;
+    let (drained_tx, mut drained) = tokio::sync::watch::channel(false);
     loop {
         tokio::select! {
             (tcp, peer) = tether_hub::accept(&listener) => {
@@ -200,12 +207,24 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
                     }
                 });
             }
-            _ = &mut signal => break,
+            _ = &mut signal, if !signalled => {
+                signalled = true;
+                if settings.drain_window.is_zero() {
+                    break;
+                }
+                let task = app.drain.drain(&hub, settings.drain_window);
+                let done = drained_tx.clone();
+                tokio::spawn(async move {
+                    let _ = task.await;
+                    let _ = done.send(true);
+                });
+            }
+            _ = drained.changed() => break,
         }
     }
     drop(listener);
     let open = hub.connection_count();
-    tracing::info!(open, "shutting down: closing WebSocket connections with 1001");
+    tracing::info!(open, "shutting down: closing the WebSocket connections left with 1001");
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
     let left = hub.close_all(settings.shutdown_timeout).await;
     if let Some(loops) = &app.loops {
@@ -355,6 +374,10 @@ impl App {
         let s = &self.settings;
         let refused = &self.hub.metrics().refused;
         let count = |c: &std::sync::atomic::AtomicU64| tether_hub::Metrics::add(c, 1);
+        if self.drain.is_draining() {
+            count(&refused.max_connections);
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "this node is draining: connect to another one"));
+        }
         // The path names the room: it obeys the topic rules.
         if let Err(why) = tether_hub::envelope::check_topic(req.path) {
             count(&refused.bad_room);
@@ -451,6 +474,9 @@ async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Exten
     if tether::upgrade::is_upgrade_request(&req) {
         return websocket(app, ctx, req).await;
     }
+    if req.uri().path().starts_with("/admin/") {
+        return crate::admin::handle(&app.hub, &app.drain, &app.settings, &req);
+    }
     if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "only GET\n").into_response();
     }
@@ -487,15 +513,17 @@ async fn script(source: &'static str) -> impl IntoResponse {
 
 async fn health(app: Arc<App>) -> impl IntoResponse {
     let broker = app.hub.broker().health();
+    let draining = app.drain.is_draining();
     let body = serde_json::json!({
-        "status": if broker.ok { "ok" } else { "degraded" },
+        "status": if draining { "draining" } else if broker.ok { "ok" } else { "degraded" },
+        "draining": draining,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "connections": app.hub.connection_count(),
         "topics": app.hub.topic_count(),
         "broker": { "name": app.hub.broker().name(), "ok": broker.ok, "detail": broker.detail },
     });
-    let status = if broker.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if broker.ok && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 

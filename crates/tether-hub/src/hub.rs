@@ -93,6 +93,8 @@ pub struct Hub {
     pub(crate) rooms: crate::room::Rooms,
     /// Checks tokens sent in `auth` and `refresh` envelopes.
     authenticator: std::sync::OnceLock<Arc<dyn crate::auth::Authenticator>>,
+    /// Longest reconnect hint of a drain, in ms (src/drain.rs).
+    pub(crate) drain_hint_ms: std::sync::atomic::AtomicU32,
 }
 
 struct Sink(Weak<Hub>);
@@ -156,6 +158,7 @@ impl Hub {
             delta_bytes: AtomicUsize::new(0),
             rooms: crate::room::Rooms::default(),
             authenticator: std::sync::OnceLock::new(),
+            drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
         let weak = Arc::downgrade(&hub);
@@ -226,6 +229,11 @@ impl Hub {
         for conn in lock(&self.conns).values() {
             conn.set(flag::SHUTDOWN);
         }
+    }
+
+    /// The open connections, for a drain.
+    pub(crate) fn snapshot_conns(&self) -> Vec<Arc<ConnShared>> {
+        lock(&self.conns).values().cloned().collect()
     }
 
     pub(crate) fn register(&self, json: bool) -> Arc<ConnShared> {

@@ -47,6 +47,7 @@ pub mod auth;
 mod broker;
 mod config;
 mod conn;
+mod drain;
 mod hub;
 mod keyed;
 mod limit;
@@ -71,6 +72,7 @@ pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
 pub use session::{ConnInfo, End, Ending, Identity, Outbox, Session};
 pub use auth::{AuthError, Authenticator, Grants, TopicPatterns};
 pub use hub::Hub;
+pub use drain::{drain_reason, DRAIN_STEP};
 pub use serve::{accept, serve};
 pub use metrics::Metrics;
 

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub dropped_messages: AtomicU64,
     /// Connections closed because they fell behind.
     pub slow_consumer_closes: AtomicU64,
+    /// Connections closed with 1012 by a drain or a shed.
+    pub drained_connections: AtomicU64,
     /// Connections terminated because they missed a heartbeat.
     pub terminated_connections: AtomicU64,
     /// Upgrade requests refused (bad handshake, limits, auth, origin).
@@ -104,6 +106,7 @@ impl Metrics {
             ("tether_broadcasts_total", "counter", "Messages published to a topic or room.", g(&self.broadcasts)),
             ("tether_dropped_messages_total", "counter", "Messages dropped because a client fell behind.", g(&self.dropped_messages)),
             ("tether_slow_consumer_closes_total", "counter", "Connections closed because they fell behind.", g(&self.slow_consumer_closes)),
+            ("tether_drained_connections_total", "counter", "Connections closed with 1012 by a drain or a shed.", g(&self.drained_connections)),
             ("tether_terminated_connections_total", "counter", "Connections terminated after a missed heartbeat.", g(&self.terminated_connections)),
             ("tether_handshake_failures_total", "counter", "Upgrade requests refused.", g(&self.handshake_failures)),
             ("tether_client_errors_total", "counter", "Error envelopes sent for bad client messages.", g(&self.client_errors)),

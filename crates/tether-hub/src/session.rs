@@ -129,6 +129,8 @@ pub enum End {
     /// Its token expired and no `refresh` came within the grace period,
     /// or no `auth` came in time.
     Unauthenticated,
+    /// Drained or shed ([`Hub::shed`]): the client should reconnect elsewhere.
+    Drained,
 }
 
 /// How a driver finishes a connection once its session ended.
@@ -150,6 +152,15 @@ pub enum Ending {
         code: u16,
         /// The close reason.
         reason: &'static str,
+        /// Longest wait for the handshake.
+        within: Duration,
+    },
+    /// Send a close frame with 1012 (service restart) and the reason
+    /// [`drain_reason`](crate::drain_reason)`(reconnect_after_ms)`, and wait,
+    /// at most `within`, for the peer's.
+    Restart {
+        /// The client's reconnect hint.
+        reconnect_after_ms: u32,
         /// Longest wait for the handshake.
         within: Duration,
     },
@@ -237,6 +248,12 @@ impl Hub {
                 tracing::info!(session = %conn.session(), code, "closing a client that fell behind");
                 Ending::Close { code, reason: "too slow: outbound queue full", within: Duration::from_secs(2) }
             }
+            End::Drained => {
+                Metrics::add(&self.metrics.drained_connections, 1);
+                let reconnect_after_ms = self.reconnect_hint(conn.id);
+                tracing::debug!(session = %conn.session(), reconnect_after_ms, "drained: closing with 1012");
+                Ending::Restart { reconnect_after_ms, within: Duration::from_secs(3) }
+            }
             End::Shutdown => Ending::Close { code: CloseCode::GOING_AWAY.0, reason: "server shutting down", within: Duration::from_secs(3) },
             End::Unauthenticated => {
                 let user = session.auth.grants().map(|g| g.user.clone());
@@ -284,15 +301,17 @@ impl Session {
         }
         let conn = &self.conn;
         let flags = conn.flags.load(Ordering::Acquire);
-        if flags & (flag::TERMINATE | flag::SLOW_CLOSE | flag::SHUTDOWN | flag::STALLED) != 0 {
+        if flags & (flag::TERMINATE | flag::SLOW_CLOSE | flag::SHUTDOWN | flag::STALLED | flag::DRAIN) != 0 {
             return Err(if flags & flag::TERMINATE != 0 {
                 End::Terminated
             } else if flags & flag::STALLED != 0 {
                 End::Stalled
             } else if flags & flag::SLOW_CLOSE != 0 {
                 End::Slow
-            } else {
+            } else if flags & flag::SHUTDOWN != 0 {
                 End::Shutdown
+            } else {
+                End::Drained
             });
         }
         if flags & flag::PING_DUE != 0 {
