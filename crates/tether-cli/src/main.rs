@@ -3,6 +3,7 @@
 
 mod admin;
 mod admission;
+mod auth;
 mod bench;
 mod connect;
 mod driver;

@@ -251,6 +251,8 @@ pub struct ServeArgs {
     pub http_timeout: Option<Duration>,
     #[command(flatten)]
     pub live: crate::live::LiveArgs,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -297,6 +299,8 @@ struct FileConfig {
     drain_window: Option<String>,
     admin_token: Option<String>,
     http_timeout: Option<String>,
+    /// JWT connection tokens (src/auth.rs).
+    jwt: Option<crate::auth::AuthFile>,
 }
 
 /// The settings `tether serve` runs with.
@@ -333,6 +337,8 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// Conflation, `$sys:stats` and `$room:` ticks (flags and variables only).
     pub live: crate::live::LiveArgs,
+    /// JWT connection tokens and their expiry.
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Settings {
@@ -413,6 +419,7 @@ impl Settings {
             admin_token: args.admin_token.or(file.admin_token),
             http_timeout: dur(args.http_timeout, file.http_timeout, "http-timeout", Duration::from_secs(60))?,
             live: args.live,
+            auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
         };
         if settings.heartbeat_interval.is_zero() || settings.write_stall_timeout.is_zero() || settings.http_timeout.is_zero() {
             bail!("--heartbeat-interval, --write-stall-timeout and --http-timeout must be greater than zero");
