@@ -2,6 +2,7 @@
 //! load generator.
 
 mod admission;
+mod api;
 mod bench;
 mod connect;
 mod driver;

@@ -43,6 +43,7 @@
 //! }
 //! ```
 
+pub mod api;
 mod broker;
 mod config;
 mod conn;

@@ -43,6 +43,8 @@ pub(crate) mod flag {
     pub const PROGRESS: u8 = 32;
     /// Nothing could be written for the write-stall timeout: drop it.
     pub const STALLED: u8 = 64;
+    /// The server API ordered this session closed (code kept by the hub).
+    pub const KICKED: u8 = 128;
 }
 
 struct Item {

@@ -91,6 +91,8 @@ pub enum End {
     RateLimited,
     /// The server is shutting down.
     Shutdown,
+    /// The server API disconnected it (`/api/disconnect`).
+    Disconnected,
 }
 
 /// How a driver finishes a connection once its session ended.
@@ -157,7 +159,14 @@ impl Hub {
     pub fn end_session(&self, session: Session, end: End) -> Ending {
         self.unregister(&session.conn, &session.topics);
         let conn = &session.conn;
+        let kicked = self.api.take_kick(conn.id);
         match end {
+            End::Disconnected => {
+                let code = kicked.unwrap_or(CloseCode::POLICY_VIOLATION.0);
+                Metrics::add(&self.metrics.api_disconnects, 1);
+                tracing::info!(session = %conn.session(), code, "closed by the server API");
+                Ending::Close { code, reason: "disconnected by the server", within: Duration::from_secs(2) }
+            }
             End::Closed => Ending::Finish { within: Duration::from_secs(2) },
             End::Terminated => {
                 Metrics::add(&self.metrics.terminated_connections, 1);
@@ -222,13 +231,15 @@ impl Session {
     pub fn pump(&mut self, hub: &Hub, out: &mut impl Outbox, high_water: usize) -> Result<(), End> {
         let conn = &self.conn;
         let flags = conn.flags.load(Ordering::Acquire);
-        if flags & (flag::TERMINATE | flag::SLOW_CLOSE | flag::SHUTDOWN | flag::STALLED) != 0 {
+        if flags & (flag::TERMINATE | flag::SLOW_CLOSE | flag::SHUTDOWN | flag::STALLED | flag::KICKED) != 0 {
             return Err(if flags & flag::TERMINATE != 0 {
                 End::Terminated
             } else if flags & flag::STALLED != 0 {
                 End::Stalled
             } else if flags & flag::SLOW_CLOSE != 0 {
                 End::Slow
+            } else if flags & flag::KICKED != 0 {
+                End::Disconnected
             } else {
                 End::Shutdown
             });
