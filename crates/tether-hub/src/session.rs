@@ -246,10 +246,12 @@ impl Session {
                 End::Stalled
             } else if flags & flag::SLOW_CLOSE != 0 {
                 End::Slow
-            } else if flags & flag::SHUTDOWN != 0 {
-                End::Shutdown
-            } else {
+            } else if flags & flag::DRAIN != 0 {
+                // A drained client asked to reconnect elsewhere keeps its
+                // hint even if shutdown follows before it closes.
                 End::Drained
+            } else {
+                End::Shutdown
             });
         }
         if flags & flag::PING_DUE != 0 {
