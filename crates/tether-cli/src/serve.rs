@@ -458,7 +458,7 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                 },
                 None => (ws, room, slot),
             };
-            app.hub.run_connection(ws, ConnInfo { room }).await;
+            app.hub.run_connection(ws, ConnInfo::new(room)).await;
             drop(slot);
         }
         Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
@@ -573,6 +573,6 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let hub = app.hub.clone();
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
         let _held = (slot, ip_guard);
-        hub.run_connection(ws, ConnInfo { room }).await;
+        hub.run_connection(ws, ConnInfo::new(room)).await;
     })
 }

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub delta_patches: AtomicU64,
     /// Connections refused before or at the upgrade, by reason.
     pub refused: Refused,
+    /// Authentication and authorization decisions, by result and reason
+    /// (`tether_auth_decisions_total{result,reason}`); see [`Metrics::count_auth`].
+    auth_decisions: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 /// Connections refused, by reason (`tether_refused_connections_total{reason}`).
@@ -74,6 +77,19 @@ impl Metrics {
     /// Add `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Count one auth decision: `result` is `allowed`, `refused` or
+    /// `closed`; `reason` says which check (`jwt`, `shared_token`,
+    /// `expired`, `bad_signature`, `subscribe`, `publish`, `refresh`, a hook
+    /// name...). Both are static strings, so the label set is bounded.
+    pub fn count_auth(&self, result: &'static str, reason: &'static str) {
+        *self.auth_decisions.lock().unwrap_or_else(|p| p.into_inner()).entry((result, reason)).or_default() += 1;
+    }
+
+    /// How many auth decisions with `result` and `reason` were counted.
+    pub fn auth_decisions(&self, result: &str, reason: &str) -> u64 {
+        self.auth_decisions.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|((r, why), _)| *r == result && *why == reason).map_or(0, |(_, n)| *n)
     }
 
     /// The Prometheus text exposition of every counter.
@@ -117,6 +133,11 @@ impl Metrics {
             ("bad_room", &r.bad_room),
         ] {
             let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", g(c));
+        }
+        let name = "tether_auth_decisions_total";
+        let _ = writeln!(out, "# HELP {name} Authentication and authorization decisions, by result and reason.\n# TYPE {name} counter");
+        for ((result, reason), n) in self.auth_decisions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "{name}{{result=\"{result}\",reason=\"{reason}\"}} {n}");
         }
         for (name, help, value) in extra {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");

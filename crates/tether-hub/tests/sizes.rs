@@ -56,7 +56,7 @@ async fn connection_future_stays_small() {
     let hub = Hub::new(HubConfig::default(), Arc::new(MemoryBroker::new()));
     let (a, _b) = tokio::io::duplex(64);
     let ws = tether::WebSocket::from_raw(a, tether::Role::Server, &tether::Config::default(), &[]);
-    let fut = hub.run_connection(ws, ConnInfo { room: "/".into() });
+    let fut = hub.run_connection(ws, ConnInfo::new("/"));
     let size = std::mem::size_of_val(&fut);
     println!("run_connection future: {size} bytes");
     assert!(size <= 1024, "run_connection future grew to {size} bytes");
@@ -95,7 +95,7 @@ async fn an_idle_session_and_its_connection_stay_small() {
 }
 
 fn idle(hub: &Arc<Hub>) -> (Session, Connection) {
-    let mut session = hub.open_session(false, ConnInfo { room: "/room".into() });
+    let mut session = hub.open_session(false, ConnInfo::new("/room"));
     let mut conn = Connection::new(Role::Server, Config::default());
     session.pump(hub, &mut conn, 128 * 1024).unwrap();
     assert!(!conn.take_data_to_send().is_empty(), "the welcome was queued");
