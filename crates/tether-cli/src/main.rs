@@ -1,6 +1,7 @@
 //! `tether`: a ready-to-run WebSocket server, an echo server, a client and a
 //! load generator.
 
+mod admin;
 mod admission;
 mod api;
 mod bench;

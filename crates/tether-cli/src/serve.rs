@@ -48,6 +48,8 @@ struct App {
     auth_failures: AuthFailures,
     /// The server API (`/api/*`; off without `--api-key`).
     api: Arc<crate::api::Api>,
+    /// Draining: new WebSockets refused, `/health` 503 (src/admin.rs).
+    drain: crate::admin::DrainState,
 }
 
 /// What a connection holds while it is open: its slot and, unless its
@@ -148,6 +150,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         auth_failures: AuthFailures::new(settings.max_auth_failures),
         loops,
         api,
+        drain: crate::admin::DrainState::default(),
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -155,6 +158,10 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
 
     let signal = shutdown::signal();
     tokio::pin!(signal);
+    // SIGTERM with a drain window: keep answering (`/health` 503, upgrades
+    // 503) while the clients are closed gradually; stop when they are.
+    let mut signalled = false;
+    let (drained_tx, mut drained) = tokio::sync::watch::channel(false);
     loop {
         tokio::select! {
             (tcp, peer) = tether_hub::accept(&listener) => {
@@ -205,12 +212,24 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
                     }
                 });
             }
-            _ = &mut signal => break,
+            _ = &mut signal, if !signalled => {
+                signalled = true;
+                if settings.drain_window.is_zero() {
+                    break;
+                }
+                let task = app.drain.drain(&hub, settings.drain_window);
+                let done = drained_tx.clone();
+                tokio::spawn(async move {
+                    let _ = task.await;
+                    let _ = done.send(true);
+                });
+            }
+            _ = drained.changed() => break,
         }
     }
     drop(listener);
     let open = hub.connection_count();
-    tracing::info!(open, "shutting down: closing WebSocket connections with 1001");
+    tracing::info!(open, "shutting down: closing the WebSocket connections left with 1001");
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
     let left = hub.close_all(settings.shutdown_timeout).await;
     if let Some(loops) = &app.loops {
@@ -360,6 +379,10 @@ impl App {
         let s = &self.settings;
         let refused = &self.hub.metrics().refused;
         let count = |c: &std::sync::atomic::AtomicU64| tether_hub::Metrics::add(c, 1);
+        if self.drain.is_draining() {
+            count(&refused.max_connections);
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "this node is draining: connect to another one"));
+        }
         // The path names the room: it obeys the topic rules.
         if let Err(why) = tether_hub::envelope::check_topic(req.path) {
             count(&refused.bad_room);
@@ -440,7 +463,7 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                 },
                 None => (ws, room, slot),
             };
-            app.hub.run_connection(ws, ConnInfo { room }).await;
+            app.hub.run_connection(ws, ConnInfo::new(room)).await;
             drop(slot);
         }
         Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
@@ -460,6 +483,9 @@ async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Exten
         let client_ip = app.settings.client_ip_header.as_deref().and_then(|h| req.headers().get(h)).and_then(|v| v.to_str().ok());
         let ip = admission::client_ip(ctx.peer.ip(), client_ip, app.behind_proxy(ctx.peer), &app.settings.trusted_proxies);
         return app.api.handle(&app.auth_failures, ip, req).await;
+    }
+    if req.uri().path().starts_with("/admin/") {
+        return crate::admin::handle(&app.hub, &app.drain, &app.settings, &req);
     }
     if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "only GET\n").into_response();
@@ -497,15 +523,17 @@ async fn script(source: &'static str) -> impl IntoResponse {
 
 async fn health(app: Arc<App>) -> impl IntoResponse {
     let broker = app.hub.broker().health();
+    let draining = app.drain.is_draining();
     let body = serde_json::json!({
-        "status": if broker.ok { "ok" } else { "degraded" },
+        "status": if draining { "draining" } else if broker.ok { "ok" } else { "degraded" },
+        "draining": draining,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "connections": app.hub.connection_count(),
         "topics": app.hub.topic_count(),
         "broker": { "name": app.hub.broker().name(), "ok": broker.ok, "detail": broker.detail },
     });
-    let status = if broker.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if broker.ok && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 
@@ -556,6 +584,6 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let hub = app.hub.clone();
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
         let _held = (slot, ip_guard);
-        hub.run_connection(ws, ConnInfo { room }).await;
+        hub.run_connection(ws, ConnInfo::new(room)).await;
     })
 }

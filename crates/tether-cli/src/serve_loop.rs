@@ -52,7 +52,7 @@ impl<G: Send + 'static> Service for HubService<G> {
     const WAKES: bool = true;
 
     fn open(&self, (json, room, guard): (bool, String, G), waker: Option<Waker>) -> HubConn<G> {
-        let session = self.hub.open_session(json, ConnInfo { room });
+        let session = self.hub.open_session(json, ConnInfo::new(room));
         HubConn { session: Some(session), waker, _guard: guard }
     }
 

@@ -235,6 +235,16 @@ pub struct ServeArgs {
     /// [default: none, /metrics is open]
     #[arg(long, env = "TETHER_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// On SIGTERM or `POST /admin/drain`, close clients gradually over this
+    /// window with 1012 and a jittered reconnect hint, so they move to other
+    /// nodes without a thundering herd; 0s closes them at once with 1001
+    /// (e.g. 30s) [default: 10s]
+    #[arg(long, env = "TETHER_DRAIN_WINDOW", value_parser = parse_duration)]
+    pub drain_window: Option<Duration>,
+    /// Enable the operator API (`POST /admin/drain`, `/admin/shed?fraction=F`,
+    /// `/admin/resume`) behind this bearer token [default: none, disabled]
+    #[arg(long, env = "TETHER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Longest a plain HTTP connection (not a WebSocket) stays open, so a
     /// client that stops reading a response cannot hold it [default: 60s]
     #[arg(long, env = "TETHER_HTTP_TIMEOUT", value_parser = parse_duration)]
@@ -298,6 +308,8 @@ struct FileConfig {
     trusted_proxies: Option<Vec<IpAddr>>,
     max_auth_failures: Option<u32>,
     metrics_token: Option<String>,
+    drain_window: Option<String>,
+    admin_token: Option<String>,
     http_timeout: Option<String>,
     api_key: Option<String>,
     api_idempotency_window: Option<String>,
@@ -333,6 +345,10 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpAddr>,
     pub max_auth_failures: u32,
     pub metrics_token: Option<String>,
+    /// How long a drain spreads its closes over (src/admin.rs).
+    pub drain_window: Duration,
+    /// The bearer token of `/admin/*`; `None` disables it.
+    pub admin_token: Option<String>,
     pub http_timeout: Duration,
     /// The server API (`--api-*`).
     pub api: crate::api::ApiSettings,
@@ -414,6 +430,8 @@ impl Settings {
             },
             max_auth_failures: args.max_auth_failures.or(file.max_auth_failures).unwrap_or(20),
             metrics_token: args.metrics_token.or(file.metrics_token),
+            drain_window: dur(args.drain_window, file.drain_window, "drain-window", Duration::from_secs(10))?,
+            admin_token: args.admin_token.or(file.admin_token),
             http_timeout: dur(args.http_timeout, file.http_timeout, "http-timeout", Duration::from_secs(60))?,
             api: crate::api::ApiSettings {
                 key: args.api_key.or(file.api_key).filter(|k| !k.is_empty()),

@@ -260,7 +260,8 @@ impl Hub {
         };
         let Some(conn) = self.connection(id) else { return false };
         lock(&self.api.kicked).insert(id, code);
-        conn.set(flag::KICKED);
+        // The shutdown flag ends the session; its code is the one kept here.
+        conn.set(flag::SHUTDOWN);
         tracing::info!(session, code, "disconnecting a session (server API)");
         true
     }

@@ -35,7 +35,7 @@
 //!     let app = axum::Router::new().route(
 //!         "/ws",
 //!         axum::routing::get(move |ws: WebSocketUpgrade| async move {
-//!             ws.on_upgrade(move |socket| async move { hub.run_connection(socket, ConnInfo { room: "/ws".into() }).await })
+//!             ws.on_upgrade(move |socket| async move { hub.run_connection(socket, ConnInfo::new("/ws")).await })
 //!         }),
 //!     );
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
@@ -44,9 +44,11 @@
 //! ```
 
 pub mod api;
+pub mod auth;
 mod broker;
 mod config;
 mod conn;
+mod drain;
 mod hub;
 mod keyed;
 mod limit;
@@ -68,8 +70,10 @@ pub use memory::MemoryBroker;
 #[cfg(feature = "redis")]
 pub use redis_broker::RedisBroker;
 pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
-pub use session::{ConnInfo, End, Ending, Outbox, Session};
+pub use session::{ConnInfo, End, Ending, Identity, Outbox, Session};
+pub use auth::{AuthError, Authenticator, Grants, TopicPatterns};
 pub use hub::Hub;
+pub use drain::{drain_reason, DRAIN_STEP};
 pub use serve::{accept, serve};
 pub use metrics::Metrics;
 
