@@ -37,8 +37,7 @@ impl DrainState {
 }
 
 fn shed(hub: &Arc<Hub>, fraction: f64, window: Duration) -> tokio::task::JoinHandle<usize> {
-    let hub = hub.clone();
-    tokio::spawn(async move { hub.shed(fraction, window).await })
+    tokio::spawn(hub.shed(fraction, window))
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {

@@ -4,6 +4,7 @@
 mod admin;
 mod admission;
 mod auth;
+mod api;
 mod bench;
 mod connect;
 mod driver;

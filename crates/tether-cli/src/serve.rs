@@ -46,6 +46,8 @@ struct App {
     /// The event loops of `--driver loop`.
     loops: Option<Arc<Loops>>,
     auth_failures: AuthFailures,
+    /// The server API (`/api/*`; off without `--api-key`).
+    api: Arc<crate::api::Api>,
     /// Draining: new WebSockets refused, `/health` 503 (src/admin.rs).
     drain: crate::admin::DrainState,
     /// JWT connection tokens (src/auth.rs), if configured.
@@ -126,6 +128,8 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         hub.set_authenticator(verifier.clone());
         tracing::info!(?verifier, "JWT connection tokens on");
     }
+    let redis_url = settings.broker.starts_with("redis://").then_some(settings.broker.as_str());
+    let api = crate::api::Api::new(hub.clone(), settings.api.clone(), redis_url)?;
     let loops = match driver.driver {
         crate::driver::DriverKind::Loop => {
             let service = Arc::new(crate::serve_loop::HubService::new(hub.clone()));
@@ -155,6 +159,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         per_ip: PerIp::new(settings.max_connections_per_ip),
         auth_failures: AuthFailures::new(settings.max_auth_failures),
         loops,
+        api,
         drain: crate::admin::DrainState::default(),
         jwt,
     });
@@ -527,6 +532,11 @@ async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Exten
     if tether::upgrade::is_upgrade_request(&req) {
         return websocket(app, ctx, req).await;
     }
+    if req.uri().path().starts_with("/api/") {
+        let client_ip = app.settings.client_ip_header.as_deref().and_then(|h| req.headers().get(h)).and_then(|v| v.to_str().ok());
+        let ip = admission::client_ip(ctx.peer.ip(), client_ip, app.behind_proxy(ctx.peer), &app.settings.trusted_proxies);
+        return app.api.handle(&app.auth_failures, ip, req).await;
+    }
     if req.uri().path().starts_with("/admin/") {
         return crate::admin::handle(&app.hub, &app.drain, &app.settings, &req);
     }
@@ -582,7 +592,8 @@ async fn health(app: Arc<App>) -> impl IntoResponse {
 
 async fn metrics(app: Arc<App>) -> impl IntoResponse {
     let broker_ok = if app.hub.broker().health().ok { 1.0 } else { 0.0 };
-    let text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
+    let mut text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
+    text.push_str(&app.api.render_metrics());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

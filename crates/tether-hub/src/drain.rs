@@ -39,9 +39,11 @@ pub(crate) fn mix(mut x: u64) -> u64 {
 impl Hub {
     /// Close `fraction` (0 to 1) of the open connections, gradually over
     /// `window`, with 1012 and a reconnect hint (see the module doc).
-    /// Connections opened after the call are left alone. Returns how many
-    /// were asked to close. `window` zero closes them all at once.
-    pub async fn shed(&self, fraction: f64, window: Duration) -> usize {
+    /// Which connections go is decided by this call; connections opened
+    /// after it are left alone. The future closes them and resolves with
+    /// how many were asked to close. `window` zero closes them all at once.
+    pub fn shed(self: &std::sync::Arc<Self>, fraction: f64, window: Duration) -> impl std::future::Future<Output = usize> + Send + 'static {
+        let hub = self.clone();
         let fraction = if fraction.is_finite() { fraction.clamp(0.0, 1.0) } else { 0.0 };
         let mut conns = self.snapshot_conns();
         let salt = self.now_ns();
@@ -50,6 +52,7 @@ impl Hub {
         conns.sort_by_cached_key(|c| mix(c.id ^ salt));
         let n = ((conns.len() as f64) * fraction).ceil() as usize;
         conns.truncate(n.min(conns.len()));
+        async move {
         if conns.is_empty() {
             return 0;
         }
@@ -57,7 +60,7 @@ impl Hub {
         let step = window / steps as u32;
         // The hint spreads each batch's reconnects over its own step.
         let hint = u32::try_from(step.as_millis()).unwrap_or(u32::MAX);
-        self.drain_hint_ms.fetch_max(hint, Ordering::Relaxed);
+        hub.drain_hint_ms.fetch_max(hint, Ordering::Relaxed);
         tracing::info!(connections = conns.len(), ?window, batches = steps, "draining connections with 1012");
         let start = tokio::time::Instant::now();
         for (i, conn) in conns.iter().enumerate() {
@@ -70,6 +73,7 @@ impl Hub {
             conn.set(flag::DRAIN);
         }
         conns.len()
+        }
     }
 
     /// The reconnect hint for one drained connection: a random delay

@@ -91,6 +91,8 @@ pub struct Hub {
     delta_bytes: AtomicUsize,
     /// `$room:` topics: the latest state per player, published once per tick.
     pub(crate) rooms: crate::room::Rooms,
+    /// Server API operations waiting for the broker, and ordered disconnects.
+    pub(crate) api: crate::api::Waiters,
     /// Checks tokens sent in `auth` and `refresh` envelopes.
     authenticator: std::sync::OnceLock<Arc<dyn crate::auth::Authenticator>>,
     /// Longest reconnect hint of a drain, in ms (src/drain.rs).
@@ -102,16 +104,26 @@ struct Sink(Weak<Hub>);
 impl DeliverySink for Sink {
     fn deliver(&self, msg: &Published) {
         if let Some(hub) = self.0.upgrade() {
+            if &*msg.topic == crate::api::CONTROL_TOPIC {
+                return hub.on_control(msg);
+            }
             hub.deliver(msg);
         }
     }
     fn ack(&self, origin: &Origin, topic: &str, epoch: &str, seq: u64) {
-        if let (Some(hub), Some(id)) = (self.0.upgrade(), &origin.id) {
+        let Some(hub) = self.0.upgrade() else { return };
+        if origin.id.is_none() && hub.api.acked(origin.conn, epoch, seq) {
+            return;
+        }
+        if let Some(id) = &origin.id {
             hub.reply_to(origin.conn, EncodedFrame::text(&envelope::ack(id, Some(topic), Some((epoch, seq)))));
         }
     }
     fn reject(&self, origin: &Origin, topic: &str, error: &BrokerError) {
         if let Some(hub) = self.0.upgrade() {
+            if origin.id.is_none() && hub.api.rejected(origin.conn, error) {
+                return;
+            }
             Metrics::add(&hub.metrics.client_errors, 1);
             let text = envelope::error("unavailable", &format!("message to {topic:?} not published: {error}"), origin.id.as_ref());
             hub.reply_to(origin.conn, EncodedFrame::text(&text));
@@ -119,6 +131,9 @@ impl DeliverySink for Sink {
     }
     fn subscribed(&self, request: SubscribeRequest, history: History) {
         if let Some(hub) = self.0.upgrade() {
+            if hub.api.history(&request, &history) {
+                return;
+            }
             hub.subscribed(request, history);
         }
     }
@@ -157,6 +172,7 @@ impl Hub {
             stall_rounds,
             delta_bytes: AtomicUsize::new(0),
             rooms: crate::room::Rooms::default(),
+            api: crate::api::Waiters::default(),
             authenticator: std::sync::OnceLock::new(),
             drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
         });
@@ -218,6 +234,22 @@ impl Hub {
     /// the topic has local subscribers (a room's name is not copied per client).
     pub(crate) fn topic_name(&self, name: &str) -> Arc<str> {
         lock(&self.topics).get_key_value(name).map_or_else(|| Arc::from(name), |(k, _)| k.clone())
+    }
+
+    /// The open connection `id`.
+    pub(crate) fn connection(&self, id: u64) -> Option<Arc<ConnShared>> {
+        lock(&self.conns).get(&id).cloned()
+    }
+
+    /// The sessions subscribed to `topic` on this node.
+    pub(crate) fn local_subscribers(&self, topic: &str) -> Vec<String> {
+        self.topic(topic).map_or_else(Vec::new, |subs| lock(&subs).values().map(|s| s.conn.session()).collect())
+    }
+
+    /// Topics with local subscribers and their local subscriber counts.
+    pub fn topic_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let topics: Vec<(Arc<str>, TopicSubs)> = lock(&self.topics).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        topics.into_iter().map(|(k, v)| (k, lock(&v).len())).collect()
     }
 
     fn topic(&self, name: &str) -> Option<TopicSubs> {

@@ -45,6 +45,7 @@
 //! }
 //! ```
 
+pub mod api;
 pub mod auth;
 mod broker;
 mod config;

@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Delta patches made (once per published message, shared by every
     /// delta subscriber that has the message it patches).
     pub delta_patches: AtomicU64,
+    /// Connections closed by the server API (`/api/disconnect`).
+    pub api_disconnects: AtomicU64,
     /// Connections refused before or at the upgrade, by reason.
     pub refused: Refused,
     /// Authentication and authorization decisions, by result and reason
@@ -116,6 +118,7 @@ impl Metrics {
             ("tether_rate_limited_total", "counter", "Messages and subscription requests refused by a rate limit.", g(&self.rate_limited)),
             ("tether_rate_limit_closes_total", "counter", "Connections closed (1008) for sustained abuse of a rate limit.", g(&self.rate_limit_closes)),
             ("tether_conflated_messages_total", "counter", "Queued messages replaced by a newer one with the same topic and key.", g(&self.conflated_messages)),
+            ("tether_api_disconnects_total", "counter", "Connections closed by the server API.", g(&self.api_disconnects)),
             ("tether_delta_patches_total", "counter", "Delta (JSON Merge Patch) messages made for delta subscriptions.", g(&self.delta_patches)),
         ];
         for (name, kind, help, value) in rows {

@@ -222,6 +222,13 @@ impl Hub {
     pub fn end_session(&self, session: Session, end: End) -> Ending {
         self.unregister(&session.conn, &session.topics);
         let conn = &session.conn;
+        // The server API's disconnect ends a session as a shutdown does,
+        // with the code it ordered.
+        if let (End::Shutdown, Some(code)) = (end, self.api.take_kick(conn.id)) {
+            Metrics::add(&self.metrics.api_disconnects, 1);
+            tracing::info!(session = %conn.session(), code, "closed by the server API");
+            return Ending::Close { code, reason: "disconnected by the server", within: Duration::from_secs(2) };
+        }
         match end {
             End::Closed => Ending::Finish { within: Duration::from_secs(2) },
             End::Terminated => {
@@ -308,10 +315,12 @@ impl Session {
                 End::Stalled
             } else if flags & flag::SLOW_CLOSE != 0 {
                 End::Slow
-            } else if flags & flag::SHUTDOWN != 0 {
-                End::Shutdown
-            } else {
+            } else if flags & flag::DRAIN != 0 {
+                // A drained client asked to reconnect elsewhere keeps its
+                // hint even if shutdown follows before it closes.
                 End::Drained
+            } else {
+                End::Shutdown
             });
         }
         if flags & flag::PING_DUE != 0 {
