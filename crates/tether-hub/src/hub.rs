@@ -93,6 +93,8 @@ pub struct Hub {
     pub(crate) rooms: crate::room::Rooms,
     /// Server API operations waiting for the broker, and ordered disconnects.
     pub(crate) api: crate::api::Waiters,
+    /// Where lifecycle events go (webhooks), if anywhere.
+    pub(crate) events: std::sync::OnceLock<Arc<dyn crate::events::EventSink>>,
     /// Checks tokens sent in `auth` and `refresh` envelopes.
     authenticator: std::sync::OnceLock<Arc<dyn crate::auth::Authenticator>>,
     /// Longest reconnect hint of a drain, in ms (src/drain.rs).
@@ -173,6 +175,7 @@ impl Hub {
             delta_bytes: AtomicUsize::new(0),
             rooms: crate::room::Rooms::default(),
             api: crate::api::Waiters::default(),
+            events: std::sync::OnceLock::new(),
             authenticator: std::sync::OnceLock::new(),
             drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
         });
@@ -296,8 +299,9 @@ impl Hub {
     pub(crate) fn subscribe_granted(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>, delta: bool, grants: Option<&Arc<crate::auth::Grants>>) {
         let delta = delta && conn.json;
         let presence = grants.is_none_or(|g| g.may_see_presence(topic));
-        {
+        let occupied = {
             let mut topics = lock(&self.topics);
+            let occupied = !topics.contains_key(topic);
             let mut subs = lock(topics.entry(topic.clone()).or_default());
             let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta, presence };
             subs.delta_subs += usize::from(delta);
@@ -308,7 +312,12 @@ impl Hub {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
+            occupied
+        };
+        if occupied {
+            self.emit(|| crate::events::LifecycleEvent::Occupied { topic: topic.clone() });
         }
+        self.emit(|| crate::events::LifecycleEvent::Join { topic: topic.clone(), session: conn.session() });
         if resume.is_some() {
             Metrics::add(&self.metrics.resumes, 1);
         }
@@ -343,6 +352,10 @@ impl Hub {
             }
             (sub.announced, count)
         };
+        self.emit(|| crate::events::LifecycleEvent::Leave { topic: topic.clone(), session: conn.session() });
+        if count == 0 {
+            self.emit(|| crate::events::LifecycleEvent::Vacated { topic: topic.clone() });
+        }
         if crate::room::is_room(topic) {
             self.rooms.left(topic, &conn.session());
         }

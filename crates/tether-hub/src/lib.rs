@@ -47,6 +47,7 @@ pub mod api;
 pub mod auth;
 mod broker;
 mod config;
+pub mod events;
 mod conn;
 mod drain;
 mod hub;
