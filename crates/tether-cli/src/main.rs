@@ -3,6 +3,7 @@
 
 mod admin;
 mod admission;
+mod auth;
 mod api;
 mod bench;
 mod connect;

@@ -278,6 +278,8 @@ pub struct ServeArgs {
     pub webhook_timeout: Option<Duration>,
     #[command(flatten)]
     pub live: crate::live::LiveArgs,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -324,6 +326,8 @@ struct FileConfig {
     drain_window: Option<String>,
     admin_token: Option<String>,
     http_timeout: Option<String>,
+    /// JWT connection tokens (src/auth.rs).
+    jwt: Option<crate::auth::AuthFile>,
     api_key: Option<String>,
     api_idempotency_window: Option<String>,
     #[serde(default, deserialize_with = "de_size")]
@@ -373,6 +377,8 @@ pub struct Settings {
     pub webhook: Option<crate::webhook::WebhookSettings>,
     /// Conflation, `$sys:stats` and `$room:` ticks (flags and variables only).
     pub live: crate::live::LiveArgs,
+    /// JWT connection tokens and their expiry.
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Settings {
@@ -476,6 +482,7 @@ impl Settings {
                 }
             },
             live: args.live,
+            auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
         };
         if settings.api.timeout.is_zero() || settings.api.idempotency_window.is_zero() {
             bail!("--api-timeout and --api-idempotency-window must be greater than zero");

@@ -16,6 +16,8 @@
 //!
 //! ## Feature flags
 //!
+//! - `jwt`: [`jwt::JwtVerifier`], connection tokens (HS256, RS256/ES256
+//!   PEM keys, JWKS files) turned into [`Grants`].
 //! - `redis`: `RedisBroker`, so that several nodes share topics, sequence
 //!   numbers, history and presence through Redis (or Redis Cluster).
 //!
@@ -51,6 +53,9 @@ pub mod events;
 mod conn;
 mod drain;
 mod hub;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
 mod keyed;
 mod limit;
 mod memory;
