@@ -60,6 +60,7 @@ mod keyed;
 mod limit;
 mod memory;
 mod metrics;
+pub mod namespace;
 mod queue;
 pub mod room;
 mod serve;
