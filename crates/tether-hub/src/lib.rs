@@ -70,7 +70,7 @@ pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
 pub use session::{ConnInfo, End, Ending, Outbox, Session};
 pub use hub::Hub;
 pub use serve::{accept, serve};
-pub use metrics::Metrics;
+pub use metrics::{ByTransport, Metrics, Transport, TransportGuard};
 
 /// The `tether.v1` envelope, shared with the client: [`tether::v1::envelope`].
 pub use tether::v1::envelope;
