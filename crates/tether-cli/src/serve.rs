@@ -132,6 +132,9 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         ..HubConfig::default()
     };
     let hub = Hub::new(hub_config, broker);
+    if !settings.namespaces.is_empty() {
+        hub.set_namespaces(tether_hub::namespace::Namespaces::new(settings.namespaces.clone()));
+    }
     let jwt = settings.auth.verifier()?;
     if let Some(verifier) = &jwt {
         hub.set_authenticator(verifier.clone());

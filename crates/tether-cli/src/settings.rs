@@ -315,6 +315,8 @@ struct FileConfig {
     http_timeout: Option<String>,
     /// JWT connection tokens (src/auth.rs).
     jwt: Option<crate::auth::AuthFile>,
+    /// Topic prefixes with their own rules (src/auth.rs).
+    namespaces: Option<std::collections::BTreeMap<String, crate::auth::NamespaceFile>>,
     api_key: Option<String>,
     api_idempotency_window: Option<String>,
     #[serde(default, deserialize_with = "de_size")]
@@ -360,6 +362,8 @@ pub struct Settings {
     pub live: crate::live::LiveArgs,
     /// JWT connection tokens and their expiry.
     pub auth: crate::auth::AuthSettings,
+    /// `[namespaces."PREFIX"]` of the config file.
+    pub namespaces: Vec<tether_hub::namespace::Namespace>,
 }
 
 impl Settings {
@@ -448,6 +452,7 @@ impl Settings {
             },
             live: args.live,
             auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
+            namespaces: crate::auth::namespaces(file.namespaces)?,
         };
         if settings.api.timeout.is_zero() || settings.api.idempotency_window.is_zero() {
             bail!("--api-timeout and --api-idempotency-window must be greater than zero");

@@ -59,6 +59,7 @@ mod keyed;
 mod limit;
 mod memory;
 mod metrics;
+pub mod namespace;
 mod queue;
 pub mod room;
 mod serve;
