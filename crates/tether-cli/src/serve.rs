@@ -51,6 +51,8 @@ struct App {
     auth_failures: AuthFailures,
     /// The server API (`/api/*`; off without `--api-key`).
     api: Arc<crate::api::Api>,
+    /// Lifecycle webhooks' counters, when on.
+    webhooks: Option<Arc<crate::webhook::WebhookMetrics>>,
     /// Draining: new WebSockets refused, `/health` 503 (src/admin.rs).
     drain: crate::admin::DrainState,
     /// JWT connection tokens (src/auth.rs), if configured.
@@ -142,6 +144,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     }
     let redis_url = settings.broker.starts_with("redis://").then_some(settings.broker.as_str());
     let api = crate::api::Api::new(hub.clone(), settings.api.clone(), redis_url)?;
+    let webhooks = settings.webhook.clone().map(|w| crate::webhook::start(&hub, w));
     let loops = match driver.driver {
         crate::driver::DriverKind::Loop => {
             let service = Arc::new(crate::serve_loop::HubService::new(hub.clone()));
@@ -172,6 +175,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         auth_failures: AuthFailures::new(settings.max_auth_failures),
         loops,
         api,
+        webhooks,
         drain: crate::admin::DrainState::default(),
         jwt,
     });
@@ -608,6 +612,9 @@ async fn metrics(app: Arc<App>) -> impl IntoResponse {
     let broker_ok = if app.hub.broker().health().ok { 1.0 } else { 0.0 };
     let mut text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
     text.push_str(&app.api.render_metrics());
+    if let Some(w) = &app.webhooks {
+        text.push_str(&w.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

@@ -204,6 +204,15 @@ async fn two_nodes_on_redis_apply_a_retried_publish_once() {
     let url = redis.url();
     let a = Server::start(&["--broker", &url, "--api-key", KEY]);
     let b = Server::start(&["--broker", &url, "--api-key", KEY]);
+    // Until a node has connected to Redis its publishes are refused (503).
+    for node in [&a, &b] {
+        for _ in 0..200 {
+            if common::http_get(node.port, "/health").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let mut sub = Client::connect(&a.url("/room")).await;
     sub.subscribe("orders").await;
 

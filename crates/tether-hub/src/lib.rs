@@ -49,6 +49,7 @@ pub mod api;
 pub mod auth;
 mod broker;
 mod config;
+pub mod events;
 mod conn;
 mod drain;
 mod hub;
