@@ -82,7 +82,7 @@ pub use auth::{AuthError, Authenticator, Grants, TopicPatterns};
 pub use hub::Hub;
 pub use drain::{drain_reason, DRAIN_STEP};
 pub use serve::{accept, serve};
-pub use metrics::Metrics;
+pub use metrics::{ByTransport, Metrics, Transport, TransportGuard};
 
 /// The `tether.v1` envelope, shared with the client: [`tether::v1::envelope`].
 pub use tether::v1::envelope;
