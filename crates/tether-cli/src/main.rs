@@ -3,6 +3,8 @@
 
 mod admin;
 mod admission;
+mod auth;
+mod api;
 mod bench;
 mod connect;
 mod driver;
@@ -15,6 +17,7 @@ mod serve;
 mod serve_loop;
 mod settings;
 mod shutdown;
+mod webhook;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;

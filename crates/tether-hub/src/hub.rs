@@ -91,8 +91,14 @@ pub struct Hub {
     delta_bytes: AtomicUsize,
     /// `$room:` topics: the latest state per player, published once per tick.
     pub(crate) rooms: crate::room::Rooms,
+    /// Server API operations waiting for the broker, and ordered disconnects.
+    pub(crate) api: crate::api::Waiters,
+    /// Where lifecycle events go (webhooks), if anywhere.
+    pub(crate) events: std::sync::OnceLock<Arc<dyn crate::events::EventSink>>,
     /// Checks tokens sent in `auth` and `refresh` envelopes.
     authenticator: std::sync::OnceLock<Arc<dyn crate::auth::Authenticator>>,
+    /// Namespaces and their rules (src/namespace.rs).
+    pub(crate) namespaces: std::sync::OnceLock<crate::namespace::Namespaces>,
     /// Longest reconnect hint of a drain, in ms (src/drain.rs).
     pub(crate) drain_hint_ms: std::sync::atomic::AtomicU32,
 }
@@ -102,16 +108,26 @@ struct Sink(Weak<Hub>);
 impl DeliverySink for Sink {
     fn deliver(&self, msg: &Published) {
         if let Some(hub) = self.0.upgrade() {
+            if &*msg.topic == crate::api::CONTROL_TOPIC {
+                return hub.on_control(msg);
+            }
             hub.deliver(msg);
         }
     }
     fn ack(&self, origin: &Origin, topic: &str, epoch: &str, seq: u64) {
-        if let (Some(hub), Some(id)) = (self.0.upgrade(), &origin.id) {
+        let Some(hub) = self.0.upgrade() else { return };
+        if origin.id.is_none() && hub.api.acked(origin.conn, epoch, seq) {
+            return;
+        }
+        if let Some(id) = &origin.id {
             hub.reply_to(origin.conn, EncodedFrame::text(&envelope::ack(id, Some(topic), Some((epoch, seq)))));
         }
     }
     fn reject(&self, origin: &Origin, topic: &str, error: &BrokerError) {
         if let Some(hub) = self.0.upgrade() {
+            if origin.id.is_none() && hub.api.rejected(origin.conn, error) {
+                return;
+            }
             Metrics::add(&hub.metrics.client_errors, 1);
             let text = envelope::error("unavailable", &format!("message to {topic:?} not published: {error}"), origin.id.as_ref());
             hub.reply_to(origin.conn, EncodedFrame::text(&text));
@@ -119,6 +135,9 @@ impl DeliverySink for Sink {
     }
     fn subscribed(&self, request: SubscribeRequest, history: History) {
         if let Some(hub) = self.0.upgrade() {
+            if hub.api.history(&request, &history) {
+                return;
+            }
             hub.subscribed(request, history);
         }
     }
@@ -157,7 +176,10 @@ impl Hub {
             stall_rounds,
             delta_bytes: AtomicUsize::new(0),
             rooms: crate::room::Rooms::default(),
+            api: crate::api::Waiters::default(),
+            events: std::sync::OnceLock::new(),
             authenticator: std::sync::OnceLock::new(),
+            namespaces: std::sync::OnceLock::new(),
             drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
@@ -220,6 +242,22 @@ impl Hub {
         lock(&self.topics).get_key_value(name).map_or_else(|| Arc::from(name), |(k, _)| k.clone())
     }
 
+    /// The open connection `id`.
+    pub(crate) fn connection(&self, id: u64) -> Option<Arc<ConnShared>> {
+        lock(&self.conns).get(&id).cloned()
+    }
+
+    /// The sessions subscribed to `topic` on this node.
+    pub(crate) fn local_subscribers(&self, topic: &str) -> Vec<String> {
+        self.topic(topic).map_or_else(Vec::new, |subs| lock(&subs).values().map(|s| s.conn.session()).collect())
+    }
+
+    /// Topics with local subscribers and their local subscriber counts.
+    pub fn topic_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let topics: Vec<(Arc<str>, TopicSubs)> = lock(&self.topics).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        topics.into_iter().map(|(k, v)| (k, lock(&v).len())).collect()
+    }
+
     fn topic(&self, name: &str) -> Option<TopicSubs> {
         lock(&self.topics).get(name).cloned()
     }
@@ -263,9 +301,17 @@ impl Hub {
     /// presence events.
     pub(crate) fn subscribe_granted(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>, delta: bool, grants: Option<&Arc<crate::auth::Grants>>) {
         let delta = delta && conn.json;
-        let presence = grants.is_none_or(|g| g.may_see_presence(topic));
-        {
+        let resuming = resume.is_some();
+        let presence = grants.is_none_or(|g| g.may_see_presence(topic)) && self.presence_on(topic);
+        // Latest value on subscribe: ask the broker for the kept window and
+        // replay only its newest message (see `subscribed`).
+        let resume = match resume {
+            None if self.latest_on_subscribe(topic) => Some(Resume { since: 0, epoch: Some(crate::namespace::LATEST.into()) }),
+            other => other,
+        };
+        let occupied = {
             let mut topics = lock(&self.topics);
+            let occupied = !topics.contains_key(topic);
             let mut subs = lock(topics.entry(topic.clone()).or_default());
             let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta, presence };
             subs.delta_subs += usize::from(delta);
@@ -276,8 +322,13 @@ impl Hub {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
+            occupied
+        };
+        if occupied {
+            self.emit(|| crate::events::LifecycleEvent::Occupied { topic: topic.clone() });
         }
-        if resume.is_some() {
+        self.emit(|| crate::events::LifecycleEvent::Join { topic: topic.clone(), session: conn.session() });
+        if resuming {
             Metrics::add(&self.metrics.resumes, 1);
         }
         if crate::room::is_room(topic) {
@@ -311,6 +362,10 @@ impl Hub {
             }
             (sub.announced, count)
         };
+        self.emit(|| crate::events::LifecycleEvent::Leave { topic: topic.clone(), session: conn.session() });
+        if count == 0 {
+            self.emit(|| crate::events::LifecycleEvent::Vacated { topic: topic.clone() });
+        }
         if crate::room::is_room(topic) {
             self.rooms.left(topic, &conn.session());
         }
@@ -453,6 +508,10 @@ impl Hub {
         let Some(topic) = self.topic(&request.topic) else { return };
         let Some(conn) = lock(&topic).get(&request.conn).filter(|s| s.pending.is_some()).map(|s| s.conn.clone()) else { return };
         let (replay, gap) = match &request.resume {
+            Some(resume) if resume.epoch.as_deref() == Some(crate::namespace::LATEST) => {
+                let newest = history.messages.last().and_then(|m| if conn.json { json_frame(m) } else { plain_frame(m) }.map(|f| (m.seq, f)));
+                (newest.into_iter().collect(), None)
+            }
             Some(resume) => self.plan_replay(&conn, resume, &history),
             None => (Vec::new(), None),
         };

@@ -16,6 +16,8 @@
 //!
 //! ## Feature flags
 //!
+//! - `jwt`: [`jwt::JwtVerifier`], connection tokens (HS256, RS256/ES256
+//!   PEM keys, JWKS files) turned into [`Grants`].
 //! - `redis`: `RedisBroker`, so that several nodes share topics, sequence
 //!   numbers, history and presence through Redis (or Redis Cluster).
 //!
@@ -43,16 +45,22 @@
 //! }
 //! ```
 
+pub mod api;
 pub mod auth;
 mod broker;
 mod config;
+pub mod events;
 mod conn;
 mod drain;
 mod hub;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
 mod keyed;
 mod limit;
 mod memory;
 mod metrics;
+pub mod namespace;
 mod queue;
 pub mod room;
 mod serve;
@@ -74,7 +82,7 @@ pub use auth::{AuthError, Authenticator, Grants, TopicPatterns};
 pub use hub::Hub;
 pub use drain::{drain_reason, DRAIN_STEP};
 pub use serve::{accept, serve};
-pub use metrics::Metrics;
+pub use metrics::{ByTransport, Metrics, Transport, TransportGuard};
 
 /// The `tether.v1` envelope, shared with the client: [`tether::v1::envelope`].
 pub use tether::v1::envelope;
