@@ -52,6 +52,10 @@ async fn the_operator_api_needs_its_token_and_checks_its_input() {
         assert!(body.contains("fraction"), "{body}");
     }
     assert_eq!(http_request(server.port, "POST", "/admin/nothing", AUTH).await.0, 404);
+    // The server API's key works too.
+    let keyed = Server::start(&["--api-key", "k3y"]);
+    assert_eq!(http_request(keyed.port, "POST", "/admin/resume", "X-API-Key: wrong\r\n").await.0, 401);
+    assert_eq!(http_request(keyed.port, "POST", "/admin/resume", "X-API-Key: k3y\r\n").await.0, 200);
     // Nothing above drained the node.
     assert_eq!(http_get(server.port, "/health").await.0, 200);
 }
