@@ -14,6 +14,7 @@ mod serve;
 mod serve_loop;
 mod settings;
 mod shutdown;
+mod yjs;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;

@@ -46,6 +46,8 @@ struct App {
     /// The event loops of `--driver loop`.
     loops: Option<Arc<Loops>>,
     auth_failures: AuthFailures,
+    /// The y-websocket endpoint, `/yjs/<document>`.
+    yjs: Arc<tether_yjs::Yjs>,
 }
 
 /// What a connection holds while it is open: its slot and, unless its
@@ -133,6 +135,11 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, tls = tls.is_some(), broker = hub.broker().name(), heartbeat = ?settings.heartbeat_interval, "tether serve ready");
 
+    let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
+        Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
+        None => None,
+    };
+    let yjs = tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store);
     let app = Arc::new(App {
         hub: hub.clone(),
         settings: settings.clone(),
@@ -143,6 +150,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         per_ip: PerIp::new(settings.max_connections_per_ip),
         auth_failures: AuthFailures::new(settings.max_auth_failures),
         loops,
+        yjs: yjs.clone(),
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -207,7 +215,8 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     let open = hub.connection_count();
     tracing::info!(open, "shutting down: closing WebSocket connections with 1001");
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-    let left = hub.close_all(settings.shutdown_timeout).await;
+    let (left, yjs_left) = tokio::join!(hub.close_all(settings.shutdown_timeout), yjs.close_all(settings.shutdown_timeout));
+    let left = left + yjs_left as usize;
     if let Some(loops) = &app.loops {
         // Sessions are gone; let the loops finish their close handshakes.
         loops.wait_closed(deadline).await;
@@ -356,7 +365,12 @@ impl App {
         let refused = &self.hub.metrics().refused;
         let count = |c: &std::sync::atomic::AtomicU64| tether_hub::Metrics::add(c, 1);
         // The path names the room: it obeys the topic rules.
-        if let Err(why) = tether_hub::envelope::check_topic(req.path) {
+        if let Some(name) = req.path.strip_prefix(tether_yjs::PATH_PREFIX) {
+            if let Err(why) = tether_yjs::check_name(name) {
+                count(&refused.bad_room);
+                return Err((StatusCode::BAD_REQUEST, why));
+            }
+        } else if let Err(why) = tether_hub::envelope::check_topic(req.path) {
             count(&refused.bad_room);
             return Err(match why {
                 tether_hub::envelope::BadTopic::TooLong => (StatusCode::URI_TOO_LONG, "room name (the URL path) is longer than 200 bytes"),
@@ -427,6 +441,10 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
         .await
     };
     match accepted {
+        Ok(ws) if room.starts_with(tether_yjs::PATH_PREFIX) => {
+            app.yjs.run_connection(ws, &room[tether_yjs::PATH_PREFIX.len()..]).await;
+            drop(slot);
+        }
         Ok(ws) => {
             let (ws, room, slot) = match &app.loops {
                 Some(loops) => match crate::serve_loop::hand_off(loops, ws, room, slot) {
@@ -501,7 +519,9 @@ async fn health(app: Arc<App>) -> impl IntoResponse {
 
 async fn metrics(app: Arc<App>) -> impl IntoResponse {
     let broker_ok = if app.hub.broker().health().ok { 1.0 } else { 0.0 };
-    let text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
+    let mut gauges = vec![("tether_broker_up", "Whether the message broker is reachable.", broker_ok)];
+    gauges.extend(app.yjs.prometheus_gauges());
+    let text = app.hub.metrics().render_prometheus(&gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -543,8 +563,12 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let config = socket_config(&app.settings);
     let room = parts.uri.path().to_string();
     let hub = app.hub.clone();
+    let yjs = app.yjs.clone();
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
         let _held = (slot, ip_guard);
-        hub.run_connection(ws, ConnInfo { room }).await;
+        match room.strip_prefix(tether_yjs::PATH_PREFIX) {
+            Some(name) => yjs.run_connection(ws, name).await,
+            None => hub.run_connection(ws, ConnInfo { room }).await,
+        }
     })
 }

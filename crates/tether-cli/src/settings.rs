@@ -14,7 +14,7 @@ pub use tether_bench::parse_size;
 
 /// A size in the config file: an integer (bytes) or a string with a unit
 /// (`"1MiB"`), read with [`parse_size`].
-fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+pub(crate) fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     struct SizeVisitor;
     impl serde::de::Visitor<'_> for SizeVisitor {
         type Value = usize;
@@ -241,6 +241,8 @@ pub struct ServeArgs {
     pub http_timeout: Option<Duration>,
     #[command(flatten)]
     pub live: crate::live::LiveArgs,
+    #[command(flatten)]
+    pub yjs: crate::yjs::YjsArgs,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -285,6 +287,9 @@ struct FileConfig {
     max_auth_failures: Option<u32>,
     metrics_token: Option<String>,
     http_timeout: Option<String>,
+    /// The `[yjs]` table.
+    #[serde(default)]
+    yjs: crate::yjs::YjsFile,
 }
 
 /// The settings `tether serve` runs with.
@@ -317,6 +322,8 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// Conflation, `$sys:stats` and `$room:` ticks (flags and variables only).
     pub live: crate::live::LiveArgs,
+    /// The Yjs endpoint.
+    pub yjs: crate::yjs::YjsSettings,
 }
 
 impl Settings {
@@ -395,6 +402,7 @@ impl Settings {
             metrics_token: args.metrics_token.or(file.metrics_token),
             http_timeout: dur(args.http_timeout, file.http_timeout, "http-timeout", Duration::from_secs(60))?,
             live: args.live,
+            yjs: args.yjs.resolve(file.yjs)?,
         };
         if settings.heartbeat_interval.is_zero() || settings.write_stall_timeout.is_zero() || settings.http_timeout.is_zero() {
             bail!("--heartbeat-interval, --write-stall-timeout and --http-timeout must be greater than zero");
