@@ -11,6 +11,7 @@ export type Json = TetherClient.Json;
 export type SubscribeOptions = TetherClient.SubscribeOptions;
 export type PublishOptions = TetherClient.PublishOptions;
 export declare const backoffDelay: typeof TetherClient.backoffDelay;
+export declare const reconnectHint: typeof TetherClient.reconnectHint;
 export declare const heartbeatStart: typeof TetherClient.heartbeatStart;
 export declare const heartbeatAction: typeof TetherClient.heartbeatAction;
 export declare const heartbeatAnswer: typeof TetherClient.heartbeatAnswer;

@@ -36,6 +36,10 @@ declare class TetherClient {
   /** Close for good (no reconnect). */
   close(code?: number, reason?: string): void;
 
+  /** The reconnect delay (ms) that a close asks for: `reconnect_after_ms`
+   * of a 1012 (service restart) from a draining server, capped at 300000;
+   * null for any other close. The client waits it instead of its backoff. */
+  static reconnectHint(code: number, reason: string): number | null;
   /** The delay before reconnect attempt `attempt` (1-based), in ms. */
   static backoffDelay(attempt: number, opts?: TetherClient.BackoffOptions): number;
   /** The heartbeat state of a connection opened at `now` (ms). */
@@ -123,7 +127,7 @@ declare namespace TetherClient {
 
   interface ReconnectingEvent {
     attempt: number;
-    /** ms until the attempt. */
+    /** ms until the attempt: the backoff, or a draining server's hint. */
     delay: number;
   }
 

@@ -69,6 +69,17 @@
     return Math.round(Math.min(max, Math.max(0, base - spread + unit * 2 * spread)));
   }
 
+  /** The reconnect delay (ms) a close asks for: a draining server closes
+   * with 1012 (service restart) and the reason
+   * "service restart; reconnect_after_ms=N" (docs/protocol.md, "Drain").
+   * null for any other close; capped at 300000 (5 minutes). */
+  function reconnectHint(code, reason) {
+    if (code !== 1012 || typeof reason !== "string") return null;
+    var m = /reconnect_after_ms=(\d{1,10})(?!\d)/.exec(reason);
+    if (!m) return null;
+    return Math.min(300000, parseInt(m[1], 10));
+  }
+
   /** The heartbeat rule: a ping every heartbeatInterval unless the previous
    * one is unanswered; an answer (here: any traffic) clears the wait; a ping
    * unanswered for heartbeatTimeout means the server is gone. The state of a
@@ -147,6 +158,7 @@
   }
 
   TetherClient.backoffDelay = backoffDelay;
+  TetherClient.reconnectHint = reconnectHint;
   TetherClient.heartbeatStart = heartbeatStart;
   TetherClient.heartbeatAction = heartbeatAction;
   TetherClient.heartbeatAnswer = heartbeatAnswer;
@@ -235,12 +247,14 @@
       if (self.closedByUser || !self.options.reconnect) {
         self._setState("closed");
       } else {
-        self._scheduleReconnect();
+        // A draining server's hint replaces the backoff: its clients
+        // arrive at the other nodes spread over its drain window.
+        self._scheduleReconnect(reconnectHint(ev.code, ev.reason));
       }
     };
   };
 
-  TetherClient.prototype._scheduleReconnect = function () {
+  TetherClient.prototype._scheduleReconnect = function (hint) {
     var self = this;
     this.attempt += 1;
     if (this.attempt > this.options.maxAttempts) {
@@ -248,7 +262,7 @@
       this._emit("giveup", { attempts: this.attempt - 1 });
       return;
     }
-    var delay = backoffDelay(this.attempt, this.options);
+    var delay = typeof hint === "number" ? hint : backoffDelay(this.attempt, this.options);
     this._setState("reconnecting");
     this._emit("reconnecting", { attempt: this.attempt, delay: delay });
     this.timers.reconnect = setTimeout(function () { self._connect(); }, delay);

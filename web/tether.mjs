@@ -9,6 +9,7 @@ const TetherClient = globalThis.TetherClient;
 export default TetherClient;
 export { TetherClient };
 export const backoffDelay = TetherClient.backoffDelay;
+export const reconnectHint = TetherClient.reconnectHint;
 export const heartbeatStart = TetherClient.heartbeatStart;
 export const heartbeatAction = TetherClient.heartbeatAction;
 export const heartbeatAnswer = TetherClient.heartbeatAnswer;

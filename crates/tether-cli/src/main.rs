@@ -1,7 +1,10 @@
 //! `tether`: a ready-to-run WebSocket server, an echo server, a client and a
 //! load generator.
 
+mod admin;
 mod admission;
+mod auth;
+mod api;
 mod bench;
 mod connect;
 mod driver;

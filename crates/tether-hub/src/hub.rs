@@ -30,6 +30,8 @@ struct Sub {
     announced: bool,
     /// The subscription asked for delta patches (`"delta":"merge-patch"`).
     delta: bool,
+    /// It receives the topic's presence events (its grants allow it).
+    presence: bool,
 }
 
 /// One topic's local subscribers, behind its own lock: delivery to one
@@ -89,6 +91,12 @@ pub struct Hub {
     delta_bytes: AtomicUsize,
     /// `$room:` topics: the latest state per player, published once per tick.
     pub(crate) rooms: crate::room::Rooms,
+    /// Server API operations waiting for the broker, and ordered disconnects.
+    pub(crate) api: crate::api::Waiters,
+    /// Checks tokens sent in `auth` and `refresh` envelopes.
+    authenticator: std::sync::OnceLock<Arc<dyn crate::auth::Authenticator>>,
+    /// Longest reconnect hint of a drain, in ms (src/drain.rs).
+    pub(crate) drain_hint_ms: std::sync::atomic::AtomicU32,
 }
 
 struct Sink(Weak<Hub>);
@@ -96,16 +104,26 @@ struct Sink(Weak<Hub>);
 impl DeliverySink for Sink {
     fn deliver(&self, msg: &Published) {
         if let Some(hub) = self.0.upgrade() {
+            if &*msg.topic == crate::api::CONTROL_TOPIC {
+                return hub.on_control(msg);
+            }
             hub.deliver(msg);
         }
     }
     fn ack(&self, origin: &Origin, topic: &str, epoch: &str, seq: u64) {
-        if let (Some(hub), Some(id)) = (self.0.upgrade(), &origin.id) {
+        let Some(hub) = self.0.upgrade() else { return };
+        if origin.id.is_none() && hub.api.acked(origin.conn, epoch, seq) {
+            return;
+        }
+        if let Some(id) = &origin.id {
             hub.reply_to(origin.conn, EncodedFrame::text(&envelope::ack(id, Some(topic), Some((epoch, seq)))));
         }
     }
     fn reject(&self, origin: &Origin, topic: &str, error: &BrokerError) {
         if let Some(hub) = self.0.upgrade() {
+            if origin.id.is_none() && hub.api.rejected(origin.conn, error) {
+                return;
+            }
             Metrics::add(&hub.metrics.client_errors, 1);
             let text = envelope::error("unavailable", &format!("message to {topic:?} not published: {error}"), origin.id.as_ref());
             hub.reply_to(origin.conn, EncodedFrame::text(&text));
@@ -113,6 +131,9 @@ impl DeliverySink for Sink {
     }
     fn subscribed(&self, request: SubscribeRequest, history: History) {
         if let Some(hub) = self.0.upgrade() {
+            if hub.api.history(&request, &history) {
+                return;
+            }
             hub.subscribed(request, history);
         }
     }
@@ -120,7 +141,7 @@ impl DeliverySink for Sink {
         if let Some(hub) = self.0.upgrade() {
             let frame = EncodedFrame::text(&envelope::presence(topic, if joined { "join" } else { "leave" }, session, count as usize));
             if let Some(subs) = hub.topic(topic) {
-                for sub in lock(&subs).values().filter(|s| s.conn.json) {
+                for sub in lock(&subs).values().filter(|s| s.conn.json && s.presence) {
                     hub.notify(&sub.conn, frame.clone());
                 }
             }
@@ -151,6 +172,9 @@ impl Hub {
             stall_rounds,
             delta_bytes: AtomicUsize::new(0),
             rooms: crate::room::Rooms::default(),
+            api: crate::api::Waiters::default(),
+            authenticator: std::sync::OnceLock::new(),
+            drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
         let weak = Arc::downgrade(&hub);
@@ -158,6 +182,21 @@ impl Hub {
         tokio::spawn(async move { heartbeat(weak, interval).await });
         tokio::spawn(crate::room::tick_loop(Arc::downgrade(&hub), hub.config.room_tick.max(Duration::from_millis(1))));
         hub
+    }
+
+    /// Install what checks tokens sent in `auth` (first message) and
+    /// `refresh` envelopes. Once per hub: `false` if one was already set.
+    pub fn set_authenticator(&self, authenticator: Arc<dyn crate::auth::Authenticator>) -> bool {
+        self.authenticator.set(authenticator).is_ok()
+    }
+
+    pub(crate) fn authenticator(&self) -> Option<&Arc<dyn crate::auth::Authenticator>> {
+        self.authenticator.get()
+    }
+
+    /// Count an auth decision (see [`Metrics::count_auth`]).
+    pub(crate) fn count_auth(&self, result: &'static str, reason: &'static str) {
+        self.metrics.count_auth(result, reason);
     }
 
     /// The counters behind `/metrics`.
@@ -197,6 +236,22 @@ impl Hub {
         lock(&self.topics).get_key_value(name).map_or_else(|| Arc::from(name), |(k, _)| k.clone())
     }
 
+    /// The open connection `id`.
+    pub(crate) fn connection(&self, id: u64) -> Option<Arc<ConnShared>> {
+        lock(&self.conns).get(&id).cloned()
+    }
+
+    /// The sessions subscribed to `topic` on this node.
+    pub(crate) fn local_subscribers(&self, topic: &str) -> Vec<String> {
+        self.topic(topic).map_or_else(Vec::new, |subs| lock(&subs).values().map(|s| s.conn.session()).collect())
+    }
+
+    /// Topics with local subscribers and their local subscriber counts.
+    pub fn topic_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let topics: Vec<(Arc<str>, TopicSubs)> = lock(&self.topics).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        topics.into_iter().map(|(k, v)| (k, lock(&v).len())).collect()
+    }
+
     fn topic(&self, name: &str) -> Option<TopicSubs> {
         lock(&self.topics).get(name).cloned()
     }
@@ -206,6 +261,11 @@ impl Hub {
         for conn in lock(&self.conns).values() {
             conn.set(flag::SHUTDOWN);
         }
+    }
+
+    /// The open connections, for a drain.
+    pub(crate) fn snapshot_conns(&self) -> Vec<Arc<ConnShared>> {
+        lock(&self.conns).values().cloned().collect()
     }
 
     pub(crate) fn register(&self, json: bool) -> Arc<ConnShared> {
@@ -229,24 +289,22 @@ impl Hub {
 
     /// Add `conn` to `topic`: live messages are held until the broker says
     /// where the subscription starts ([`Hub::subscribed`]), which replays
-    /// what a resuming client missed and acks `id`.
-    pub(crate) fn subscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>) {
-        self.subscribe_with(conn, topic, resume, id, false);
-    }
-
-    /// [`subscribe`](Self::subscribe), with delta patches if `delta`
-    /// (`tether.v1` clients only: plain clients get text lines).
-    pub(crate) fn subscribe_with(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>, delta: bool) {
+    /// what a resuming client missed and acks `id`. Delta patches if
+    /// `delta` (`tether.v1` clients only: plain clients get text lines);
+    /// `grants` (`None`: anonymous) decide whether it gets the topic's
+    /// presence events.
+    pub(crate) fn subscribe_granted(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>, delta: bool, grants: Option<&Arc<crate::auth::Grants>>) {
         let delta = delta && conn.json;
+        let presence = grants.is_none_or(|g| g.may_see_presence(topic));
         {
             let mut topics = lock(&self.topics);
             let mut subs = lock(topics.entry(topic.clone()).or_default());
-            let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta };
+            let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta, presence };
             subs.delta_subs += usize::from(delta);
             subs.insert(conn.id, sub);
             if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session(), subs.len()));
-                for sub in subs.values().filter(|s| s.conn.json) {
+                for sub in subs.values().filter(|s| s.conn.json && s.presence) {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
@@ -279,7 +337,7 @@ impl Hub {
                 topics.remove(topic);
             } else if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session(), count));
-                for sub in subs.values().filter(|s| s.conn.json) {
+                for sub in subs.values().filter(|s| s.conn.json && s.presence) {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
