@@ -65,6 +65,36 @@ pub struct AuthFile {
     auth_timeout: Option<String>,
 }
 
+/// One `[namespaces."PREFIX"]` table of the config file.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NamespaceFile {
+    /// `token` (default), `subscribers` or `server`.
+    publish: Option<String>,
+    presence: Option<bool>,
+    latest_on_subscribe: Option<bool>,
+}
+
+/// The namespaces of the config file.
+pub fn namespaces(file: Option<std::collections::BTreeMap<String, NamespaceFile>>) -> anyhow::Result<Vec<tether_hub::namespace::Namespace>> {
+    use tether_hub::namespace::{Namespace, PublishRule};
+    let mut list = Vec::new();
+    for (prefix, n) in file.unwrap_or_default() {
+        if prefix.is_empty() {
+            anyhow::bail!("config file, [namespaces]: a namespace needs a non-empty prefix (e.g. [namespaces.\"chat:\"])");
+        }
+        let publish = match n.publish.as_deref() {
+            None | Some("token") => PublishRule::Token,
+            Some("subscribers") => PublishRule::Subscribers,
+            Some("server") => PublishRule::ServerOnly,
+            Some(other) => anyhow::bail!("config file, [namespaces.{prefix:?}] publish = {other:?}: expected \"token\", \"subscribers\" or \"server\""),
+        };
+        let d = Namespace::new(prefix.clone());
+        list.push(Namespace { publish, presence: n.presence.unwrap_or(d.presence), latest_on_subscribe: n.latest_on_subscribe.unwrap_or(d.latest_on_subscribe), ..d });
+    }
+    Ok(list)
+}
+
 /// JWT settings, resolved.
 #[derive(Debug, Clone, Default)]
 pub struct AuthSettings {

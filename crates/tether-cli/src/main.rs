@@ -17,6 +17,7 @@ mod serve;
 mod serve_loop;
 mod settings;
 mod shutdown;
+mod webhook;
 mod yjs;
 
 use clap::{CommandFactory, Parser, Subcommand};

@@ -93,8 +93,12 @@ pub struct Hub {
     pub(crate) rooms: crate::room::Rooms,
     /// Server API operations waiting for the broker, and ordered disconnects.
     pub(crate) api: crate::api::Waiters,
+    /// Where lifecycle events go (webhooks), if anywhere.
+    pub(crate) events: std::sync::OnceLock<Arc<dyn crate::events::EventSink>>,
     /// Checks tokens sent in `auth` and `refresh` envelopes.
     authenticator: std::sync::OnceLock<Arc<dyn crate::auth::Authenticator>>,
+    /// Namespaces and their rules (src/namespace.rs).
+    pub(crate) namespaces: std::sync::OnceLock<crate::namespace::Namespaces>,
     /// Longest reconnect hint of a drain, in ms (src/drain.rs).
     pub(crate) drain_hint_ms: std::sync::atomic::AtomicU32,
 }
@@ -173,7 +177,9 @@ impl Hub {
             delta_bytes: AtomicUsize::new(0),
             rooms: crate::room::Rooms::default(),
             api: crate::api::Waiters::default(),
+            events: std::sync::OnceLock::new(),
             authenticator: std::sync::OnceLock::new(),
+            namespaces: std::sync::OnceLock::new(),
             drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
@@ -295,9 +301,17 @@ impl Hub {
     /// presence events.
     pub(crate) fn subscribe_granted(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>, delta: bool, grants: Option<&Arc<crate::auth::Grants>>) {
         let delta = delta && conn.json;
-        let presence = grants.is_none_or(|g| g.may_see_presence(topic));
-        {
+        let resuming = resume.is_some();
+        let presence = grants.is_none_or(|g| g.may_see_presence(topic)) && self.presence_on(topic);
+        // Latest value on subscribe: ask the broker for the kept window and
+        // replay only its newest message (see `subscribed`).
+        let resume = match resume {
+            None if self.latest_on_subscribe(topic) => Some(Resume { since: 0, epoch: Some(crate::namespace::LATEST.into()) }),
+            other => other,
+        };
+        let occupied = {
             let mut topics = lock(&self.topics);
+            let occupied = !topics.contains_key(topic);
             let mut subs = lock(topics.entry(topic.clone()).or_default());
             let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta, presence };
             subs.delta_subs += usize::from(delta);
@@ -308,8 +322,13 @@ impl Hub {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
+            occupied
+        };
+        if occupied {
+            self.emit(|| crate::events::LifecycleEvent::Occupied { topic: topic.clone() });
         }
-        if resume.is_some() {
+        self.emit(|| crate::events::LifecycleEvent::Join { topic: topic.clone(), session: conn.session() });
+        if resuming {
             Metrics::add(&self.metrics.resumes, 1);
         }
         if crate::room::is_room(topic) {
@@ -343,6 +362,10 @@ impl Hub {
             }
             (sub.announced, count)
         };
+        self.emit(|| crate::events::LifecycleEvent::Leave { topic: topic.clone(), session: conn.session() });
+        if count == 0 {
+            self.emit(|| crate::events::LifecycleEvent::Vacated { topic: topic.clone() });
+        }
         if crate::room::is_room(topic) {
             self.rooms.left(topic, &conn.session());
         }
@@ -485,6 +508,10 @@ impl Hub {
         let Some(topic) = self.topic(&request.topic) else { return };
         let Some(conn) = lock(&topic).get(&request.conn).filter(|s| s.pending.is_some()).map(|s| s.conn.clone()) else { return };
         let (replay, gap) = match &request.resume {
+            Some(resume) if resume.epoch.as_deref() == Some(crate::namespace::LATEST) => {
+                let newest = history.messages.last().and_then(|m| if conn.json { json_frame(m) } else { plain_frame(m) }.map(|f| (m.seq, f)));
+                (newest.into_iter().collect(), None)
+            }
             Some(resume) => self.plan_replay(&conn, resume, &history),
             None => (Vec::new(), None),
         };

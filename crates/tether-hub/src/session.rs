@@ -214,6 +214,9 @@ impl Hub {
             topics.push(room.clone());
         }
         tracing::debug!(session = %conn.session(), room = ?room, json, user = ?auth.grants().map(|g| &*g.user), "connected");
+        if let Some(grants) = auth.grants() {
+            self.api.set_user(conn.id, Some(grants.user.clone()));
+        }
         Session { conn, room, topics, auth, limiter: Limiter::default(), last_pending: 0 }
     }
 
@@ -224,6 +227,9 @@ impl Hub {
         let conn = &session.conn;
         // The server API's disconnect ends a session as a shutdown does,
         // with the code it ordered.
+        if session.auth.grants().is_some() {
+            self.api.set_user(conn.id, None);
+        }
         if let (End::Shutdown, Some(code)) = (end, self.api.take_kick(conn.id)) {
             Metrics::add(&self.metrics.api_disconnects, 1);
             tracing::info!(session = %conn.session(), code, "closed by the server API");
@@ -378,6 +384,7 @@ impl Session {
                         }
                         Verdict::Allow => {
                             self.authenticate(hub, &token, id.as_ref(), refresh);
+                            hub.api.set_user(self.conn.id, self.user());
                             Ok(())
                         }
                     };
@@ -463,9 +470,9 @@ impl Hub {
                 Message::Binary(b) => Body::Binary(b),
                 _ => return ControlFlow::Continue(()),
             };
-            if grants.is_some_and(|g| !g.may_publish(room)) {
+            if let Err(why) = self.client_may_publish(room, grants, topics.contains(room)) {
                 self.count_auth("refused", "publish");
-                self.reply(conn, EncodedFrame::text(&format!("[tether] forbidden: this token may not publish to {room:?}")));
+                self.reply(conn, EncodedFrame::text(&format!("[tether] forbidden: {why}")));
                 return ControlFlow::Continue(());
             }
             self.publish(conn, grants, room.clone(), body, None);
@@ -478,12 +485,12 @@ impl Hub {
         match parsed {
             Err(e) => self.reply_error(conn, e.code, &e.message, e.id.as_ref()),
             Ok(ClientMessage::Chat { content, id }) => {
-                if self.may_publish(conn, grants, room, id.as_ref()) {
+                if self.may_publish(conn, grants, topics, room, id.as_ref()) {
                     self.publish(conn, grants, room.clone(), Body::Json(Arc::from(content)), id);
                 }
             }
             Ok(ClientMessage::Publish { topic, content, id, key }) => {
-                if self.may_publish(conn, grants, &topic, id.as_ref()) {
+                if self.may_publish(conn, grants, topics, &topic, id.as_ref()) {
                     self.publish_keyed(conn, grants, Arc::from(topic), Body::Json(Arc::from(content)), id, key.map(Arc::from));
                 }
             }
@@ -555,15 +562,15 @@ impl Hub {
 
     /// Whether `grants` (if any) allow publishing to `topic`; refused (and
     /// answered, and counted) if not.
-    fn may_publish(&self, conn: &Arc<ConnShared>, grants: Option<&Arc<Grants>>, topic: &str, id: Option<&serde_json::Value>) -> bool {
-        match grants {
-            Some(g) if !g.may_publish(topic) => {
+    fn may_publish(&self, conn: &Arc<ConnShared>, grants: Option<&Arc<Grants>>, topics: &[Arc<str>], topic: &str, id: Option<&serde_json::Value>) -> bool {
+        match self.client_may_publish(topic, grants, topics.iter().any(|t| **t == *topic)) {
+            Ok(()) => true,
+            Err(why) => {
                 self.count_auth("refused", "publish");
-                tracing::info!(session = %conn.session(), user = %g.user, topic = ?topic, "refused publish: not in the token's capabilities");
-                self.reply_error(conn, "forbidden", &format!("this token may not publish to {topic:?}"), id);
+                tracing::info!(session = %conn.session(), user = ?grants.map(|g| &*g.user), topic = ?topic, "refused publish: {why}");
+                self.reply_error(conn, "forbidden", &why, id);
                 false
             }
-            _ => true,
         }
     }
 
