@@ -28,6 +28,9 @@ const TETHER_JS: &str = include_str!("../web/tether.js");
 /// The ES module view of tether.js (it imports `./tether.js`).
 const TETHER_MJS: &str = include_str!("../web/tether.mjs");
 
+#[path = "serve_http.rs"]
+mod http;
+
 struct App {
     hub: Arc<Hub>,
     settings: Settings,
@@ -46,6 +49,8 @@ struct App {
     /// The event loops of `--driver loop`.
     loops: Option<Arc<Loops>>,
     auth_failures: AuthFailures,
+    /// The sessions of the HTTP fallback transport (SSE + POST).
+    http: Arc<tether_hub::http::HttpSessions>,
 }
 
 /// What a connection holds while it is open: its slot and, unless its
@@ -143,6 +148,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         per_ip: PerIp::new(settings.max_connections_per_ip),
         auth_failures: AuthFailures::new(settings.max_auth_failures),
         loops,
+        http: tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default()),
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -450,6 +456,9 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
 async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Extension<ConnCtx>, req: Request) -> Response {
     if tether::upgrade::is_upgrade_request(&req) {
         return websocket(app, ctx, req).await;
+    }
+    if http::is_http_transport(&req) {
+        return http::serve(app, ctx, req).await;
     }
     if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "only GET\n").into_response();

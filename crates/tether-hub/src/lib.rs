@@ -47,6 +47,7 @@ mod broker;
 mod config;
 mod conn;
 mod hub;
+pub mod http;
 mod keyed;
 mod limit;
 mod memory;

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Server-wide counters. All updates are relaxed atomics.
 #[derive(Debug, Default)]
@@ -24,6 +25,8 @@ pub struct Metrics {
     pub dropped_messages: AtomicU64,
     /// Connections closed because they fell behind.
     pub slow_consumer_closes: AtomicU64,
+    /// Connections closed with 1012 by a drain or a shed.
+    pub drained_connections: AtomicU64,
     /// Connections terminated because they missed a heartbeat.
     pub terminated_connections: AtomicU64,
     /// Upgrade requests refused (bad handshake, limits, auth, origin).
@@ -47,8 +50,85 @@ pub struct Metrics {
     /// Delta patches made (once per published message, shared by every
     /// delta subscriber that has the message it patches).
     pub delta_patches: AtomicU64,
+    /// Connections closed by the server API (`/api/disconnect`).
+    pub api_disconnects: AtomicU64,
     /// Connections refused before or at the upgrade, by reason.
     pub refused: Refused,
+    /// Open connections by transport (`tether_connections_by_transport`).
+    pub by_transport: ByTransport,
+    /// Authentication and authorization decisions, by result and reason
+    /// (`tether_auth_decisions_total{result,reason}`); see [`Metrics::count_auth`].
+    auth_decisions: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// Open connections by transport (`tether_connections_by_transport{transport}`):
+/// held by a [`TransportGuard`] for as long as each connection is open.
+#[derive(Debug, Default)]
+pub struct ByTransport {
+    /// WebSocket over HTTP/1.1 (an `Upgrade: websocket` request, RFC 6455).
+    pub websocket: AtomicI64,
+    /// WebSocket over HTTP/2: a stream opened by extended CONNECT (RFC 8441).
+    pub websocket_h2: AtomicI64,
+    /// The HTTP fallback transport (SSE down, POST up).
+    pub http: AtomicI64,
+}
+
+/// The transport a connection uses, for [`ByTransport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket over HTTP/1.1.
+    WebSocket,
+    /// WebSocket over HTTP/2 (RFC 8441).
+    WebSocketH2,
+    /// The HTTP fallback transport.
+    Http,
+}
+
+impl Transport {
+    /// The `transport` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::WebSocketH2 => "websocket_h2",
+            Transport::Http => "http",
+        }
+    }
+}
+
+impl ByTransport {
+    fn gauge(&self, transport: Transport) -> &AtomicI64 {
+        match transport {
+            Transport::WebSocket => &self.websocket,
+            Transport::WebSocketH2 => &self.websocket_h2,
+            Transport::Http => &self.http,
+        }
+    }
+}
+
+/// Counts one open connection in [`ByTransport`] until dropped.
+#[derive(Debug)]
+pub struct TransportGuard {
+    metrics: Arc<Metrics>,
+    transport: Transport,
+}
+
+impl TransportGuard {
+    /// Count a connection on `transport` from now until the guard is dropped.
+    pub fn new(metrics: &Arc<Metrics>, transport: Transport) -> Self {
+        metrics.by_transport.gauge(transport).fetch_add(1, Ordering::Relaxed);
+        TransportGuard { metrics: metrics.clone(), transport }
+    }
+
+    /// The transport counted.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+}
+
+impl Drop for TransportGuard {
+    fn drop(&mut self) {
+        self.metrics.by_transport.gauge(self.transport).fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Connections refused, by reason (`tether_refused_connections_total{reason}`).
@@ -74,6 +154,19 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Count one auth decision: `result` is `allowed`, `refused` or
+    /// `closed`; `reason` says which check (`jwt`, `shared_token`,
+    /// `expired`, `bad_signature`, `subscribe`, `publish`, `refresh`, a hook
+    /// name...). Both are static strings, so the label set is bounded.
+    pub fn count_auth(&self, result: &'static str, reason: &'static str) {
+        *self.auth_decisions.lock().unwrap_or_else(|p| p.into_inner()).entry((result, reason)).or_default() += 1;
+    }
+
+    /// How many auth decisions with `result` and `reason` were counted.
+    pub fn auth_decisions(&self, result: &str, reason: &str) -> u64 {
+        self.auth_decisions.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|((r, why), _)| *r == result && *why == reason).map_or(0, |(_, n)| *n)
+    }
+
     /// The Prometheus text exposition of every counter.
     pub fn render_prometheus(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(2048);
@@ -88,6 +181,7 @@ impl Metrics {
             ("tether_broadcasts_total", "counter", "Messages published to a topic or room.", g(&self.broadcasts)),
             ("tether_dropped_messages_total", "counter", "Messages dropped because a client fell behind.", g(&self.dropped_messages)),
             ("tether_slow_consumer_closes_total", "counter", "Connections closed because they fell behind.", g(&self.slow_consumer_closes)),
+            ("tether_drained_connections_total", "counter", "Connections closed with 1012 by a drain or a shed.", g(&self.drained_connections)),
             ("tether_terminated_connections_total", "counter", "Connections terminated after a missed heartbeat.", g(&self.terminated_connections)),
             ("tether_handshake_failures_total", "counter", "Upgrade requests refused.", g(&self.handshake_failures)),
             ("tether_client_errors_total", "counter", "Error envelopes sent for bad client messages.", g(&self.client_errors)),
@@ -97,6 +191,7 @@ impl Metrics {
             ("tether_rate_limited_total", "counter", "Messages and subscription requests refused by a rate limit.", g(&self.rate_limited)),
             ("tether_rate_limit_closes_total", "counter", "Connections closed (1008) for sustained abuse of a rate limit.", g(&self.rate_limit_closes)),
             ("tether_conflated_messages_total", "counter", "Queued messages replaced by a newer one with the same topic and key.", g(&self.conflated_messages)),
+            ("tether_api_disconnects_total", "counter", "Connections closed by the server API.", g(&self.api_disconnects)),
             ("tether_delta_patches_total", "counter", "Delta (JSON Merge Patch) messages made for delta subscriptions.", g(&self.delta_patches)),
         ];
         for (name, kind, help, value) in rows {
@@ -114,6 +209,16 @@ impl Metrics {
             ("bad_room", &r.bad_room),
         ] {
             let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", g(c));
+        }
+        let name = "tether_connections_by_transport";
+        let _ = writeln!(out, "# HELP {name} Open connections by transport.\n# TYPE {name} gauge");
+        for transport in [Transport::WebSocket, Transport::WebSocketH2, Transport::Http] {
+            let _ = writeln!(out, "{name}{{transport=\"{}\"}} {}", transport.label(), self.by_transport.gauge(transport).load(Ordering::Relaxed));
+        }
+        let name = "tether_auth_decisions_total";
+        let _ = writeln!(out, "# HELP {name} Authentication and authorization decisions, by result and reason.\n# TYPE {name} counter");
+        for ((result, reason), n) in self.auth_decisions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "{name}{{result=\"{result}\",reason=\"{reason}\"}} {n}");
         }
         for (name, help, value) in extra {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
