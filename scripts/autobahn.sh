@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Autobahn|Testsuite against `tether echo` (server) and the example client.
 #
-# Default (CI): every case except 12.x/13.x without compression, then a
-# permessage-deflate sample with --deflate on both sides: 12.1.* and the
+# Default (CI): every case except 12.x/13.x without compression (the
+# server side twice: `tether echo` on its event-loop driver, its default, and
+# with `--driver tokio`, the library's `WebSocket` that `tether serve` and
+# embedders use), then a permessage-deflate sample with --deflate on both sides: 12.1.* and the
 # first six cases of every 13.x parameter set (60 cases, ~2 min).
 # TETHER_AUTOBAHN_DEFLATE=1: the full 12.x/13.x instead of the sample, with
 # cases 1-10 also under --deflate (~21 min more, bound by wstest itself).
@@ -32,6 +34,17 @@ stop_echo() {
     ECHO_PID=""
 }
 
+# run_server LABEL CASES EXCLUDE [ECHO_FLAGS...]: a server run only.
+run_server() {
+    local label=$1 cases=$2 exclude=$3
+    shift 3
+    echo "== Autobahn $label: server cases [$cases] exclude [$exclude] flags [$*]" >&2
+    start_echo "$@"
+    AUTOBAHN_CASES=$cases AUTOBAHN_EXCLUDE=$exclude AUTOBAHN_OUTDIR="conformance/reports/server-$label" \
+        conformance/run.sh server "ws://127.0.0.1:$PORT" || status=1
+    stop_echo
+}
+
 # run_pair LABEL CASES EXCLUDE [FLAGS...]: server and client runs.
 run_pair() {
     local label=$1 cases=$2 exclude=$3
@@ -49,9 +62,12 @@ status=0
 if [[ "${TETHER_AUTOBAHN_DEFLATE:-0}" == 1 ]]; then
     export AUTOBAHN_TIMEOUT="${AUTOBAHN_TIMEOUT:-2400}"
     run_pair plain '*' '12.*,13.*'
+    run_server plain-tokio '*' '12.*,13.*' --driver tokio
     run_pair deflate '*' '' --deflate
+    run_server deflate-tokio '*' '' --deflate --driver tokio
 else
     run_pair plain '*' '12.*,13.*'
+    run_server plain-tokio '*' '12.*,13.*' --driver tokio
     run_pair deflate-sample '12.1.*,13.*.1,13.*.2,13.*.3,13.*.4,13.*.5,13.*.6' '' --deflate
 fi
 exit $status

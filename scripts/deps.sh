@@ -28,6 +28,19 @@ if ! "$PY" -c 'import websockets' 2>/dev/null; then
 fi
 "$PY" -c 'import websockets; print("python websockets", websockets.__version__)' >&2
 
+# schemathesis: checks the server API against docs/openapi.json (scripts/api-contract.sh).
+SCHEMATHESIS_VERSION=4.32.5
+if ! "$PY" -c "import schemathesis, sys; sys.exit(schemathesis.__version__ != '$SCHEMATHESIS_VERSION')" 2>/dev/null; then
+    echo "installing schemathesis $SCHEMATHESIS_VERSION for the server API contract test" >&2
+    "$PY" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" \
+        || "$PY" -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+if ! command -v openssl >/dev/null; then
+    echo "installing openssl for the RFC 8441 browser test's certificate (tests/browser/http2.test.mjs)" >&2
+    apt_install openssl
+fi
+
 if ! command -v strace >/dev/null; then
     echo "installing strace for the syscalls-per-message test (tether-cli/tests/syscalls.rs)" >&2
     apt_install strace

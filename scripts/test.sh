@@ -51,6 +51,9 @@ fi
 step "adversarial tests (hostile peers against tether serve)"
 "${TETHER_PYTHON:-python3}" tests/adversarial/run.py --bin "$ROOT/target/release/tether" --debug-bin "$ROOT/target/debug/tether"
 
+step "server API contract: schemathesis against docs/openapi.json on a running tether serve (bounded to 45 s)"
+scripts/api-contract.sh "$ROOT/target/release/tether" 45
+
 step "bench/ tooling: unit tests of bench/issue16.py's parsing, run.py --help (no benchmark is run)"
 "${TETHER_PYTHON:-python3}" -m unittest discover -s bench -p 'test_*.py'
 "${TETHER_PYTHON:-python3}" bench/run.py issue16 --help >/dev/null

@@ -29,11 +29,10 @@ use tether_proto::{CloseFrame, Connection, Event, Message};
 /// The driver flags of `tether echo` and `tether serve`.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct DriverArgs {
-    /// What runs WebSocket connections after their handshake: `tokio`, a
-    /// task per connection (the default), or `loop`, a small event loop per
-    /// thread owning its connections (least memory per connection; plain
-    /// TCP only, TLS connections stay on tokio; experimental: it stalls on
-    /// 16 MiB messages, Autobahn 9.1.6).
+    /// What runs WebSocket connections after their handshake: `loop`, a
+    /// small event loop per thread owning its connections (the default:
+    /// least memory and CPU per connection; plain TCP only, TLS connections
+    /// stay on tokio), or `tokio`, a task per connection.
     #[arg(long, value_enum, default_value_t, env = "TETHER_DRIVER")]
     pub driver: DriverKind,
     /// Event loops with `--driver loop` (tokio worker threads for `tether
@@ -52,11 +51,10 @@ impl DriverArgs {
 /// What runs connections after the handshake.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DriverKind {
-    /// One event loop per thread, connections in a slab. Not the default
-    /// yet: Autobahn case 9.1.6 (a 16 MiB text message) stalls on it.
+    /// One event loop per thread, connections in a slab.
+    #[default]
     Loop,
     /// One tokio task per connection.
-    #[default]
     Tokio,
 }
 
@@ -405,10 +403,16 @@ impl<S: Service> Loop<S> {
             // Capped so that a header alone cannot claim memory.
             let buf = e.conn.receiver().read_buffer();
             let start = buf.len();
-            buf.resize(start + needed.min(1 << 20), 0);
+            let want = needed.min(1 << 20);
+            buf.resize(start + want, 0);
             let r = e.tcp.read(&mut buf[start..]);
             buf.truncate(start + *r.as_ref().unwrap_or(&0));
-            r.map(|n| (n, false))
+            // A read that filled what it asked for may have left bytes in
+            // the socket, and the edge-triggered registration will not
+            // report them again: read again next turn, as for a full
+            // shared buffer. (Without this a 16 MiB message stalled after
+            // its first MiB: Autobahn 9.1.6.)
+            r.map(|n| (n, n == want))
         } else {
             match e.tcp.read(&mut self.buf) {
                 Ok(n) => {
@@ -522,6 +526,13 @@ impl<S: Service> Loop<S> {
             Ending::Finish { within } => within,
             Ending::Close { code, reason, within } => {
                 if e.conn.close(Some(CloseFrame::new(code, reason))).is_ok() {
+                    mark(&mut self.dirty, e, t);
+                }
+                within
+            }
+            Ending::Restart { reconnect_after_ms, within } => {
+                let reason = tether_hub::drain_reason(reconnect_after_ms);
+                if e.conn.close(Some(CloseFrame::new(tether_proto::CloseCode::SERVICE_RESTART, &reason))).is_ok() {
                     mark(&mut self.dirty, e, t);
                 }
                 within

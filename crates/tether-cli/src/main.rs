@@ -1,7 +1,10 @@
 //! `tether`: a ready-to-run WebSocket server, an echo server, a client and a
 //! load generator.
 
+mod admin;
 mod admission;
+mod auth;
+mod api;
 mod bench;
 mod connect;
 mod driver;
@@ -14,6 +17,7 @@ mod serve;
 mod serve_loop;
 mod settings;
 mod shutdown;
+mod webhook;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;

@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use std::time::Instant;
 use tether::axum::WebSocketUpgrade;
-use tether_hub::{ConnInfo, Hub, HubConfig, MemoryBroker};
+use tether_hub::{ConnInfo, Identity, Hub, HubConfig, MemoryBroker, Transport, TransportGuard};
+
+#[path = "serve_h2.rs"]
+mod h2;
 use tokio::net::TcpListener;
 
 // Through symlinks inside the crate (crates/tether-cli/web/ -> web/), so
@@ -49,6 +52,14 @@ struct App {
     /// The event loops of `--driver loop`.
     loops: Option<Arc<Loops>>,
     auth_failures: AuthFailures,
+    /// The server API (`/api/*`; off without `--api-key`).
+    api: Arc<crate::api::Api>,
+    /// Lifecycle webhooks' counters, when on.
+    webhooks: Option<Arc<crate::webhook::WebhookMetrics>>,
+    /// Draining: new WebSockets refused, `/health` 503 (src/admin.rs).
+    drain: crate::admin::DrainState,
+    /// JWT connection tokens (src/auth.rs), if configured.
+    jwt: Option<Arc<tether_hub::jwt::JwtVerifier>>,
     /// The sessions of the HTTP fallback transport (SSE + POST).
     http: Arc<tether_hub::http::HttpSessions>,
 }
@@ -58,6 +69,8 @@ struct App {
 pub(crate) struct Slot {
     permit: OwnedSemaphorePermit,
     ip: Option<IpGuard>,
+    /// Set once the connection is a WebSocket: counts it by transport.
+    transport: Option<TransportGuard>,
 }
 
 /// Largest request head (request line and headers) accepted; larger get 431.
@@ -72,6 +85,9 @@ const SPARE_SLOTS: usize = 64;
 struct ConnCtx {
     peer: SocketAddr,
     slot: Arc<Mutex<Option<Slot>>>,
+    /// WebSockets open on this connection (HTTP/2 streams): an HTTP/2
+    /// connection lives past `--http-timeout` while this is not zero.
+    websockets: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -103,7 +119,8 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         Some((cert, key)) => {
             let cert_pem = std::fs::read(cert).with_context(|| format!("cannot read --tls-cert {}", cert.display()))?;
             let key_pem = std::fs::read(key).with_context(|| format!("cannot read --tls-key {}", key.display()))?;
-            Some(tether::tls::acceptor(&cert_pem, &key_pem).context("invalid TLS certificate or key")?)
+            // HTTP/2 (with WebSockets on its streams, RFC 8441) or HTTP/1.1 by ALPN.
+            Some(tether::tls::acceptor_h2(&cert_pem, &key_pem).context("invalid TLS certificate or key")?)
         }
     };
     let hub_config = HubConfig {
@@ -116,9 +133,23 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         subscribe_rate: settings.subscribe_rate,
         conflate_prefixes: settings.live.conflate_prefixes.clone(),
         room_tick: settings.live.room_tick(),
+        auth_timeout: settings.auth.auth_timeout,
+        token_expiry_warning: settings.auth.expiry_warning,
+        token_expiry_grace: settings.auth.expiry_grace,
         ..HubConfig::default()
     };
     let hub = Hub::new(hub_config, broker);
+    if !settings.namespaces.is_empty() {
+        hub.set_namespaces(tether_hub::namespace::Namespaces::new(settings.namespaces.clone()));
+    }
+    let jwt = settings.auth.verifier()?;
+    if let Some(verifier) = &jwt {
+        hub.set_authenticator(verifier.clone());
+        tracing::info!(?verifier, "JWT connection tokens on");
+    }
+    let redis_url = settings.broker.starts_with("redis://").then_some(settings.broker.as_str());
+    let api = crate::api::Api::new(hub.clone(), settings.api.clone(), redis_url)?;
+    let webhooks = settings.webhook.clone().map(|w| crate::webhook::start(&hub, w));
     let loops = match driver.driver {
         crate::driver::DriverKind::Loop => {
             let service = Arc::new(crate::serve_loop::HubService::new(hub.clone()));
@@ -148,6 +179,10 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         per_ip: PerIp::new(settings.max_connections_per_ip),
         auth_failures: AuthFailures::new(settings.max_auth_failures),
         loops,
+        api,
+        webhooks,
+        drain: crate::admin::DrainState::default(),
+        jwt,
         http: tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default()),
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
@@ -156,6 +191,10 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
 
     let signal = shutdown::signal();
     tokio::pin!(signal);
+    // SIGTERM with a drain window: keep answering (`/health` 503, upgrades
+    // 503) while the clients are closed gradually; stop when they are.
+    let mut signalled = false;
+    let (drained_tx, mut drained) = tokio::sync::watch::channel(false);
     loop {
         tokio::select! {
             (tcp, peer) = tether_hub::accept(&listener) => {
@@ -178,7 +217,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
                     admission::refuse_early(tcp, peer, 429, "too many connections from your address", tls.is_some());
                     continue;
                 };
-                let slot = Slot { permit, ip };
+                let slot = Slot { permit, ip, transport: None };
                 let router = router.clone();
                 let tls = tls.clone();
                 let timeout = settings.handshake_timeout;
@@ -191,6 +230,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
                         // path should not pay for it in every connection task.
                         Some(acceptor) => Box::pin(async move {
                             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => h2::serve_h2(stream, app, router, peer, slot).await,
                                 Ok(Ok(stream)) => serve_stream(stream, app, router, peer, slot).await,
                                 Ok(Err(e)) => {
                                     tether_hub::Metrics::add(&metrics.handshake_failures, 1);
@@ -206,12 +246,24 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
                     }
                 });
             }
-            _ = &mut signal => break,
+            _ = &mut signal, if !signalled => {
+                signalled = true;
+                if settings.drain_window.is_zero() {
+                    break;
+                }
+                let task = app.drain.drain(&hub, settings.drain_window);
+                let done = drained_tx.clone();
+                tokio::spawn(async move {
+                    let _ = task.await;
+                    let _ = done.send(true);
+                });
+            }
+            _ = drained.changed() => break,
         }
     }
     drop(listener);
     let open = hub.connection_count();
-    tracing::info!(open, "shutting down: closing WebSocket connections with 1001");
+    tracing::info!(open, "shutting down: closing the WebSocket connections left with 1001");
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
     let left = hub.close_all(settings.shutdown_timeout).await;
     if let Some(loops) = &app.loops {
@@ -274,7 +326,7 @@ where
             };
             let lifetime = app.settings.http_timeout;
             let http = Box::pin(async move {
-                let ctx = ConnCtx { peer, slot: Arc::new(Mutex::new(Some(slot))) };
+                let ctx = ConnCtx { peer, slot: Arc::new(Mutex::new(Some(slot))), websockets: Default::default() };
                 let service = hyper_util::service::TowerToHyperService::new(router.layer(axum::Extension(ctx)));
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new()).header_read_timeout(timeout).max_buf_size(MAX_REQUEST_HEAD);
@@ -312,6 +364,9 @@ struct UpgradeRequest<'a> {
     authorization: Option<&'a str>,
     /// The value of `--client-ip-header`, if configured and present.
     client_ip: Option<&'a str>,
+    /// It offers the `tether.v1` subprotocol (and may send its token in
+    /// its first message).
+    json: bool,
 }
 
 impl App {
@@ -322,7 +377,7 @@ impl App {
             return Some(slot);
         }
         let permit = pool.clone().try_acquire_owned().ok()?;
-        Some(Slot { permit, ip: slot.ip })
+        Some(Slot { permit, ip: slot.ip, transport: slot.transport })
     }
 
     /// Answer a request that found no slot: 503 with Retry-After.
@@ -349,7 +404,7 @@ impl App {
     /// (header or `?token=`), and, behind a trusted proxy, connections per
     /// client address. A refusal is counted before it is answered; the
     /// returned guard (if any) is held by the connection.
-    fn admit(&self, req: &UpgradeRequest<'_>) -> Result<Option<IpGuard>, (StatusCode, &'static str)> {
+    fn admit(&self, req: &UpgradeRequest<'_>) -> Result<(Option<IpGuard>, Identity), (StatusCode, &'static str)> {
         let refused = self.check_admission(req);
         if refused.is_err() {
             tether_hub::Metrics::add(&self.hub.metrics().handshake_failures, 1);
@@ -357,10 +412,14 @@ impl App {
         refused
     }
 
-    fn check_admission(&self, req: &UpgradeRequest<'_>) -> Result<Option<IpGuard>, (StatusCode, &'static str)> {
+    fn check_admission(&self, req: &UpgradeRequest<'_>) -> Result<(Option<IpGuard>, Identity), (StatusCode, &'static str)> {
         let s = &self.settings;
         let refused = &self.hub.metrics().refused;
         let count = |c: &std::sync::atomic::AtomicU64| tether_hub::Metrics::add(c, 1);
+        if self.drain.is_draining() {
+            count(&refused.max_connections);
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "this node is draining: connect to another one"));
+        }
         // The path names the room: it obeys the topic rules.
         if let Err(why) = tether_hub::envelope::check_topic(req.path) {
             count(&refused.bad_room);
@@ -379,23 +438,57 @@ impl App {
         // token, that token admits them (and nothing else does).
         let system = tether_hub::system::may_subscribe_system(req.path);
         let token = if system { s.metrics_token.as_ref().or(s.token.as_ref()) } else { s.token.as_ref() };
-        if let Some(token) = token {
+        let jwt = if system { None } else { self.jwt.as_deref() };
+        let mut identity = Identity::Anonymous;
+        if token.is_some() || jwt.is_some() {
             if self.auth_failures.throttled(ip) {
                 count(&refused.auth_throttled);
                 return Err((StatusCode::TOO_MANY_REQUESTS, "too many failed authentication attempts from your address, try again in a minute"));
             }
-            if !admission::has_token(token, req.authorization, req.query) {
-                count(&refused.auth);
-                self.auth_failures.record(ip);
-                tracing::info!(client = %ip, "refused upgrade: missing or wrong bearer token");
-                return Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+            let metrics = self.hub.metrics();
+            // The shared token keeps working beside JWTs: it admits an
+            // anonymous connection (allowed everything).
+            let shared = token.is_some_and(|t| admission::has_token(t, req.authorization, req.query));
+            match (shared, jwt) {
+                (true, _) => metrics.count_auth("allowed", "shared_token"),
+                (false, None) => {
+                    count(&refused.auth);
+                    metrics.count_auth("refused", "shared_token");
+                    self.auth_failures.record(ip);
+                    tracing::info!(client = %ip, "refused upgrade: missing or wrong bearer token");
+                    return Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+                }
+                (false, Some(verifier)) => match crate::auth::identify(verifier, crate::auth::presented_token(req.authorization, req.query), req.json) {
+                    Ok(found) => {
+                        if let Identity::Granted(grants) = &found {
+                            // A room (URL path) other than "/" must be allowed.
+                            if req.path != "/" && !grants.may_subscribe(req.path) {
+                                metrics.count_auth("refused", "room");
+                                tracing::info!(client = %ip, user = %grants.user, room = ?req.path, "refused upgrade: the token does not allow this room");
+                                return Err((StatusCode::FORBIDDEN, "the token does not allow this room (URL path)"));
+                            }
+                            metrics.count_auth("allowed", "jwt");
+                            tracing::debug!(client = %ip, user = %grants.user, "admitted with a JWT");
+                        } else {
+                            metrics.count_auth("deferred", "auth_message");
+                        }
+                        identity = found;
+                    }
+                    Err(e) => {
+                        count(&refused.auth);
+                        metrics.count_auth("refused", e.code);
+                        self.auth_failures.record(ip);
+                        tracing::info!(client = %ip, reason = e.code, "refused upgrade: {}", e.message);
+                        return Err((StatusCode::UNAUTHORIZED, crate::auth::refusal_message(e.code)));
+                    }
+                },
             }
         }
         if !self.behind_proxy(req.peer) {
-            return Ok(None);
+            return Ok((None, identity));
         }
         match self.per_ip.acquire(ip) {
-            Some(guard) => Ok(Some(guard)),
+            Some(guard) => Ok((Some(guard), identity)),
             None => {
                 count(&refused.per_ip);
                 tracing::info!(client = %ip, max = s.max_connections_per_ip, "refused upgrade: too many connections from this address");
@@ -409,6 +502,7 @@ impl App {
 fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve_loop::MaybeTcp + Unpin + Send + 'static>(stream: Prefixed<S>, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
     async move {
     let mut room = String::new();
+    let mut identity = Identity::Anonymous;
     // Scoped so the config and the handshake state are gone before the
     // connection runs: this task lives as long as the client stays.
     let accepted = {
@@ -422,10 +516,13 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                 origin: req.origin(),
                 authorization: req.header_str("authorization"),
                 client_ip: header.as_deref().and_then(|h| req.header_str(h)),
+                json: req.protocols().contains(&tether_hub::PROTOCOL_V1),
             };
-            if let Some(guard) = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))? {
+            let (guard, found) = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?;
+            if let Some(guard) = guard {
                 slot.ip = Some(guard);
             }
+            identity = found;
             room = req.path().to_string();
             let protocol = req.protocols().contains(&tether_hub::PROTOCOL_V1).then(|| tether_hub::PROTOCOL_V1.to_string());
             Ok(tether::Accept { protocol, headers: Vec::new() })
@@ -434,14 +531,16 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
     };
     match accepted {
         Ok(ws) => {
-            let (ws, room, slot) = match &app.loops {
-                Some(loops) => match crate::serve_loop::hand_off(loops, ws, room, slot) {
+            slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
+            let info = ConnInfo::with_identity(room, identity);
+            let (ws, info, slot) = match &app.loops {
+                Some(loops) => match crate::serve_loop::hand_off(loops, ws, info, slot) {
                     Ok(()) => return,
                     Err(back) => back,
                 },
-                None => (ws, room, slot),
+                None => (ws, info, slot),
             };
-            app.hub.run_connection(ws, ConnInfo { room }).await;
+            app.hub.run_connection(ws, info).await;
             drop(slot);
         }
         Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
@@ -456,6 +555,14 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
 async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Extension<ConnCtx>, req: Request) -> Response {
     if tether::upgrade::is_upgrade_request(&req) {
         return websocket(app, ctx, req).await;
+    }
+    if req.uri().path().starts_with("/api/") {
+        let client_ip = app.settings.client_ip_header.as_deref().and_then(|h| req.headers().get(h)).and_then(|v| v.to_str().ok());
+        let ip = admission::client_ip(ctx.peer.ip(), client_ip, app.behind_proxy(ctx.peer), &app.settings.trusted_proxies);
+        return app.api.handle(&app.auth_failures, ip, req).await;
+    }
+    if req.uri().path().starts_with("/admin/") {
+        return crate::admin::handle(&app.hub, &app.drain, &app.settings, &req);
     }
     if http::is_http_transport(&req) {
         return http::serve(app, ctx, req).await;
@@ -496,21 +603,27 @@ async fn script(source: &'static str) -> impl IntoResponse {
 
 async fn health(app: Arc<App>) -> impl IntoResponse {
     let broker = app.hub.broker().health();
+    let draining = app.drain.is_draining();
     let body = serde_json::json!({
-        "status": if broker.ok { "ok" } else { "degraded" },
+        "status": if draining { "draining" } else if broker.ok { "ok" } else { "degraded" },
+        "draining": draining,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "connections": app.hub.connection_count(),
         "topics": app.hub.topic_count(),
         "broker": { "name": app.hub.broker().name(), "ok": broker.ok, "detail": broker.detail },
     });
-    let status = if broker.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if broker.ok && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 
 async fn metrics(app: Arc<App>) -> impl IntoResponse {
     let broker_ok = if app.hub.broker().health().ok { 1.0 } else { 0.0 };
-    let text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
+    let mut text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
+    text.push_str(&app.api.render_metrics());
+    if let Some(w) = &app.webhooks {
+        text.push_str(&w.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -529,9 +642,10 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
         origin: header("origin"),
         authorization: header("authorization"),
         client_ip: app.settings.client_ip_header.as_deref().and_then(header),
+        json: header("sec-websocket-protocol").is_some_and(|p| p.split(',').any(|p| p.trim() == tether_hub::PROTOCOL_V1)),
     };
-    let ip_guard = match app.admit(&upgrade) {
-        Ok(guard) => guard,
+    let (ip_guard, identity) = match app.admit(&upgrade) {
+        Ok(found) => found,
         Err((status, message)) => return refuse(status, message),
     };
     // The upgraded socket outlives this HTTP connection: it takes a
@@ -540,8 +654,7 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
         tether_hub::Metrics::add(&app.hub.metrics().refused.max_connections, 1);
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later");
     };
-    let ip = ctx.slot.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|s| s.ip.take());
-    let slot = Slot { permit, ip };
+    let mut ip = ctx.slot.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|s| s.ip.take());
     let upgrade = match <WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &()).await {
         Ok(u) => u,
         Err(rejection) => {
@@ -549,11 +662,26 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
             return rejection.into_response();
         }
     };
+    if ip.is_none() && ip_guard.is_none() && !app.behind_proxy(ctx.peer) {
+        // A later stream of an HTTP/2 connection (the first took the
+        // connection's count): every WebSocket counts against the address.
+        match app.per_ip.acquire(admission::address_key(ctx.peer.ip())) {
+            Some(guard) => ip = Some(guard),
+            None => {
+                tether_hub::Metrics::add(&app.hub.metrics().refused.per_ip, 1);
+                tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+                return refuse(StatusCode::TOO_MANY_REQUESTS, "too many connections from your address");
+            }
+        }
+    }
+    let transport = if upgrade.is_http2() { Transport::WebSocketH2 } else { Transport::WebSocket };
+    let slot = Slot { permit, ip, transport: Some(TransportGuard::new(app.hub.metrics(), transport)) };
+    let open = h2::OpenStream::new(&ctx.websockets);
     let config = socket_config(&app.settings);
     let room = parts.uri.path().to_string();
     let hub = app.hub.clone();
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
-        let _held = (slot, ip_guard);
-        hub.run_connection(ws, ConnInfo { room }).await;
+        let _held = (slot, ip_guard, open);
+        hub.run_connection(ws, ConnInfo::with_identity(room, identity)).await;
     })
 }

@@ -49,7 +49,7 @@ fn param<'a>(query: Option<&'a str>, name: &str) -> Option<std::borrow::Cow<'a, 
     Some(String::from_utf8_lossy(&out).into_owned().into())
 }
 
-fn upgrade_request<'a>(app: &App, ctx: &ConnCtx, path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> UpgradeRequest<'a> {
+fn upgrade_request<'a>(app: &App, ctx: &ConnCtx, path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap, json: bool) -> UpgradeRequest<'a> {
     let header = |name: &str| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     UpgradeRequest {
         peer: ctx.peer,
@@ -58,6 +58,7 @@ fn upgrade_request<'a>(app: &App, ctx: &ConnCtx, path: &'a str, query: Option<&'
         origin: header("origin"),
         authorization: header("authorization"),
         client_ip: app.settings.client_ip_header.as_deref().and_then(|h| headers.get(h).and_then(|v| v.to_str().ok())),
+        json,
     }
 }
 
@@ -79,8 +80,9 @@ pub(super) async fn serve(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response
     let (parts, _body) = req.into_parts();
     let path = parts.uri.path();
     let query = parts.uri.query();
-    let admitted = app.admit(&upgrade_request(&app, &ctx, path, query, &parts.headers));
-    let ip_guard = match admitted {
+    let json = param(query, "topic").is_some() || param(query, "protocol").is_some_and(|p| p == tether_hub::PROTOCOL_V1);
+    let admitted = app.admit(&upgrade_request(&app, &ctx, path, query, &parts.headers, json));
+    let (ip_guard, identity) = match admitted {
         Ok(guard) => guard,
         Err((status, message)) => return refuse(status, message),
     };
@@ -105,16 +107,15 @@ pub(super) async fn serve(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response
                     return refuse(StatusCode::FORBIDDEN, "a feed cannot read topics that start with $");
                 }
             }
-            let json = topic.is_some() || param(query, "protocol").is_some_and(|p| p == tether_hub::PROTOCOL_V1);
             // The session takes a connection slot, as a WebSocket does.
             let Ok(permit) = app.ws_slots.clone().try_acquire_owned() else {
                 tether_hub::Metrics::add(&app.hub.metrics().refused.max_connections, 1);
                 return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later");
             };
             let ip = ctx.slot.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|s| s.ip.take());
-            let guard = Box::new((Slot { permit, ip }, ip_guard));
+            let guard = Box::new((Slot { permit, ip, transport: None }, ip_guard));
             let room = topic.map_or_else(|| path.to_string(), |t| t.into_owned());
-            match app.http.open(json, ConnInfo { room }, guard) {
+            match app.http.open(json, ConnInfo::with_identity(room, identity), guard) {
                 Ok(stream) => stream,
                 Err(e) => return error_response(&e),
             }
@@ -146,7 +147,7 @@ async fn post(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query();
     // Origin and token as at the stream (no slot: the session holds one).
-    if let Err((status, message)) = app.admit(&upgrade_request(&app, &ctx, parts.uri.path(), query, &parts.headers)) {
+    if let Err((status, message)) = app.admit(&upgrade_request(&app, &ctx, parts.uri.path(), query, &parts.headers, true)) {
         return refuse(status, message);
     }
     let Some(key) = param(query, "session") else {

@@ -46,13 +46,13 @@ impl<G> HubService<G> {
 }
 
 impl<G: Send + 'static> Service for HubService<G> {
-    /// tether.v1 or plain, the room, the guard.
-    type Init = (bool, String, G);
+    /// tether.v1 or plain, the room and identity, the guard.
+    type Init = (bool, ConnInfo, G);
     type State = HubConn<G>;
     const WAKES: bool = true;
 
-    fn open(&self, (json, room, guard): (bool, String, G), waker: Option<Waker>) -> HubConn<G> {
-        let session = self.hub.open_session(json, ConnInfo { room });
+    fn open(&self, (json, info, guard): (bool, ConnInfo, G), waker: Option<Waker>) -> HubConn<G> {
+        let session = self.hub.open_session(json, info);
         HubConn { session: Some(session), waker, _guard: guard }
     }
 
@@ -114,11 +114,11 @@ impl<S> MaybeTcp for tokio_rustls::server::TlsStream<S> {
 pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, G: Send + 'static>(
     loops: &Driver<HubService<G>>,
     ws: WebSocket<Prefixed<S>>,
-    room: String,
+    info: ConnInfo,
     guard: G,
-) -> Result<(), (WebSocket<Prefixed<S>>, String, G)> {
+) -> Result<(), (WebSocket<Prefixed<S>>, ConnInfo, G)> {
     if !ws.get_ref().get_ref().is_tcp() {
-        return Err((ws, room, guard));
+        return Err((ws, info, guard));
     }
     let json = ws.protocol() == Some(tether_hub::PROTOCOL_V1);
     let (stream, mut conn) = ws.into_parts();
@@ -135,7 +135,7 @@ pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrit
             return Ok(());
         }
     };
-    loops.adopt(tcp, conn, (json, room, guard));
+    loops.adopt(tcp, conn, (json, info, guard));
     Ok(())
 }
 

@@ -235,12 +235,51 @@ pub struct ServeArgs {
     /// [default: none, /metrics is open]
     #[arg(long, env = "TETHER_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// On SIGTERM or `POST /admin/drain`, close clients gradually over this
+    /// window with 1012 and a jittered reconnect hint, so they move to other
+    /// nodes without a thundering herd; 0s closes them at once with 1001
+    /// (e.g. 30s) [default: 10s]
+    #[arg(long, env = "TETHER_DRAIN_WINDOW", value_parser = parse_duration)]
+    pub drain_window: Option<Duration>,
+    /// Enable the operator API (`POST /admin/drain`, `/admin/shed?fraction=F`,
+    /// `/admin/resume`) behind this bearer token [default: none, disabled]
+    #[arg(long, env = "TETHER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Longest a plain HTTP connection (not a WebSocket) stays open, so a
     /// client that stops reading a response cannot hold it [default: 60s]
     #[arg(long, env = "TETHER_HTTP_TIMEOUT", value_parser = parse_duration)]
     pub http_timeout: Option<Duration>,
+    /// Turn the server API on (`/api/*`, docs/auth.md): requests must carry
+    /// this key in `X-API-Key` [default: none, the API is off (404)]
+    #[arg(long, env = "TETHER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// How long an `idempotency_key` of `/api/publish` is remembered: a
+    /// retry within it is answered with the first publish's epoch and seq [default: 5m]
+    #[arg(long, env = "TETHER_API_IDEMPOTENCY_WINDOW", value_parser = parse_duration)]
+    pub api_idempotency_window: Option<Duration>,
+    /// Largest request body of the server API (e.g. 1MiB) [default: --max-message-size + 64KiB]
+    #[arg(long, env = "TETHER_API_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
+    pub api_max_body: Option<usize>,
+    /// Longest the server API waits for the broker before answering 504 [default: 5s]
+    #[arg(long, env = "TETHER_API_TIMEOUT", value_parser = parse_duration)]
+    pub api_timeout: Option<Duration>,
+    /// POST lifecycle events (topic occupied/vacated, presence join/leave)
+    /// to this http:// URL, signed with --webhook-secret [default: none]
+    #[arg(long, env = "TETHER_WEBHOOK_URL", requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+    /// The HMAC-SHA256 key of the webhooks' X-Tether-Signature
+    #[arg(long, env = "TETHER_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Webhook events waiting to be sent; more are dropped and counted [default: 10000]
+    #[arg(long, env = "TETHER_WEBHOOK_QUEUE")]
+    pub webhook_queue: Option<usize>,
+    /// Longest one webhook request may take (then it is retried) [default: 5s]
+    #[arg(long, env = "TETHER_WEBHOOK_TIMEOUT", value_parser = parse_duration)]
+    pub webhook_timeout: Option<Duration>,
     #[command(flatten)]
     pub live: crate::live::LiveArgs,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -284,7 +323,22 @@ struct FileConfig {
     trusted_proxies: Option<Vec<IpAddr>>,
     max_auth_failures: Option<u32>,
     metrics_token: Option<String>,
+    drain_window: Option<String>,
+    admin_token: Option<String>,
     http_timeout: Option<String>,
+    /// JWT connection tokens (src/auth.rs).
+    jwt: Option<crate::auth::AuthFile>,
+    /// Topic prefixes with their own rules (src/auth.rs).
+    namespaces: Option<std::collections::BTreeMap<String, crate::auth::NamespaceFile>>,
+    api_key: Option<String>,
+    api_idempotency_window: Option<String>,
+    #[serde(default, deserialize_with = "de_size")]
+    api_max_body: Option<usize>,
+    api_timeout: Option<String>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
+    webhook_queue: Option<usize>,
+    webhook_timeout: Option<String>,
 }
 
 /// The settings `tether serve` runs with.
@@ -314,9 +368,21 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpAddr>,
     pub max_auth_failures: u32,
     pub metrics_token: Option<String>,
+    /// How long a drain spreads its closes over (src/admin.rs).
+    pub drain_window: Duration,
+    /// The bearer token of `/admin/*`; `None` disables it.
+    pub admin_token: Option<String>,
     pub http_timeout: Duration,
+    /// The server API (`--api-*`).
+    pub api: crate::api::ApiSettings,
+    /// Lifecycle webhooks (`--webhook-*`), if on.
+    pub webhook: Option<crate::webhook::WebhookSettings>,
     /// Conflation, `$sys:stats` and `$room:` ticks (flags and variables only).
     pub live: crate::live::LiveArgs,
+    /// JWT connection tokens and their expiry.
+    pub auth: crate::auth::AuthSettings,
+    /// `[namespaces."PREFIX"]` of the config file.
+    pub namespaces: Vec<tether_hub::namespace::Namespace>,
 }
 
 impl Settings {
@@ -393,9 +459,39 @@ impl Settings {
             },
             max_auth_failures: args.max_auth_failures.or(file.max_auth_failures).unwrap_or(20),
             metrics_token: args.metrics_token.or(file.metrics_token),
+            drain_window: dur(args.drain_window, file.drain_window, "drain-window", Duration::from_secs(10))?,
+            admin_token: args.admin_token.or(file.admin_token),
             http_timeout: dur(args.http_timeout, file.http_timeout, "http-timeout", Duration::from_secs(60))?,
+            api: crate::api::ApiSettings {
+                key: args.api_key.or(file.api_key).filter(|k| !k.is_empty()),
+                idempotency_window: dur(args.api_idempotency_window, file.api_idempotency_window, "api-idempotency-window", Duration::from_secs(300))?,
+                timeout: dur(args.api_timeout, file.api_timeout, "api-timeout", Duration::from_secs(5))?,
+                max_body: args.api_max_body.or(file.api_max_body).unwrap_or(args.max_message_size.or(file.max_message_size).unwrap_or(1 << 20) + (64 << 10)),
+                max_content: args.max_message_size.or(file.max_message_size).unwrap_or(1 << 20),
+            },
+            webhook: match (args.webhook_url.or(file.webhook_url), args.webhook_secret.or(file.webhook_secret)) {
+                (None, _) => None,
+                (Some(_), None) => bail!("--webhook-url needs --webhook-secret (the key of the signatures)"),
+                (Some(url), Some(secret)) => {
+                    let url: http::Uri = url.parse().with_context(|| format!("--webhook-url {url:?} is not a URL"))?;
+                    if url.scheme_str() != Some("http") || url.host().is_none() {
+                        bail!("--webhook-url must be http://HOST[:PORT]/PATH (put TLS in front with a local proxy)");
+                    }
+                    Some(crate::webhook::WebhookSettings {
+                        url,
+                        secret,
+                        queue: args.webhook_queue.or(file.webhook_queue).unwrap_or(10_000).max(1),
+                        timeout: dur(args.webhook_timeout, file.webhook_timeout, "webhook-timeout", Duration::from_secs(5))?,
+                    })
+                }
+            },
             live: args.live,
+            auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
+            namespaces: crate::auth::namespaces(file.namespaces)?,
         };
+        if settings.api.timeout.is_zero() || settings.api.idempotency_window.is_zero() {
+            bail!("--api-timeout and --api-idempotency-window must be greater than zero");
+        }
         if settings.heartbeat_interval.is_zero() || settings.write_stall_timeout.is_zero() || settings.http_timeout.is_zero() {
             bail!("--heartbeat-interval, --write-stall-timeout and --http-timeout must be greater than zero");
         }

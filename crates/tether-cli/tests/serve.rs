@@ -305,7 +305,8 @@ async fn limits_origin_token_and_connection_count() {
 
 #[tokio::test]
 async fn graceful_shutdown_closes_everyone_with_1001_and_exits_0() {
-    let mut server = Server::start(&[]);
+    // No drain window: SIGTERM closes everyone at once (tests/drain.rs has the drain).
+    let mut server = Server::start(&["--drain-window", "0s"]);
     let mut a = plain(&server, "/").await;
     let (mut b, _) = v1(&server, "/").await;
     server.signal("TERM");

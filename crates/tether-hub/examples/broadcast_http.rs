@@ -20,7 +20,7 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new().route("/", get(|| async { Html(PAGE) })).route(
         "/ws",
         get(move |ws: WebSocketUpgrade| async move {
-            ws.on_upgrade(move |socket| async move { hub.run_connection(socket, ConnInfo { room: "/ws".into() }).await })
+            ws.on_upgrade(move |socket| async move { hub.run_connection(socket, ConnInfo::new("/ws")).await })
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;

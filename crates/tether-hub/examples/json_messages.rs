@@ -22,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Ok(tether::Accept { protocol, ..Default::default() })
                 };
                 if let Ok(ws) = tether::accept_with(tcp, &tether::Config::default(), accept).await {
-                    hub.run_connection(ws, ConnInfo { room: "/chat".into() }).await;
+                    hub.run_connection(ws, ConnInfo::new("/chat")).await;
                 }
             });
         }

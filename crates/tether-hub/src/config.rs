@@ -58,6 +58,18 @@ pub struct HubConfig {
     /// How often each `$room:` topic publishes its batched player states
     /// ([`crate::room`]). Default 50 ms (20 ticks a second).
     pub room_tick: Duration,
+    /// How long a connection admitted without a token (a browser that
+    /// sends it in a first `auth` message) may take to send it before it
+    /// is closed (1008). Default 10 s.
+    pub auth_timeout: Duration,
+    /// How long before its token expires a connection is sent a
+    /// `token_expiring` envelope. Default 60 s.
+    pub token_expiry_warning: Duration,
+    /// How long after its token expired a connection that sent no
+    /// `refresh` is closed (1008). Default 30 s. Expiry is checked when the
+    /// connection wakes up, at least once per heartbeat interval, so the
+    /// warning and the close may come up to one interval late.
+    pub token_expiry_grace: Duration,
 }
 
 impl Default for HubConfig {
@@ -74,6 +86,9 @@ impl Default for HubConfig {
             conflate_prefixes: Vec::new(),
             delta_cache_bytes: 64 << 20,
             room_tick: Duration::from_millis(50),
+            auth_timeout: Duration::from_secs(10),
+            token_expiry_warning: Duration::from_secs(60),
+            token_expiry_grace: Duration::from_secs(30),
         }
     }
 }

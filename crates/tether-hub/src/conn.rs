@@ -85,5 +85,9 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocket<S>, sessio
         Ending::Close { code, reason, within } => {
             let _ = tokio::time::timeout(within, ws.close(CloseCode(code), reason)).await;
         }
+        Ending::Restart { reconnect_after_ms, within } => {
+            let reason = crate::drain_reason(reconnect_after_ms);
+            let _ = tokio::time::timeout(within, ws.close(CloseCode::SERVICE_RESTART, &reason)).await;
+        }
     }
 }

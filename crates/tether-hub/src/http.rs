@@ -399,10 +399,12 @@ async fn drive(sessions: Arc<HttpSessions>, shared: Arc<Shared>, guard: Guard) {
             let _ = session.drain_into(&mut st.ring);
             let ending = hub.end_session(session, end);
             let (code, reason) = match ending {
-                Ending::Close { code, reason, .. } => (code, reason),
-                Ending::Abort | Ending::Finish { .. } => (1006, "session ended"),
+                Ending::Close { code, reason, .. } => (code, reason.to_string()),
+                Ending::Restart { reconnect_after_ms, .. } => (1012, crate::drain_reason(reconnect_after_ms)),
+                Ending::Abort | Ending::Finish { .. } => (1006, "session ended".to_string()),
             };
-            st.closed = Some(format!("event: close\ndata: {{\"code\":{code},\"reason\":\"{reason}\"}}\n\n"));
+            let data = serde_json::json!({ "code": code, "reason": reason });
+            st.closed = Some(format!("event: close\ndata: {data}\n\n"));
             Some(())
         } else {
             None

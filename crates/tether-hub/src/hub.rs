@@ -30,6 +30,8 @@ struct Sub {
     announced: bool,
     /// The subscription asked for delta patches (`"delta":"merge-patch"`).
     delta: bool,
+    /// It receives the topic's presence events (its grants allow it).
+    presence: bool,
 }
 
 /// One topic's local subscribers, behind its own lock: delivery to one
@@ -89,6 +91,16 @@ pub struct Hub {
     delta_bytes: AtomicUsize,
     /// `$room:` topics: the latest state per player, published once per tick.
     pub(crate) rooms: crate::room::Rooms,
+    /// Server API operations waiting for the broker, and ordered disconnects.
+    pub(crate) api: crate::api::Waiters,
+    /// Where lifecycle events go (webhooks), if anywhere.
+    pub(crate) events: std::sync::OnceLock<Arc<dyn crate::events::EventSink>>,
+    /// Checks tokens sent in `auth` and `refresh` envelopes.
+    authenticator: std::sync::OnceLock<Arc<dyn crate::auth::Authenticator>>,
+    /// Namespaces and their rules (src/namespace.rs).
+    pub(crate) namespaces: std::sync::OnceLock<crate::namespace::Namespaces>,
+    /// Longest reconnect hint of a drain, in ms (src/drain.rs).
+    pub(crate) drain_hint_ms: std::sync::atomic::AtomicU32,
 }
 
 struct Sink(Weak<Hub>);
@@ -96,16 +108,26 @@ struct Sink(Weak<Hub>);
 impl DeliverySink for Sink {
     fn deliver(&self, msg: &Published) {
         if let Some(hub) = self.0.upgrade() {
+            if &*msg.topic == crate::api::CONTROL_TOPIC {
+                return hub.on_control(msg);
+            }
             hub.deliver(msg);
         }
     }
     fn ack(&self, origin: &Origin, topic: &str, epoch: &str, seq: u64) {
-        if let (Some(hub), Some(id)) = (self.0.upgrade(), &origin.id) {
+        let Some(hub) = self.0.upgrade() else { return };
+        if origin.id.is_none() && hub.api.acked(origin.conn, epoch, seq) {
+            return;
+        }
+        if let Some(id) = &origin.id {
             hub.reply_to(origin.conn, EncodedFrame::text(&envelope::ack(id, Some(topic), Some((epoch, seq)))));
         }
     }
     fn reject(&self, origin: &Origin, topic: &str, error: &BrokerError) {
         if let Some(hub) = self.0.upgrade() {
+            if origin.id.is_none() && hub.api.rejected(origin.conn, error) {
+                return;
+            }
             Metrics::add(&hub.metrics.client_errors, 1);
             let text = envelope::error("unavailable", &format!("message to {topic:?} not published: {error}"), origin.id.as_ref());
             hub.reply_to(origin.conn, EncodedFrame::text(&text));
@@ -113,6 +135,9 @@ impl DeliverySink for Sink {
     }
     fn subscribed(&self, request: SubscribeRequest, history: History) {
         if let Some(hub) = self.0.upgrade() {
+            if hub.api.history(&request, &history) {
+                return;
+            }
             hub.subscribed(request, history);
         }
     }
@@ -120,7 +145,7 @@ impl DeliverySink for Sink {
         if let Some(hub) = self.0.upgrade() {
             let frame = EncodedFrame::text(&envelope::presence(topic, if joined { "join" } else { "leave" }, session, count as usize));
             if let Some(subs) = hub.topic(topic) {
-                for sub in lock(&subs).values().filter(|s| s.conn.json) {
+                for sub in lock(&subs).values().filter(|s| s.conn.json && s.presence) {
                     hub.notify(&sub.conn, frame.clone());
                 }
             }
@@ -151,6 +176,11 @@ impl Hub {
             stall_rounds,
             delta_bytes: AtomicUsize::new(0),
             rooms: crate::room::Rooms::default(),
+            api: crate::api::Waiters::default(),
+            events: std::sync::OnceLock::new(),
+            authenticator: std::sync::OnceLock::new(),
+            namespaces: std::sync::OnceLock::new(),
+            drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
         let weak = Arc::downgrade(&hub);
@@ -158,6 +188,21 @@ impl Hub {
         tokio::spawn(async move { heartbeat(weak, interval).await });
         tokio::spawn(crate::room::tick_loop(Arc::downgrade(&hub), hub.config.room_tick.max(Duration::from_millis(1))));
         hub
+    }
+
+    /// Install what checks tokens sent in `auth` (first message) and
+    /// `refresh` envelopes. Once per hub: `false` if one was already set.
+    pub fn set_authenticator(&self, authenticator: Arc<dyn crate::auth::Authenticator>) -> bool {
+        self.authenticator.set(authenticator).is_ok()
+    }
+
+    pub(crate) fn authenticator(&self) -> Option<&Arc<dyn crate::auth::Authenticator>> {
+        self.authenticator.get()
+    }
+
+    /// Count an auth decision (see [`Metrics::count_auth`]).
+    pub(crate) fn count_auth(&self, result: &'static str, reason: &'static str) {
+        self.metrics.count_auth(result, reason);
     }
 
     /// The counters behind `/metrics`.
@@ -197,6 +242,22 @@ impl Hub {
         lock(&self.topics).get_key_value(name).map_or_else(|| Arc::from(name), |(k, _)| k.clone())
     }
 
+    /// The open connection `id`.
+    pub(crate) fn connection(&self, id: u64) -> Option<Arc<ConnShared>> {
+        lock(&self.conns).get(&id).cloned()
+    }
+
+    /// The sessions subscribed to `topic` on this node.
+    pub(crate) fn local_subscribers(&self, topic: &str) -> Vec<String> {
+        self.topic(topic).map_or_else(Vec::new, |subs| lock(&subs).values().map(|s| s.conn.session()).collect())
+    }
+
+    /// Topics with local subscribers and their local subscriber counts.
+    pub fn topic_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let topics: Vec<(Arc<str>, TopicSubs)> = lock(&self.topics).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        topics.into_iter().map(|(k, v)| (k, lock(&v).len())).collect()
+    }
+
     fn topic(&self, name: &str) -> Option<TopicSubs> {
         lock(&self.topics).get(name).cloned()
     }
@@ -206,6 +267,11 @@ impl Hub {
         for conn in lock(&self.conns).values() {
             conn.set(flag::SHUTDOWN);
         }
+    }
+
+    /// The open connections, for a drain.
+    pub(crate) fn snapshot_conns(&self) -> Vec<Arc<ConnShared>> {
+        lock(&self.conns).values().cloned().collect()
     }
 
     pub(crate) fn register(&self, json: bool) -> Arc<ConnShared> {
@@ -229,29 +295,40 @@ impl Hub {
 
     /// Add `conn` to `topic`: live messages are held until the broker says
     /// where the subscription starts ([`Hub::subscribed`]), which replays
-    /// what a resuming client missed and acks `id`.
-    pub(crate) fn subscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>) {
-        self.subscribe_with(conn, topic, resume, id, false);
-    }
-
-    /// [`subscribe`](Self::subscribe), with delta patches if `delta`
-    /// (`tether.v1` clients only: plain clients get text lines).
-    pub(crate) fn subscribe_with(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>, delta: bool) {
+    /// what a resuming client missed and acks `id`. Delta patches if
+    /// `delta` (`tether.v1` clients only: plain clients get text lines);
+    /// `grants` (`None`: anonymous) decide whether it gets the topic's
+    /// presence events.
+    pub(crate) fn subscribe_granted(&self, conn: &Arc<ConnShared>, topic: &Arc<str>, resume: Option<Resume>, id: Option<serde_json::Value>, delta: bool, grants: Option<&Arc<crate::auth::Grants>>) {
         let delta = delta && conn.json;
-        {
+        let resuming = resume.is_some();
+        let presence = grants.is_none_or(|g| g.may_see_presence(topic)) && self.presence_on(topic);
+        // Latest value on subscribe: ask the broker for the kept window and
+        // replay only its newest message (see `subscribed`).
+        let resume = match resume {
+            None if self.latest_on_subscribe(topic) => Some(Resume { since: 0, epoch: Some(crate::namespace::LATEST.into()) }),
+            other => other,
+        };
+        let occupied = {
             let mut topics = lock(&self.topics);
+            let occupied = !topics.contains_key(topic);
             let mut subs = lock(topics.entry(topic.clone()).or_default());
-            let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta };
+            let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta, presence };
             subs.delta_subs += usize::from(delta);
             subs.insert(conn.id, sub);
             if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session(), subs.len()));
-                for sub in subs.values().filter(|s| s.conn.json) {
+                for sub in subs.values().filter(|s| s.conn.json && s.presence) {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
+            occupied
+        };
+        if occupied {
+            self.emit(|| crate::events::LifecycleEvent::Occupied { topic: topic.clone() });
         }
-        if resume.is_some() {
+        self.emit(|| crate::events::LifecycleEvent::Join { topic: topic.clone(), session: conn.session() });
+        if resuming {
             Metrics::add(&self.metrics.resumes, 1);
         }
         if crate::room::is_room(topic) {
@@ -279,12 +356,16 @@ impl Hub {
                 topics.remove(topic);
             } else if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session(), count));
-                for sub in subs.values().filter(|s| s.conn.json) {
+                for sub in subs.values().filter(|s| s.conn.json && s.presence) {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
             (sub.announced, count)
         };
+        self.emit(|| crate::events::LifecycleEvent::Leave { topic: topic.clone(), session: conn.session() });
+        if count == 0 {
+            self.emit(|| crate::events::LifecycleEvent::Vacated { topic: topic.clone() });
+        }
         if crate::room::is_room(topic) {
             self.rooms.left(topic, &conn.session());
         }
@@ -427,6 +508,10 @@ impl Hub {
         let Some(topic) = self.topic(&request.topic) else { return };
         let Some(conn) = lock(&topic).get(&request.conn).filter(|s| s.pending.is_some()).map(|s| s.conn.clone()) else { return };
         let (replay, gap) = match &request.resume {
+            Some(resume) if resume.epoch.as_deref() == Some(crate::namespace::LATEST) => {
+                let newest = history.messages.last().and_then(|m| if conn.json { json_frame(m) } else { plain_frame(m) }.map(|f| (m.seq, f)));
+                (newest.into_iter().collect(), None)
+            }
             Some(resume) => self.plan_replay(&conn, resume, &history),
             None => (Vec::new(), None),
         };

@@ -59,11 +59,53 @@ pub(crate) const MAX_CACHED_KEYS: usize = 4096;
 /// the parsed form).
 pub(crate) const MAX_TOPIC_CACHE_BYTES: usize = 4 << 20;
 
+/// A map that costs one pointer until it holds something: every
+/// connection's queue has two (the conflation index, [`SentKeys`]) and most
+/// connections never use either; an inline `HashMap` is 48 bytes each.
+pub(crate) struct LazyMap<K, V>(Option<Box<HashMap<K, V>>>);
+
+impl<K, V> Default for LazyMap<K, V> {
+    fn default() -> Self {
+        LazyMap(None)
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> LazyMap<K, V> {
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.0.as_ref()?.get(k)
+    }
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.0.as_mut()?.get_mut(k)
+    }
+    pub fn insert(&mut self, k: K, v: V) {
+        self.0.get_or_insert_with(Default::default).insert(k, v);
+    }
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        self.0.as_mut()?.remove(k)
+    }
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn retain(&mut self, f: impl FnMut(&K, &mut V) -> bool) {
+        if let Some(m) = self.0.as_mut() {
+            m.retain(f);
+        }
+    }
+    /// Empty it and give its memory back.
+    pub fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// Per connection: the position of the last message sent for each stream
 /// of its delta subscriptions.
 #[derive(Default)]
 pub(crate) struct SentKeys {
-    map: HashMap<StreamKey, (Arc<str>, u64)>,
+    map: LazyMap<StreamKey, (Arc<str>, u64)>,
 }
 
 impl SentKeys {

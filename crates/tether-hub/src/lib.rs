@@ -16,6 +16,8 @@
 //!
 //! ## Feature flags
 //!
+//! - `jwt`: [`jwt::JwtVerifier`], connection tokens (HS256, RS256/ES256
+//!   PEM keys, JWKS files) turned into [`Grants`].
 //! - `redis`: `RedisBroker`, so that several nodes share topics, sequence
 //!   numbers, history and presence through Redis (or Redis Cluster).
 //!
@@ -35,7 +37,7 @@
 //!     let app = axum::Router::new().route(
 //!         "/ws",
 //!         axum::routing::get(move |ws: WebSocketUpgrade| async move {
-//!             ws.on_upgrade(move |socket| async move { hub.run_connection(socket, ConnInfo { room: "/ws".into() }).await })
+//!             ws.on_upgrade(move |socket| async move { hub.run_connection(socket, ConnInfo::new("/ws")).await })
 //!         }),
 //!     );
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
@@ -43,15 +45,23 @@
 //! }
 //! ```
 
+pub mod api;
+pub mod auth;
 mod broker;
 mod config;
+pub mod events;
 mod conn;
+mod drain;
 mod hub;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
 pub mod http;
 mod keyed;
 mod limit;
 mod memory;
 mod metrics;
+pub mod namespace;
 mod queue;
 pub mod room;
 mod serve;
@@ -68,10 +78,12 @@ pub use memory::MemoryBroker;
 #[cfg(feature = "redis")]
 pub use redis_broker::RedisBroker;
 pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
-pub use session::{ConnInfo, End, Ending, Outbox, Session};
+pub use session::{ConnInfo, End, Ending, Identity, Outbox, Session};
+pub use auth::{AuthError, Authenticator, Grants, TopicPatterns};
 pub use hub::Hub;
+pub use drain::{drain_reason, DRAIN_STEP};
 pub use serve::{accept, serve};
-pub use metrics::Metrics;
+pub use metrics::{ByTransport, Metrics, Transport, TransportGuard};
 
 /// The `tether.v1` envelope, shared with the client: [`tether::v1::envelope`].
 pub use tether::v1::envelope;

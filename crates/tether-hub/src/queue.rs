@@ -19,9 +19,9 @@
 //! for the key (a patch is only sent on top of the message it patches).
 
 use crate::config::SlowConsumerPolicy;
-use crate::keyed::{KeyedMessage, SentKeys, StreamKey};
+use crate::keyed::{KeyedMessage, LazyMap, SentKeys, StreamKey};
 use atomic_waker::AtomicWaker;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use tether_proto::EncodedFrame;
@@ -43,6 +43,8 @@ pub(crate) mod flag {
     pub const PROGRESS: u8 = 32;
     /// Nothing could be written for the write-stall timeout: drop it.
     pub const STALLED: u8 = 64;
+    /// Drained or shed: close with 1012 and a reconnect hint.
+    pub const DRAIN: u8 = 128;
 }
 
 struct Item {
@@ -67,7 +69,7 @@ struct Frames {
     next_n: u64,
     /// (topic, key) → the queued conflatable item for it. Only queued items
     /// are in it: an entry goes when its item is sent, dropped or replaced.
-    conflation: HashMap<StreamKey, u64>,
+    conflation: LazyMap<StreamKey, u64>,
     /// For delta subscriptions: the position of the last message sent per key.
     sent: SentKeys,
 }
@@ -320,7 +322,7 @@ impl ConnShared {
             // welcome, acks): a connection that goes idle holds no queue.
             // Broadcasts in a steady flow keep their one slot.
             q.items = VecDeque::new();
-            q.conflation = HashMap::new();
+            q.conflation.release();
         }
         Some(frame)
     }

@@ -94,7 +94,7 @@ fn run_one(hub: Arc<Hub>, tcp: tokio::net::TcpStream, peer: std::net::SocketAddr
         }))
         .await;
         match accepted {
-            Ok(ws) => hub.run_connection(ws, ConnInfo { room }).await,
+            Ok(ws) => hub.run_connection(ws, ConnInfo::new(room)).await,
             Err(e) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
         }
     }

@@ -16,6 +16,8 @@
 //! 4. once an [`End`] is known (or the socket ended: [`End::Closed`]),
 //!    [`Hub::end_session`] says how to finish ([`Ending`]).
 
+use crate::auth::Grants;
+use auth::AuthState;
 use crate::broker::{Body, Origin, Publish, Resume};
 use crate::config::SlowConsumerPolicy;
 use crate::envelope::{self, ClientMessage};
@@ -30,11 +32,44 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tether::{CloseCode, Message};
 use tether_proto::EncodedFrame;
 
+mod auth;
+
 /// What the HTTP layer knows about a connection.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     /// The default room: the URL path of the upgrade request.
     pub room: String,
+    /// Who the connection is and what it may do, as found at the handshake
+    /// (a JWT, a backend's connect hook): see [`Identity`].
+    pub identity: Identity,
+}
+
+impl ConnInfo {
+    /// A connection to `room` without authentication ([`Identity::Anonymous`]).
+    pub fn new(room: impl Into<String>) -> ConnInfo {
+        ConnInfo { room: room.into(), identity: Identity::Anonymous }
+    }
+
+    /// A connection to `room` with `identity`.
+    pub fn with_identity(room: impl Into<String>, identity: Identity) -> ConnInfo {
+        ConnInfo { room: room.into(), identity }
+    }
+}
+
+/// The identity attached to a session when it opens: the hook point of
+/// every authentication scheme (`tether serve`'s JWT verifier and its
+/// backend connect hook produce one of these).
+#[derive(Clone, Debug)]
+pub enum Identity {
+    /// No authentication (none configured, or only the shared token): may
+    /// do everything; publishes under its session id.
+    Anonymous,
+    /// Authenticated: enforced on every request (see [`crate::auth`]).
+    Granted(Arc<Grants>),
+    /// Must send an `auth` envelope with a token first (a browser that
+    /// cannot set headers): nothing else is allowed until then, and the
+    /// connection is closed after [`HubConfig::auth_timeout`](crate::HubConfig::auth_timeout).
+    AwaitingAuth,
 }
 
 /// Just the `id` of a request (to answer a refused one).
@@ -46,7 +81,7 @@ struct IdOnly {
 /// Most topics one connection may subscribe to (bounds memory per client).
 const MAX_SUBSCRIPTIONS: usize = 256;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -91,6 +126,11 @@ pub enum End {
     RateLimited,
     /// The server is shutting down.
     Shutdown,
+    /// Its token expired and no `refresh` came within the grace period,
+    /// or no `auth` came in time.
+    Unauthenticated,
+    /// Drained or shed ([`Hub::shed`]): the client should reconnect elsewhere.
+    Drained,
 }
 
 /// How a driver finishes a connection once its session ended.
@@ -115,6 +155,15 @@ pub enum Ending {
         /// Longest wait for the handshake.
         within: Duration,
     },
+    /// Send a close frame with 1012 (service restart) and the reason
+    /// [`drain_reason`](crate::drain_reason)`(reconnect_after_ms)`, and wait,
+    /// at most `within`, for the peer's.
+    Restart {
+        /// The client's reconnect hint.
+        reconnect_after_ms: u32,
+        /// Longest wait for the handshake.
+        within: Duration,
+    },
 }
 
 /// One client connection's state in the hub, driven by any I/O layer.
@@ -122,6 +171,7 @@ pub struct Session {
     conn: Arc<ConnShared>,
     room: Arc<str>,
     topics: Vec<Arc<str>>,
+    auth: AuthState,
     limiter: Limiter,
     /// What the socket had queued when last looked at: less now means the
     /// peer is reading (write progress, for the write-stall check).
@@ -146,10 +196,28 @@ impl Hub {
             self.config.welcome.replace("{session}", &conn.session()).replace("{room}", &room)
         };
         self.reply(&conn, EncodedFrame::text(&welcome));
-        self.subscribe(&conn, &room, None, None);
-        tracing::debug!(session = %conn.session(), room = ?room, json, "connected");
-        let topics = vec![room.clone()];
-        Session { conn, room, topics, limiter: Limiter::default(), last_pending: 0 }
+        let auth = match info.identity {
+            Identity::Anonymous => AuthState::Anonymous,
+            Identity::Granted(grants) => AuthState::Granted { grants, warned: false },
+            Identity::AwaitingAuth => AuthState::Awaiting { until_ms: now_ms().saturating_add(self.config.auth_timeout.as_millis() as u64) },
+        };
+        // The room (URL path) is joined only if the identity may subscribe
+        // to it; an authenticated connection that may not simply has none.
+        let joins = match &auth {
+            AuthState::Anonymous => true,
+            AuthState::Granted { grants, .. } => grants.may_subscribe(&room),
+            AuthState::Awaiting { .. } => false,
+        };
+        let mut topics = Vec::with_capacity(1);
+        if joins {
+            self.subscribe_granted(&conn, &room, None, None, false, auth.grants());
+            topics.push(room.clone());
+        }
+        tracing::debug!(session = %conn.session(), room = ?room, json, user = ?auth.grants().map(|g| &*g.user), "connected");
+        if let Some(grants) = auth.grants() {
+            self.api.set_user(conn.id, Some(grants.user.clone()));
+        }
+        Session { conn, room, topics, auth, limiter: Limiter::default(), last_pending: 0 }
     }
 
     /// The session ended with `end`: leave every topic, count it, log it,
@@ -157,6 +225,16 @@ impl Hub {
     pub fn end_session(&self, session: Session, end: End) -> Ending {
         self.unregister(&session.conn, &session.topics);
         let conn = &session.conn;
+        // The server API's disconnect ends a session as a shutdown does,
+        // with the code it ordered.
+        if session.auth.grants().is_some() {
+            self.api.set_user(conn.id, None);
+        }
+        if let (End::Shutdown, Some(code)) = (end, self.api.take_kick(conn.id)) {
+            Metrics::add(&self.metrics.api_disconnects, 1);
+            tracing::info!(session = %conn.session(), code, "closed by the server API");
+            return Ending::Close { code, reason: "disconnected by the server", within: Duration::from_secs(2) };
+        }
         match end {
             End::Closed => Ending::Finish { within: Duration::from_secs(2) },
             End::Terminated => {
@@ -183,7 +261,18 @@ impl Hub {
                 tracing::info!(session = %conn.session(), code, "closing a client that fell behind");
                 Ending::Close { code, reason: "too slow: outbound queue full", within: Duration::from_secs(2) }
             }
+            End::Drained => {
+                Metrics::add(&self.metrics.drained_connections, 1);
+                let reconnect_after_ms = self.reconnect_hint(conn.id);
+                tracing::debug!(session = %conn.session(), reconnect_after_ms, "drained: closing with 1012");
+                Ending::Restart { reconnect_after_ms, within: Duration::from_secs(3) }
+            }
             End::Shutdown => Ending::Close { code: CloseCode::GOING_AWAY.0, reason: "server shutting down", within: Duration::from_secs(3) },
+            End::Unauthenticated => {
+                let user = session.auth.grants().map(|g| g.user.clone());
+                tracing::info!(session = %conn.session(), user = ?user.as_deref().unwrap_or(""), "closing a connection whose credentials expired or never came");
+                Ending::Close { code: CloseCode::POLICY_VIOLATION.0, reason: "authentication expired", within: Duration::from_secs(2) }
+            }
         }
     }
 }
@@ -234,15 +323,22 @@ impl Session {
     /// still read while broadcasts wait for it), and the notice of frames
     /// the slow-consumer policy dropped.
     pub fn pump(&mut self, hub: &Hub, out: &mut impl Outbox, high_water: usize) -> Result<(), End> {
+        if !matches!(self.auth, AuthState::Anonymous) {
+            self.check_expiry(hub, out)?;
+        }
         let conn = &self.conn;
         let flags = conn.flags.load(Ordering::Acquire);
-        if flags & (flag::TERMINATE | flag::SLOW_CLOSE | flag::SHUTDOWN | flag::STALLED) != 0 {
+        if flags & (flag::TERMINATE | flag::SLOW_CLOSE | flag::SHUTDOWN | flag::STALLED | flag::DRAIN) != 0 {
             return Err(if flags & flag::TERMINATE != 0 {
                 End::Terminated
             } else if flags & flag::STALLED != 0 {
                 End::Stalled
             } else if flags & flag::SLOW_CLOSE != 0 {
                 End::Slow
+            } else if flags & flag::DRAIN != 0 {
+                // A drained client asked to reconnect elsewhere keeps its
+                // hint even if shutdown follows before it closes.
+                End::Drained
             } else {
                 End::Shutdown
             });
@@ -277,10 +373,49 @@ impl Session {
         Ok(())
     }
 
+    /// The user this session is authenticated as, if any.
+    pub fn user(&self) -> Option<Arc<str>> {
+        self.auth.grants().map(|g| g.user.clone())
+    }
+
     /// One message from the client (pongs and pings included: they count
     /// for the heartbeat and the rate limit).
     pub fn on_message(&mut self, hub: &Hub, msg: Message) -> Result<(), End> {
-        match hub.handle(&self.conn, &self.room, &mut self.topics, &mut self.limiter, msg) {
+        if let Message::Text(t) = &msg {
+            if self.conn.json && t.as_str().contains("\"token\"") {
+                let request = match envelope::parse(t.as_str()) {
+                    Ok(ClientMessage::Auth { token, id }) => Some((token, id, false)),
+                    Ok(ClientMessage::Refresh { token, id }) => Some((token, id, true)),
+                    _ => None,
+                };
+                if let Some((token, id, refresh)) = request {
+                    // Counts against the message rate like any request.
+                    return match self.limiter.message(&hub.config.message_rate, hub.now_ns()) {
+                        Verdict::Close => Err(End::RateLimited),
+                        Verdict::Refuse => {
+                            hub.reply_error(&self.conn, "rate_limited", "rate limited: this request was not processed", id.as_ref());
+                            Ok(())
+                        }
+                        Verdict::Allow => {
+                            self.authenticate(hub, &token, id.as_ref(), refresh);
+                            hub.api.set_user(self.conn.id, self.user());
+                            Ok(())
+                        }
+                    };
+                }
+            }
+        }
+        if let AuthState::Awaiting { .. } = self.auth {
+            if !matches!(msg, Message::Pong(_) | Message::Ping(_) | Message::Close(_)) {
+                let id = match &msg {
+                    Message::Text(t) => serde_json::from_str::<IdOnly>(t.as_str()).ok().and_then(|r| r.id),
+                    _ => None,
+                };
+                hub.reply_error(&self.conn, "unauthorized", "send {\"type\":\"auth\",\"token\":\"...\"} first", id.as_ref());
+                return Ok(());
+            }
+        }
+        match hub.handle(&self.conn, &self.room, &mut self.topics, self.auth.grants(), &mut self.limiter, msg) {
             ControlFlow::Continue(()) => Ok(()),
             ControlFlow::Break(()) => Err(End::RateLimited),
         }
@@ -289,7 +424,7 @@ impl Session {
 
 impl Hub {
     /// One message from the client. `Break` when its rate limit says close.
-    fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Vec<Arc<str>>, limiter: &mut Limiter, msg: Message) -> ControlFlow<()> {
+    fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Vec<Arc<str>>, grants: Option<&Arc<Grants>>, limiter: &mut Limiter, msg: Message) -> ControlFlow<()> {
         match &msg {
             Message::Pong(payload) => {
                 // Only the answer to this round's ping counts (RFC 6455 §5.5.3).
@@ -349,7 +484,12 @@ impl Hub {
                 Message::Binary(b) => Body::Binary(b),
                 _ => return ControlFlow::Continue(()),
             };
-            self.publish(conn, room.clone(), body, None);
+            if let Err(why) = self.client_may_publish(room, grants, topics.contains(room)) {
+                self.count_auth("refused", "publish");
+                self.reply(conn, EncodedFrame::text(&format!("[tether] forbidden: {why}")));
+                return ControlFlow::Continue(());
+            }
+            self.publish(conn, grants, room.clone(), body, None);
             return ControlFlow::Continue(());
         }
         let Some(parsed) = parsed else {
@@ -358,8 +498,16 @@ impl Hub {
         };
         match parsed {
             Err(e) => self.reply_error(conn, e.code, &e.message, e.id.as_ref()),
-            Ok(ClientMessage::Chat { content, id }) => self.publish(conn, room.clone(), Body::Json(Arc::from(content)), id),
-            Ok(ClientMessage::Publish { topic, content, id, key }) => self.publish_keyed(conn, Arc::from(topic), Body::Json(Arc::from(content)), id, key.map(Arc::from)),
+            Ok(ClientMessage::Chat { content, id }) => {
+                if self.may_publish(conn, grants, topics, room, id.as_ref()) {
+                    self.publish(conn, grants, room.clone(), Body::Json(Arc::from(content)), id);
+                }
+            }
+            Ok(ClientMessage::Publish { topic, content, id, key }) => {
+                if self.may_publish(conn, grants, topics, &topic, id.as_ref()) {
+                    self.publish_keyed(conn, grants, Arc::from(topic), Body::Json(Arc::from(content)), id, key.map(Arc::from));
+                }
+            }
             Ok(ClientMessage::Subscribe { topic, since, epoch, id, delta }) => {
                 let topic: Arc<str> = Arc::from(topic);
                 if topics.contains(&topic) {
@@ -373,6 +521,14 @@ impl Hub {
                     self.reply_error(conn, "forbidden", &why, id.as_ref());
                     return ControlFlow::Continue(());
                 }
+                if let Some(g) = grants {
+                    if !g.may_subscribe(&topic) {
+                        self.count_auth("refused", "subscribe");
+                        tracing::info!(session = %conn.session(), user = %g.user, topic = ?topic, "refused subscribe: not in the token's capabilities");
+                        self.reply_error(conn, "forbidden", &format!("this token may not subscribe to {topic:?}"), id.as_ref());
+                        return ControlFlow::Continue(());
+                    }
+                }
                 if topics.len() >= MAX_SUBSCRIPTIONS {
                     self.reply_error(conn, "too_many_subscriptions", &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), id.as_ref());
                     return ControlFlow::Continue(());
@@ -380,7 +536,7 @@ impl Hub {
                 topics.push(topic.clone());
                 // The ack (with the starting epoch and seq) comes once the
                 // broker has answered, after any replay.
-                self.subscribe_with(conn, &topic, since.map(|since| Resume { since, epoch }), id, delta);
+                self.subscribe_granted(conn, &topic, since.map(|since| Resume { since, epoch }), id, delta, grants);
             }
             Ok(ClientMessage::Unsubscribe { topic, id }) => {
                 if let Some(pos) = topics.iter().position(|t| **t == *topic) {
@@ -397,6 +553,8 @@ impl Hub {
                 let id = id.unwrap_or(serde_json::Value::Null);
                 self.reply(conn, EncodedFrame::text(&envelope::ack(&id, None, None)));
             }
+            // Handled by the session before it gets here.
+            Ok(ClientMessage::Auth { id, .. } | ClientMessage::Refresh { id, .. }) => self.reply_error(conn, "invalid_field", "a token is expected", id.as_ref()),
         }
         ControlFlow::Continue(())
     }
@@ -416,23 +574,42 @@ impl Hub {
         }
     }
 
-    fn publish(&self, conn: &Arc<ConnShared>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>) {
-        self.publish_keyed(conn, topic, body, id, None);
+    /// Whether `grants` (if any) allow publishing to `topic`; refused (and
+    /// answered, and counted) if not.
+    fn may_publish(&self, conn: &Arc<ConnShared>, grants: Option<&Arc<Grants>>, topics: &[Arc<str>], topic: &str, id: Option<&serde_json::Value>) -> bool {
+        match self.client_may_publish(topic, grants, topics.iter().any(|t| **t == *topic)) {
+            Ok(()) => true,
+            Err(why) => {
+                self.count_auth("refused", "publish");
+                tracing::info!(session = %conn.session(), user = ?grants.map(|g| &*g.user), topic = ?topic, "refused publish: {why}");
+                self.reply_error(conn, "forbidden", &why, id);
+                false
+            }
+        }
     }
 
-    fn publish_keyed(&self, conn: &Arc<ConnShared>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>, key: Option<Arc<str>>) {
+    fn publish(&self, conn: &Arc<ConnShared>, grants: Option<&Arc<Grants>>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>) {
+        self.publish_keyed(conn, grants, topic, body, id, None);
+    }
+
+    fn publish_keyed(&self, conn: &Arc<ConnShared>, grants: Option<&Arc<Grants>>, topic: Arc<str>, body: Body, id: Option<serde_json::Value>, key: Option<Arc<str>>) {
         if self.intercept_publish(conn, &topic, &body, id.as_ref()) {
             return;
         }
         Metrics::add(&self.metrics.broadcasts, 1);
         let ack_id = id.clone();
-        let msg = Publish { topic, sender: Arc::from(&*conn.session()), timestamp_ms: now_ms(), body, key, origin: Origin { conn: conn.id, id } };
+        // An authenticated connection publishes as its user.
+        let sender = match grants {
+            Some(g) => g.user.clone(),
+            None => Arc::from(&*conn.session()),
+        };
+        let msg = Publish { topic, sender, timestamp_ms: now_ms(), body, key, origin: Origin { conn: conn.id, id } };
         if let Err(e) = self.broker.publish(msg) {
             self.reply_error(conn, "unavailable", &format!("message not published: {e}"), ack_id.as_ref());
         }
     }
 
-    fn reply_error(&self, conn: &Arc<ConnShared>, code: &str, message: &str, id: Option<&serde_json::Value>) {
+    pub(crate) fn reply_error(&self, conn: &Arc<ConnShared>, code: &str, message: &str, id: Option<&serde_json::Value>) {
         Metrics::add(&self.metrics.client_errors, 1);
         if conn.json {
             self.reply(conn, EncodedFrame::text(&envelope::error(code, message, id)));

@@ -30,7 +30,7 @@ async fn join(hub: &Arc<Hub>, path: &str, json: bool) -> Ws {
         })
         .await
         .expect("server handshake");
-        hub.run_connection(ws, ConnInfo { room }).await;
+        hub.run_connection(ws, ConnInfo::new(room)).await;
     });
     let request = ClientRequest {
         host: "hub.test".into(),

@@ -31,7 +31,7 @@ async fn read_until(stream: &mut tether_hub::http::EventStream, needle: &str) ->
 #[tokio::test]
 async fn a_retried_post_is_applied_once() {
     let http = sessions(HttpConfig::default());
-    let mut stream = http.open(true, ConnInfo { room: "/chat".into() }, Box::new(())).unwrap();
+    let mut stream = http.open(true, ConnInfo::new("/chat"), Box::new(())).unwrap();
     let key = stream.key().to_string();
     read_until(&mut stream, "\"welcome\"").await;
     assert_eq!(http.post(&key, 1, vec![chat("one", 1)]).unwrap(), Posted::Applied);
@@ -50,7 +50,7 @@ async fn unknown_sessions_are_refused() {
     assert_eq!(http.post("nobody-1.00", 1, vec![]), Err(HttpError::UnknownSession));
     assert_eq!(http.resume("nobody-1.00", 0).unwrap_err(), HttpError::UnknownSession);
     // A real session id without its secret is not the session either.
-    let stream = http.open(true, ConnInfo { room: "/r".into() }, Box::new(())).unwrap();
+    let stream = http.open(true, ConnInfo::new("/r"), Box::new(())).unwrap();
     let id = stream.key().split('.').next().unwrap().to_string();
     assert_eq!(http.post(&id, 1, vec![]), Err(HttpError::UnknownSession));
 }
@@ -60,16 +60,16 @@ async fn sessions_per_node_are_bounded() {
     let http = sessions(HttpConfig { max_sessions: 3, ..HttpConfig::default() });
     let mut open = Vec::new();
     for _ in 0..3 {
-        open.push(http.open(true, ConnInfo { room: "/r".into() }, Box::new(())).unwrap());
+        open.push(http.open(true, ConnInfo::new("/r"), Box::new(())).unwrap());
     }
-    assert_eq!(http.open(true, ConnInfo { room: "/r".into() }, Box::new(())).unwrap_err(), HttpError::TooManySessions);
+    assert_eq!(http.open(true, ConnInfo::new("/r"), Box::new(())).unwrap_err(), HttpError::TooManySessions);
     assert_eq!(http.len(), 3);
 }
 
 #[tokio::test]
 async fn batches_are_bounded() {
     let http = sessions(HttpConfig { max_batch: 4, ..HttpConfig::default() });
-    let stream = http.open(true, ConnInfo { room: "/r".into() }, Box::new(())).unwrap();
+    let stream = http.open(true, ConnInfo::new("/r"), Box::new(())).unwrap();
     let batch = (0..5).map(|i| chat("x", i)).collect();
     assert_eq!(http.post(stream.key(), 1, batch), Err(HttpError::BatchTooLarge { max: 4 }));
 }
@@ -77,7 +77,7 @@ async fn batches_are_bounded() {
 #[tokio::test]
 async fn resume_replays_within_the_window_and_says_history_gap_beyond() {
     let http = sessions(HttpConfig { window_events: 8, ..HttpConfig::default() });
-    let mut stream = http.open(true, ConnInfo { room: "/chat".into() }, Box::new(())).unwrap();
+    let mut stream = http.open(true, ConnInfo::new("/chat"), Box::new(())).unwrap();
     let key = stream.key().to_string();
     for seq in 1..=30 {
         http.post(&key, seq, vec![chat(&format!("m{seq}"), seq)]).unwrap();
@@ -102,7 +102,7 @@ async fn resume_replays_within_the_window_and_says_history_gap_beyond() {
 #[tokio::test]
 async fn a_new_stream_takes_over_and_the_old_one_ends() {
     let http = sessions(HttpConfig::default());
-    let mut first = http.open(true, ConnInfo { room: "/chat".into() }, Box::new(())).unwrap();
+    let mut first = http.open(true, ConnInfo::new("/chat"), Box::new(())).unwrap();
     let key = first.key().to_string();
     read_until(&mut first, "\"welcome\"").await;
     let _second = http.resume(&key, 0).unwrap();

@@ -319,7 +319,9 @@ impl ClientSender {
         }
         let result = self.shared.request(Request::Subscribe { topic, since: None, epoch: None, delta: false }).await;
         if let Err(ClientError::Refused { .. }) = result {
-            self.shared.lock().topics.retain(|t| t != topic);
+            let mut st = self.shared.lock();
+            st.topics.retain(|t| t != topic);
+            st.positions.remove(topic);
         }
         result
     }
@@ -329,7 +331,11 @@ impl ClientSender {
         if !self.shared.json {
             return Err(ClientError::NotJson);
         }
-        self.shared.lock().topics.retain(|t| t != topic);
+        {
+            let mut st = self.shared.lock();
+            st.topics.retain(|t| t != topic);
+            st.positions.remove(topic);
+        }
         self.shared.request(Request::Unsubscribe { topic }).await
     }
 

@@ -86,6 +86,8 @@ fn kind(msg: &ClientMessage) -> &'static str {
         ClientMessage::Subscribe { .. } => "subscribe",
         ClientMessage::Unsubscribe { .. } => "unsubscribe",
         ClientMessage::Ping { .. } => "ping",
+        ClientMessage::Auth { .. } => "auth",
+        ClientMessage::Refresh { .. } => "refresh",
     }
 }
 
@@ -105,7 +107,9 @@ fn envelope_cases() {
                         | ClientMessage::Publish { id, .. }
                         | ClientMessage::Subscribe { id, .. }
                         | ClientMessage::Unsubscribe { id, .. }
-                        | ClientMessage::Ping { id } => id.clone(),
+                        | ClientMessage::Ping { id }
+                        | ClientMessage::Auth { id, .. }
+                        | ClientMessage::Refresh { id, .. } => id.clone(),
                     };
                     assert_eq!(got.as_ref(), Some(id), "{text}: id");
                 }

@@ -30,6 +30,9 @@ pub(super) struct State {
     pub(super) queue: VecDeque<Outgoing>,
     /// Subscribed through the helpers, in order; renewed after reconnects.
     pub(super) topics: Vec<String>,
+    /// Where each subscribed topic stands, `(epoch, seq)` of the newest
+    /// message (or of the subscribe ack): where a resume starts.
+    pub(super) positions: HashMap<String, (String, u64)>,
     pub(super) pending: HashMap<String, Pending>,
     pub(super) next_id: u64,
     pub(super) connected: bool,
@@ -111,6 +114,36 @@ impl Shared {
                 self.lock().pending.remove(&id);
                 Err(ClientError::AckTimeout(self.ack_timeout))
             }
+        }
+    }
+
+    /// Keep the position of a subscribed topic from a `message` (or, before
+    /// any message, from an `ack` carrying an epoch), for resume.
+    pub(super) fn track(&self, text: &str) {
+        if !text.contains("\"seq\"") || !text.contains("\"epoch\"") {
+            return;
+        }
+        #[derive(serde::Deserialize)]
+        struct Position<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            topic: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            epoch: Option<std::borrow::Cow<'a, str>>,
+            seq: Option<u64>,
+        }
+        let Ok(Position { kind, topic: Some(topic), epoch: Some(epoch), seq: Some(seq) }) = serde_json::from_str::<Position<'_>>(text) else { return };
+        let mut st = self.lock();
+        if !st.topics.iter().any(|t| *t == topic) {
+            return;
+        }
+        match (kind.as_ref(), st.positions.get_mut(topic.as_ref())) {
+            ("message", Some(pos)) if pos.0 != epoch || seq > pos.1 => *pos = (epoch.into_owned(), seq),
+            ("message" | "ack", None) => {
+                st.positions.insert(topic.into_owned(), (epoch.into_owned(), seq));
+            }
+            _ => {}
         }
     }
 

@@ -30,8 +30,10 @@ const HEARTBEAT: &[u8] = b"tether-heartbeat";
 
 /// How a connection ended.
 enum Ended {
-    /// Dropped or closed by the server: reconnect (if enabled).
-    Lost,
+    /// Dropped or closed by the server: reconnect (if enabled), after the
+    /// server's reconnect hint if it gave one (1012 from a drain,
+    /// docs/protocol.md "Drain"), else after the backoff.
+    Lost { hint: Option<std::time::Duration> },
     /// Closed on request, or nobody listens any more: stop.
     Stop,
 }
@@ -61,12 +63,14 @@ impl Driver {
                 _ = self.events.closed() => return,
                 result = self.builder.connect() => result,
             };
+            let mut hint = None;
             match connected {
                 Ok((ws, _response)) => {
                     let ended = self.connected(ws).await;
                     self.shared.disconnected();
-                    if let Ended::Stop = ended {
-                        return;
+                    match ended {
+                        Ended::Stop => return,
+                        Ended::Lost { hint: h } => hint = h,
                     }
                 }
                 Err(e) => {
@@ -86,7 +90,9 @@ impl Driver {
                 let _ = self.events.send(Event::GaveUp { attempts: self.attempt - 1 }).await;
                 return;
             }
-            let delay = self.options.backoff.delay(self.attempt);
+            // A drained node's hint replaces the backoff: it spreads the
+            // clients of that node over its drain window.
+            let delay = hint.unwrap_or_else(|| self.options.backoff.delay(self.attempt));
             if self.events.send(Event::Reconnecting { attempt: self.attempt, delay }).await.is_err() {
                 return;
             }
@@ -109,7 +115,10 @@ impl Driver {
         // of anything queued while disconnected.
         let topics = self.shared.lock().topics.clone();
         for topic in topics {
-            let _ = ws.start_send(Message::text(Request::Subscribe { topic: &topic, since: None, epoch: None, delta: false }.to_json(None)));
+            // Resume where the last connection left off (docs/protocol.md, "Resume").
+            let position = self.shared.lock().positions.get(&topic).cloned();
+            let (epoch, since) = position.map_or((None, None), |(e, s)| (Some(e), Some(s)));
+            let _ = ws.start_send(Message::text(Request::Subscribe { topic: &topic, since, epoch: epoch.as_deref(), delta: false }.to_json(None)));
         }
         self.shared.lock().connected = true;
         if self.events.send(Event::Open { protocol, attempt: self.attempt }).await.is_err() {
@@ -131,7 +140,7 @@ impl Driver {
         // close() was called: drain the queue, then send the close frame.
         let mut close_wanted = false;
         let mut close_sent = false;
-        let ended = |close_wanted: bool| if close_wanted { Ended::Stop } else { Ended::Lost };
+        let ended = |close_wanted: bool, ws: &Socket| if close_wanted { Ended::Stop } else { Ended::Lost { hint: drain_hint(ws) } };
 
         loop {
             let queued = !close_sent && self.shared.pump(&mut ws);
@@ -161,6 +170,7 @@ impl Driver {
                             Message::Pong(ref payload) if payload.as_ref() == HEARTBEAT => {}
                             msg => {
                                 if let (true, Message::Text(text)) = (self.shared.json, &msg) {
+                                    self.shared.track(text);
                                     self.shared.resolve(text);
                                 }
                                 emit(&events, &mut permit, Event::Message(msg)).await;
@@ -172,12 +182,12 @@ impl Driver {
                         let close = Event::Close { was_clean: false, code: ws.close_code(), reason: peer_reason(&ws) };
                         emit(&events, &mut permit, Event::Error(e)).await;
                         emit(&events, &mut permit, close).await;
-                        return ended(close_wanted);
+                        return ended(close_wanted, &ws);
                     }
                     Step::Received(None) => {
                         let close = Event::Close { was_clean: ws.was_clean(), code: ws.close_code(), reason: peer_reason(&ws) };
                         emit(&events, &mut permit, close).await;
-                        return ended(close_wanted);
+                        return ended(close_wanted, &ws);
                     }
                 },
                 reserved = events.reserve(), if !reading => match reserved {
@@ -207,7 +217,7 @@ impl Driver {
                             tracing::debug!(timeout = ?heartbeat_timeout, "no answer to the heartbeat: dropping the connection");
                             emit(&events, &mut permit, Event::Error(Error::Timeout("heartbeat"))).await;
                             emit(&events, &mut permit, Event::Close { was_clean: false, code: CloseCode::ABNORMAL, reason: String::new() }).await;
-                            return ended(close_wanted);
+                            return ended(close_wanted, &ws);
                         }
                         None => {}
                     }
@@ -265,6 +275,14 @@ async fn abandon(mut ws: Socket) -> Ended {
 /// Resolves once a close was requested (without holding the watch's lock).
 async fn close_requested(close: &mut watch::Receiver<Option<CloseFrame>>) {
     let _ = close.wait_for(Option::is_some).await;
+}
+
+/// The reconnect hint of a 1012 close from a draining server, if any.
+fn drain_hint(ws: &Socket) -> Option<std::time::Duration> {
+    match ws.connection().received_close() {
+        Some(Some(frame)) if frame.code.0 == crate::v1::DRAIN_CLOSE_CODE => crate::v1::reconnect_hint(&frame.reason),
+        _ => None,
+    }
 }
 
 fn peer_reason(ws: &Socket) -> String {

@@ -23,7 +23,17 @@ pub enum ClientMessage {
     Unsubscribe { topic: String, id: Option<Value> },
     /// `{"type":"ping"}`: answered with an ack (an application-level heartbeat).
     Ping { id: Option<Value> },
+    /// `{"type":"auth","token":"..."}` (or `"type":"connect"`): the first
+    /// message of a connection that could not send its token in the
+    /// upgrade request (browsers cannot set headers).
+    Auth { token: String, id: Option<Value> },
+    /// `{"type":"refresh","token":"..."}`: new credentials for a live
+    /// connection whose token is about to expire.
+    Refresh { token: String, id: Option<Value> },
 }
+
+/// Longest token accepted in an `auth` or `refresh` request.
+pub const MAX_TOKEN_LEN: usize = 8192;
 
 /// Why a client message was refused; sent back as an `error` envelope.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +58,7 @@ struct Raw<'a> {
     epoch: Option<Value>,
     key: Option<Value>,
     delta: Option<Value>,
+    token: Option<Value>,
 }
 
 /// Longest topic name accepted.
@@ -164,7 +175,15 @@ pub fn parse(text: &str) -> Result<ClientMessage, EnvelopeError> {
         }
         "unsubscribe" => Ok(ClientMessage::Unsubscribe { topic: topic(&raw)?, id }),
         "ping" => Ok(ClientMessage::Ping { id }),
-        other => Err(err("unknown_type", format!("unknown message type {other:?} (expected chat, publish, subscribe, unsubscribe or ping)"), id)),
+        "auth" | "connect" | "refresh" => {
+            let token = match &raw.token {
+                Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_TOKEN_LEN => t.clone(),
+                None => return Err(err("missing_field", format!("\"{kind}\" needs a \"token\""), id)),
+                Some(_) => return Err(err("invalid_field", format!("\"token\" must be a non-empty string of at most {MAX_TOKEN_LEN} bytes"), id)),
+            };
+            Ok(if kind == "refresh" { ClientMessage::Refresh { token, id } } else { ClientMessage::Auth { token, id } })
+        }
+        other => Err(err("unknown_type", format!("unknown message type {other:?} (expected chat, publish, subscribe, unsubscribe, ping, auth or refresh)"), id)),
     }
 }
 
@@ -238,6 +257,21 @@ pub fn history_gap(topic: &str, epoch: &str, first_seq: u64, message: &str, id: 
 pub fn error(code: &str, message: &str, id: Option<&Value>) -> String {
     let id = id.map_or("null".to_string(), |v| v.to_string());
     format!(r#"{{"type":"error","code":{},"message":{},"id":{id}}}"#, quote(code), quote(message))
+}
+
+/// `{"type":"token_expiring","expires_at":E,"close_at":C}`: the
+/// connection's token expires at `E` (Unix seconds) and the connection is
+/// closed at `C` unless it sends a `refresh` with a new token first.
+pub fn token_expiring(expires_at: u64, close_at: u64) -> String {
+    format!(r#"{{"type":"token_expiring","expires_at":{expires_at},"close_at":{close_at}}}"#)
+}
+
+/// `{"type":"authenticated","user":U,"expires_at":E|null,"id":I}`: the
+/// answer to an `auth` or `refresh` that was accepted.
+pub fn authenticated(user: &str, expires_at: Option<u64>, id: Option<&Value>) -> String {
+    let id = id.map_or("null".to_string(), |v| v.to_string());
+    let exp = expires_at.map_or("null".to_string(), |e| e.to_string());
+    format!(r#"{{"type":"authenticated","user":{},"expires_at":{exp},"id":{id}}}"#, quote(user))
 }
 
 /// `{"type":"presence",...}`.

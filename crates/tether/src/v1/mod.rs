@@ -14,10 +14,12 @@
 
 mod backoff;
 pub mod delta;
+mod drain;
 pub mod envelope;
 pub mod heartbeat;
 
 pub use backoff::Backoff;
+pub use drain::{reconnect_hint, DRAIN_CLOSE_CODE, MAX_RECONNECT_HINT};
 pub use heartbeat::{Action, Heartbeat};
 
 /// The subprotocol of the JSON envelope (see docs/protocol.md).
