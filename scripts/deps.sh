@@ -36,6 +36,11 @@ if ! "$PY" -c "import schemathesis, sys; sys.exit(schemathesis.__version__ != '$
         || "$PY" -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
+if ! command -v openssl >/dev/null; then
+    echo "installing openssl for the RFC 8441 browser test's certificate (tests/browser/http2.test.mjs)" >&2
+    apt_install openssl
+fi
+
 if ! command -v strace >/dev/null; then
     echo "installing strace for the syscalls-per-message test (tether-cli/tests/syscalls.rs)" >&2
     apt_install strace

@@ -9,7 +9,7 @@ declare class TetherClient {
   constructor(url: string, options?: TetherClient.Options);
 
   readonly url: string;
-  readonly options: Required<Omit<TetherClient.Options, "WebSocket">> & Pick<TetherClient.Options, "WebSocket">;
+  readonly options: Required<Omit<TetherClient.Options, "WebSocket" | "token">> & Pick<TetherClient.Options, "WebSocket" | "token">;
   /** The connection's state; every change is also a "state" event. */
   readonly state: TetherClient.State;
   /** tether.v1: this connection's session, from the welcome envelope. */
@@ -33,6 +33,10 @@ declare class TetherClient {
   publish(topic: string, content: TetherClient.Json, options?: TetherClient.PublishOptions): Promise<TetherClient.Ack>;
   /** tether.v1: send a chat message to this connection's room. */
   chat(content: TetherClient.Json): Promise<TetherClient.Ack>;
+  /** tether.v1: fetch a new token (options.token must be a function) and send
+   * it in a `refresh` request. Done by itself `refreshAhead` ms before the
+   * token's exp and when the server warns (`token_expiring`). */
+  refresh(): Promise<TetherClient.Authenticated>;
   /** Close for good (no reconnect). */
   close(code?: number, reason?: string): void;
 
@@ -52,7 +56,9 @@ declare class TetherClient {
   static heartbeatNextWake(state: TetherClient.HeartbeatState): number;
   /** RFC 7396 MergePatch: `patch` applied to `target` (which it may modify); returns the result. */
   static mergePatch(target: TetherClient.Json | undefined, patch: TetherClient.Json): TetherClient.Json;
-  static readonly DEFAULTS: Readonly<Required<Omit<TetherClient.Options, "WebSocket">>> & { readonly WebSocket: null };
+  static readonly DEFAULTS: Readonly<Required<Omit<TetherClient.Options, "WebSocket" | "token">>> & { readonly WebSocket: null; readonly token: null };
+  /** The `exp` claim of a JWT (Unix seconds), or null if it has none or is not a JWT. */
+  static tokenExpiry(token: string): number | null;
 }
 
 declare namespace TetherClient {
@@ -102,6 +108,30 @@ declare namespace TetherClient {
     ackTimeout?: number;
     /** The WebSocket constructor; default: globalThis.WebSocket. */
     WebSocket?: WebSocketConstructor | null;
+    /** tether.v1: a JWT, or a function that fetches one (called for every
+     * connection and refresh), sent in a first `auth` message. */
+    token?: TokenSource | null;
+    /** With a token function: refresh this long before the token's exp, ms (30000). */
+    refreshAhead?: number;
+  }
+
+  /** A token, or what fetches one. */
+  type TokenSource = string | (() => string | Promise<string>);
+
+  /** The answer to an `auth` or `refresh`. */
+  interface Authenticated {
+    type: "authenticated";
+    user: string;
+    /** The token's exp (Unix seconds), or null. */
+    expires_at: number | null;
+    id?: string | number | null;
+  }
+
+  /** The token expires at `expires_at`; the server closes at `close_at` unless it is refreshed. */
+  interface TokenExpiring {
+    type: "token_expiring";
+    expires_at: number;
+    close_at: number;
   }
 
   interface HeartbeatState {
@@ -177,7 +207,8 @@ declare namespace TetherClient {
   type ErrorCode =
     | "bad_json" | "not_an_object" | "missing_type" | "unknown_type" | "missing_field" | "invalid_field"
     | "not_subscribed" | "too_many_subscriptions" | "binary_not_supported" | "history_gap" | "lagged"
-    | "rate_limited" | "unavailable" | "reserved_topic" | "forbidden" | "room_refused";
+    | "rate_limited" | "unavailable" | "reserved_topic" | "forbidden" | "room_refused"
+    | "unauthorized" | "expired" | "bad_signature" | "invalid_token" | "unknown_key";
 
   interface ErrorEnvelope {
     type: "error";
@@ -198,7 +229,7 @@ declare namespace TetherClient {
   }
 
   /** A tether.v1 server envelope (what "message" carries when json is set). */
-  type Envelope = Welcome | Message | Ack | ErrorEnvelope | Presence;
+  type Envelope = Welcome | Message | Ack | ErrorEnvelope | Presence | Authenticated | TokenExpiring;
 
   /** A rejected ack promise: an error envelope's message and code. */
   interface RequestError extends Error {
@@ -214,5 +245,7 @@ declare namespace TetherClient {
     reconnecting: ReconnectingEvent;
     state: State;
     giveup: GiveupEvent;
+    /** An `auth` or `refresh` was accepted. */
+    authenticated: Authenticated;
   }
 }

@@ -46,6 +46,8 @@
     heartbeatInterval: 25000, // tether.v1: send {"type":"ping"} this often
     heartbeatTimeout: 10000,  // no traffic this long after a ping: reconnect
     ackTimeout: 10000,        // reject an ack promise after this long
+    token: null,              // tether.v1: a JWT, or a function returning one (or a Promise of one), sent in a first auth message
+    refreshAhead: 30000,      // with a token function: fetch a new token and refresh this long before the token's exp, ms
     WebSocket: null           // a WebSocket constructor (e.g. the ws package in Node); default: the global one
   };
 
@@ -191,9 +193,78 @@
     }
   };
 
+  /** The JWT's exp claim (Unix seconds), or null if it cannot be read. */
+  function tokenExpiry(token) {
+    try {
+      var part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (part.length % 4) part += "=";
+      var exp = JSON.parse(atob(part)).exp;
+      return typeof exp === "number" ? exp : null;
+    } catch (e) {
+      return null;
+    }
+  }
+  TetherClient.tokenExpiry = tokenExpiry;
+
+  /** The current token: options.token, called if it is a function. */
+  TetherClient.prototype._fetchToken = function () {
+    var t = this.options.token;
+    try {
+      return Promise.resolve(typeof t === "function" ? t() : t);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  };
+
+  /** With a token function: refresh refreshAhead ms before the token expires. */
+  TetherClient.prototype._scheduleRefresh = function (token) {
+    var self = this;
+    clearTimeout(this.timers.refresh);
+    var exp = tokenExpiry(token);
+    if (typeof this.options.token !== "function" || exp === null) return;
+    var delay = Math.max(1000, exp * 1000 - Date.now() - this.options.refreshAhead);
+    this.timers.refresh = setTimeout(function () {
+      self.refresh().catch(function (e) { self._emit("error", e); });
+    }, delay);
+  };
+
+  /** tether.v1: fetch a new token (options.token must be a function) and
+   * send it in a refresh request; resolves with the authenticated envelope. */
+  TetherClient.prototype.refresh = function () {
+    var self = this;
+    if (typeof this.options.token !== "function") return Promise.reject(new Error("refresh needs options.token to be a function"));
+    if (this._refreshing) return this._refreshing;
+    var p = this._fetchToken().then(function (token) {
+      self._token = token;
+      return self._request({ type: "refresh", token: token }).then(function (msg) {
+        self._scheduleRefresh(token);
+        self._emit("authenticated", msg);
+        return msg;
+      });
+    });
+    this._refreshing = p;
+    var done = function () { self._refreshing = null; };
+    p.then(done, done);
+    return p;
+  };
+
   TetherClient.prototype._connect = function () {
     var self = this;
     this._setState(this.attempt === 0 ? "connecting" : "reconnecting");
+    if (this.options.token === null || this.options.token === undefined) return this._open();
+    // A token (fetched anew for every connection) goes in the first message.
+    this._fetchToken().then(function (token) {
+      if (self.closedByUser) return;
+      self._token = token;
+      self._open();
+    }, function (e) {
+      self._emit("error", e);
+      self._scheduleReconnect();
+    });
+  };
+
+  TetherClient.prototype._open = function () {
+    var self = this;
     var ws;
     try {
       var Ctor = this.options.WebSocket || globalThis.WebSocket;
@@ -211,6 +282,18 @@
       clearTimeout(self.timers.stable);
       self.timers.stable = setTimeout(function () { self.attempt = 0; }, self.options.stableAfter);
       self._emit("open", { protocol: ws.protocol, attempt: self.attempt });
+      // The token first: the server handles messages in order, so what
+      // follows is already authenticated.
+      if (self._token !== undefined && self._token !== null) {
+        var authId = "auth-" + self.nextId++;
+        self.pending.set(authId, {
+          resolve: function (msg) { self._emit("authenticated", msg); },
+          reject: function (e) { self._emit("error", e); },
+          timer: null
+        });
+        ws.send(JSON.stringify({ type: "auth", token: self._token, id: authId }));
+        self._scheduleRefresh(self._token);
+      }
       // Re-subscribe, then flush what was queued while down.
       if (self.options.json) {
         self.topics.forEach(function (topic) { self._request(self._subscribeEnvelope(topic, true), true); });
@@ -241,6 +324,7 @@
     ws.onclose = function (ev) {
       self._stopHeartbeat();
       clearTimeout(self.timers.stable);
+      clearTimeout(self.timers.refresh);
       if (self.ws === ws) self.ws = null;
       self._emit("close", { wasClean: ev.wasClean, code: ev.code, reason: ev.reason, failed: failed });
       self._failPending(new Error("connection closed (" + ev.code + ")"));
@@ -310,13 +394,18 @@
   };
 
   TetherClient.prototype._handleEnvelope = function (msg) {
+    var self = this;
     if (msg.type === "welcome") this.session = msg.session;
-    if ((msg.type === "ack" || msg.type === "error") && msg.id !== undefined && msg.id !== null) {
+    if (msg.type === "token_expiring" && typeof this.options.token === "function") {
+      // The server closes at close_at unless a new token comes first.
+      this.refresh().catch(function (e) { self._emit("error", e); });
+    }
+    if ((msg.type === "ack" || msg.type === "error" || msg.type === "authenticated") && msg.id !== undefined && msg.id !== null) {
       var p = this.pending.get(msg.id);
       if (p) {
         this.pending.delete(msg.id);
         clearTimeout(p.timer);
-        if (msg.type === "ack") p.resolve(msg);
+        if (msg.type !== "error") p.resolve(msg);
         else p.reject(Object.assign(new Error(msg.message), { code: msg.code }));
       }
     }
@@ -359,7 +448,7 @@
     var pos = this.positions.get(topic);
     if (resuming && opts && opts.resume && pos) {
       env.since = pos.seq;
-      env.epoch = pos.epoch;
+      if (pos.epoch !== undefined) env.epoch = pos.epoch;
     }
     return env;
   };
@@ -421,7 +510,9 @@
     var request = this._request(this._subscribeEnvelope(topic, false));
     if (!this.topicOptions.has(topic)) return request;
     return request.then(function (ack) {
-      if (ack && ack.epoch !== undefined && !self.positions.has(topic)) self.positions.set(topic, { epoch: ack.epoch, seq: ack.seq });
+      // An ack without a position: the topic had no messages yet, so a
+      // resume asks for everything it keeps (since 0, current epoch).
+      if (ack && !self.positions.has(topic)) self.positions.set(topic, ack.epoch !== undefined ? { epoch: ack.epoch, seq: ack.seq } : { epoch: undefined, seq: 0 });
       return ack;
     });
   };
@@ -454,6 +545,7 @@
   TetherClient.prototype.close = function (code, reason) {
     this.closedByUser = true;
     clearTimeout(this.timers.reconnect);
+    clearTimeout(this.timers.refresh);
     if (this.ws) this.ws.close(code || 1000, reason || "");
     else this._setState("closed");
   };

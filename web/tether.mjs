@@ -16,3 +16,4 @@ export const heartbeatAnswer = TetherClient.heartbeatAnswer;
 export const heartbeatNextWake = TetherClient.heartbeatNextWake;
 export const DEFAULTS = TetherClient.DEFAULTS;
 export const mergePatch = TetherClient.mergePatch;
+export const tokenExpiry = TetherClient.tokenExpiry;

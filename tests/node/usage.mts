@@ -1,7 +1,7 @@
 // Type-checked (not run) by `npm run typecheck`: the public API of
 // tether-client as an ES module, with the ws package as the WebSocket.
 import WebSocket from "ws";
-import TetherClient, { backoffDelay, heartbeatAction, heartbeatStart, heartbeatNextWake, heartbeatAnswer, DEFAULTS, mergePatch } from "tether-client";
+import TetherClient, { backoffDelay, heartbeatAction, heartbeatStart, heartbeatNextWake, heartbeatAnswer, DEFAULTS, mergePatch, tokenExpiry } from "tether-client";
 import type { Envelope, Options, State, SubscribeOptions, PublishOptions } from "tether-client";
 
 const options: Options = { json: true, minDelay: 100, maxDelay: 2000, queueFull: "drop-oldest", WebSocket };
@@ -49,3 +49,13 @@ console.log(action, wake, TetherClient.backoffDelay(1));
 new TetherClient("ws://x/", { queueFull: "block" });
 // @ts-expect-error publish needs a topic and JSON content
 client.publish("news", () => 1);
+
+// Tokens: a string, or a function that fetches one (refreshed before exp).
+const authed = new TetherClient("ws://127.0.0.1:8080/", { json: true, WebSocket, token: async () => "a.b.c", refreshAhead: 10_000 });
+authed.on("authenticated", ({ user, expires_at }) => console.log(user.toUpperCase(), expires_at ?? 0));
+void authed.refresh().then((a) => a.user);
+new TetherClient("ws://x/", { json: true, token: "a.b.c" });
+const exp: number | null = tokenExpiry("a.b.c");
+console.log(exp);
+// @ts-expect-error a token is a string or a function returning one
+new TetherClient("ws://x/", { token: 42 });

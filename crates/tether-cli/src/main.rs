@@ -17,6 +17,7 @@ mod serve;
 mod serve_loop;
 mod settings;
 mod shutdown;
+mod webhook;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;

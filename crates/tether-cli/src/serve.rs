@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use std::time::Instant;
 use tether::axum::WebSocketUpgrade;
-use tether_hub::{ConnInfo, Identity, Hub, HubConfig, MemoryBroker};
+use tether_hub::{ConnInfo, Identity, Hub, HubConfig, MemoryBroker, Transport, TransportGuard};
+
+#[path = "serve_h2.rs"]
+mod h2;
 use tokio::net::TcpListener;
 
 // Through symlinks inside the crate (crates/tether-cli/web/ -> web/), so
@@ -48,6 +51,8 @@ struct App {
     auth_failures: AuthFailures,
     /// The server API (`/api/*`; off without `--api-key`).
     api: Arc<crate::api::Api>,
+    /// Lifecycle webhooks' counters, when on.
+    webhooks: Option<Arc<crate::webhook::WebhookMetrics>>,
     /// Draining: new WebSockets refused, `/health` 503 (src/admin.rs).
     drain: crate::admin::DrainState,
     /// JWT connection tokens (src/auth.rs), if configured.
@@ -59,6 +64,8 @@ struct App {
 pub(crate) struct Slot {
     permit: OwnedSemaphorePermit,
     ip: Option<IpGuard>,
+    /// Set once the connection is a WebSocket: counts it by transport.
+    transport: Option<TransportGuard>,
 }
 
 /// Largest request head (request line and headers) accepted; larger get 431.
@@ -73,6 +80,9 @@ const SPARE_SLOTS: usize = 64;
 struct ConnCtx {
     peer: SocketAddr,
     slot: Arc<Mutex<Option<Slot>>>,
+    /// WebSockets open on this connection (HTTP/2 streams): an HTTP/2
+    /// connection lives past `--http-timeout` while this is not zero.
+    websockets: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -104,7 +114,8 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         Some((cert, key)) => {
             let cert_pem = std::fs::read(cert).with_context(|| format!("cannot read --tls-cert {}", cert.display()))?;
             let key_pem = std::fs::read(key).with_context(|| format!("cannot read --tls-key {}", key.display()))?;
-            Some(tether::tls::acceptor(&cert_pem, &key_pem).context("invalid TLS certificate or key")?)
+            // HTTP/2 (with WebSockets on its streams, RFC 8441) or HTTP/1.1 by ALPN.
+            Some(tether::tls::acceptor_h2(&cert_pem, &key_pem).context("invalid TLS certificate or key")?)
         }
     };
     let hub_config = HubConfig {
@@ -133,6 +144,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     }
     let redis_url = settings.broker.starts_with("redis://").then_some(settings.broker.as_str());
     let api = crate::api::Api::new(hub.clone(), settings.api.clone(), redis_url)?;
+    let webhooks = settings.webhook.clone().map(|w| crate::webhook::start(&hub, w));
     let loops = match driver.driver {
         crate::driver::DriverKind::Loop => {
             let service = Arc::new(crate::serve_loop::HubService::new(hub.clone()));
@@ -163,6 +175,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         auth_failures: AuthFailures::new(settings.max_auth_failures),
         loops,
         api,
+        webhooks,
         drain: crate::admin::DrainState::default(),
         jwt,
     });
@@ -198,7 +211,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
                     admission::refuse_early(tcp, peer, 429, "too many connections from your address", tls.is_some());
                     continue;
                 };
-                let slot = Slot { permit, ip };
+                let slot = Slot { permit, ip, transport: None };
                 let router = router.clone();
                 let tls = tls.clone();
                 let timeout = settings.handshake_timeout;
@@ -211,6 +224,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
                         // path should not pay for it in every connection task.
                         Some(acceptor) => Box::pin(async move {
                             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => h2::serve_h2(stream, app, router, peer, slot).await,
                                 Ok(Ok(stream)) => serve_stream(stream, app, router, peer, slot).await,
                                 Ok(Err(e)) => {
                                     tether_hub::Metrics::add(&metrics.handshake_failures, 1);
@@ -306,7 +320,7 @@ where
             };
             let lifetime = app.settings.http_timeout;
             let http = Box::pin(async move {
-                let ctx = ConnCtx { peer, slot: Arc::new(Mutex::new(Some(slot))) };
+                let ctx = ConnCtx { peer, slot: Arc::new(Mutex::new(Some(slot))), websockets: Default::default() };
                 let service = hyper_util::service::TowerToHyperService::new(router.layer(axum::Extension(ctx)));
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new()).header_read_timeout(timeout).max_buf_size(MAX_REQUEST_HEAD);
@@ -357,7 +371,7 @@ impl App {
             return Some(slot);
         }
         let permit = pool.clone().try_acquire_owned().ok()?;
-        Some(Slot { permit, ip: slot.ip })
+        Some(Slot { permit, ip: slot.ip, transport: slot.transport })
     }
 
     /// Answer a request that found no slot: 503 with Retry-After.
@@ -511,6 +525,7 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
     };
     match accepted {
         Ok(ws) => {
+            slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
             let info = ConnInfo::with_identity(room, identity);
             let (ws, info, slot) = match &app.loops {
                 Some(loops) => match crate::serve_loop::hand_off(loops, ws, info, slot) {
@@ -597,6 +612,9 @@ async fn metrics(app: Arc<App>) -> impl IntoResponse {
     let broker_ok = if app.hub.broker().health().ok { 1.0 } else { 0.0 };
     let mut text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
     text.push_str(&app.api.render_metrics());
+    if let Some(w) = &app.webhooks {
+        text.push_str(&w.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -627,8 +645,7 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
         tether_hub::Metrics::add(&app.hub.metrics().refused.max_connections, 1);
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later");
     };
-    let ip = ctx.slot.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|s| s.ip.take());
-    let slot = Slot { permit, ip };
+    let mut ip = ctx.slot.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|s| s.ip.take());
     let upgrade = match <WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &()).await {
         Ok(u) => u,
         Err(rejection) => {
@@ -636,11 +653,26 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
             return rejection.into_response();
         }
     };
+    if ip.is_none() && ip_guard.is_none() && !app.behind_proxy(ctx.peer) {
+        // A later stream of an HTTP/2 connection (the first took the
+        // connection's count): every WebSocket counts against the address.
+        match app.per_ip.acquire(admission::address_key(ctx.peer.ip())) {
+            Some(guard) => ip = Some(guard),
+            None => {
+                tether_hub::Metrics::add(&app.hub.metrics().refused.per_ip, 1);
+                tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+                return refuse(StatusCode::TOO_MANY_REQUESTS, "too many connections from your address");
+            }
+        }
+    }
+    let transport = if upgrade.is_http2() { Transport::WebSocketH2 } else { Transport::WebSocket };
+    let slot = Slot { permit, ip, transport: Some(TransportGuard::new(app.hub.metrics(), transport)) };
+    let open = h2::OpenStream::new(&ctx.websockets);
     let config = socket_config(&app.settings);
     let room = parts.uri.path().to_string();
     let hub = app.hub.clone();
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
-        let _held = (slot, ip_guard);
+        let _held = (slot, ip_guard, open);
         hub.run_connection(ws, ConnInfo::with_identity(room, identity)).await;
     })
 }

@@ -263,6 +263,19 @@ pub struct ServeArgs {
     /// Longest the server API waits for the broker before answering 504 [default: 5s]
     #[arg(long, env = "TETHER_API_TIMEOUT", value_parser = parse_duration)]
     pub api_timeout: Option<Duration>,
+    /// POST lifecycle events (topic occupied/vacated, presence join/leave)
+    /// to this http:// URL, signed with --webhook-secret [default: none]
+    #[arg(long, env = "TETHER_WEBHOOK_URL", requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+    /// The HMAC-SHA256 key of the webhooks' X-Tether-Signature
+    #[arg(long, env = "TETHER_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Webhook events waiting to be sent; more are dropped and counted [default: 10000]
+    #[arg(long, env = "TETHER_WEBHOOK_QUEUE")]
+    pub webhook_queue: Option<usize>,
+    /// Longest one webhook request may take (then it is retried) [default: 5s]
+    #[arg(long, env = "TETHER_WEBHOOK_TIMEOUT", value_parser = parse_duration)]
+    pub webhook_timeout: Option<Duration>,
     #[command(flatten)]
     pub live: crate::live::LiveArgs,
     #[command(flatten)]
@@ -322,6 +335,10 @@ struct FileConfig {
     #[serde(default, deserialize_with = "de_size")]
     api_max_body: Option<usize>,
     api_timeout: Option<String>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
+    webhook_queue: Option<usize>,
+    webhook_timeout: Option<String>,
 }
 
 /// The settings `tether serve` runs with.
@@ -358,6 +375,8 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// The server API (`--api-*`).
     pub api: crate::api::ApiSettings,
+    /// Lifecycle webhooks (`--webhook-*`), if on.
+    pub webhook: Option<crate::webhook::WebhookSettings>,
     /// Conflation, `$sys:stats` and `$room:` ticks (flags and variables only).
     pub live: crate::live::LiveArgs,
     /// JWT connection tokens and their expiry.
@@ -449,6 +468,22 @@ impl Settings {
                 timeout: dur(args.api_timeout, file.api_timeout, "api-timeout", Duration::from_secs(5))?,
                 max_body: args.api_max_body.or(file.api_max_body).unwrap_or(args.max_message_size.or(file.max_message_size).unwrap_or(1 << 20) + (64 << 10)),
                 max_content: args.max_message_size.or(file.max_message_size).unwrap_or(1 << 20),
+            },
+            webhook: match (args.webhook_url.or(file.webhook_url), args.webhook_secret.or(file.webhook_secret)) {
+                (None, _) => None,
+                (Some(_), None) => bail!("--webhook-url needs --webhook-secret (the key of the signatures)"),
+                (Some(url), Some(secret)) => {
+                    let url: http::Uri = url.parse().with_context(|| format!("--webhook-url {url:?} is not a URL"))?;
+                    if url.scheme_str() != Some("http") || url.host().is_none() {
+                        bail!("--webhook-url must be http://HOST[:PORT]/PATH (put TLS in front with a local proxy)");
+                    }
+                    Some(crate::webhook::WebhookSettings {
+                        url,
+                        secret,
+                        queue: args.webhook_queue.or(file.webhook_queue).unwrap_or(10_000).max(1),
+                        timeout: dur(args.webhook_timeout, file.webhook_timeout, "webhook-timeout", Duration::from_secs(5))?,
+                    })
+                }
             },
             live: args.live,
             auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,

@@ -198,12 +198,52 @@ async fn publish_history_presence_info_disconnect_in_memory() {
     assert_eq!((status, &d["local"]), (200, &json!(false)), "already gone: {d}");
 }
 
+/// An HS256 JWT for `user`, allowed every topic, valid for an hour.
+fn token(secret: &str, user: &str) -> String {
+    use base64::Engine;
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let head = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = b64(json!({"sub": user, "exp": exp, "subscribe": ["*"], "publish": ["*"], "presence": ["*"]}).to_string().as_bytes());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let sig = ring::hmac::sign(&key, format!("{head}.{claims}").as_bytes());
+    format!("{head}.{claims}.{}", b64(sig.as_ref()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_a_user_closes_each_of_its_sessions() {
+    let secret = "jwt-secret-for-the-api-test";
+    let server = Server::start(&["--api-key", KEY, "--jwt-secret", secret]);
+    let mut bob1 = Client::connect(&server.url(&format!("/lobby?token={}", token(secret, "bob")))).await;
+    let mut bob2 = Client::connect(&server.url(&format!("/lobby?token={}", token(secret, "bob")))).await;
+    let mut carol = Client::connect(&server.url(&format!("/lobby?token={}", token(secret, "carol")))).await;
+    let (status, d) = api(server.port, "disconnect", json!({"user": "bob", "code": 4002})).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["local_sessions"], 2, "{d}");
+    for bob in [&mut bob1, &mut bob2] {
+        let closed = bob.next_of("_closed").await;
+        assert_eq!(closed["code"], 4002, "{closed}");
+    }
+    carol.subscribe("still-here").await;
+    let (status, d) = api(server.port, "disconnect", json!({"user": "bob", "session": carol.session})).await;
+    assert_eq!(status, 400, "one of session and user: {d}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_redis_apply_a_retried_publish_once() {
     let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let a = Server::start(&["--broker", &url, "--api-key", KEY]);
     let b = Server::start(&["--broker", &url, "--api-key", KEY]);
+    // Until a node has connected to Redis its publishes are refused (503).
+    for node in [&a, &b] {
+        for _ in 0..200 {
+            if common::http_get(node.port, "/health").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let mut sub = Client::connect(&a.url("/room")).await;
     sub.subscribe("orders").await;
 

@@ -71,6 +71,8 @@ pub(crate) struct Waiters {
     map: Mutex<HashMap<u64, Waiter>>,
     /// Sessions to close, with their close code (entries go when the session ends).
     kicked: Mutex<HashMap<u64, u16>>,
+    /// The user of each authenticated connection (for disconnects by user).
+    users: Mutex<HashMap<u64, Arc<str>>>,
 }
 
 /// Ids for API operations: from the top of the range, far from connection ids.
@@ -156,6 +158,23 @@ impl Waiters {
         }
     }
 
+    /// Connection `conn` is now authenticated as `user` (`None`: forget it).
+    pub(crate) fn set_user(&self, conn: u64, user: Option<Arc<str>>) {
+        let mut users = lock(&self.users);
+        match user {
+            Some(u) => {
+                users.insert(conn, u);
+            }
+            None => {
+                users.remove(&conn);
+            }
+        }
+    }
+
+    fn connections_of(&self, user: &str) -> Vec<u64> {
+        lock(&self.users).iter().filter(|(_, u)| &***u == user).map(|(c, _)| *c).collect()
+    }
+
     /// The close code ordered for connection `conn`, taken.
     pub(crate) fn take_kick(&self, conn: u64) -> Option<u16> {
         lock(&self.kicked).remove(&conn)
@@ -165,7 +184,10 @@ impl Waiters {
 /// A disconnect order, as carried on [`CONTROL_TOPIC`].
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Disconnect {
+    #[serde(default)]
     session: String,
+    #[serde(default)]
+    user: Option<String>,
     code: u16,
 }
 
@@ -232,7 +254,7 @@ impl Hub {
     pub fn disconnect(&self, session: &str, code: u16) -> Result<bool, BrokerError> {
         let local = self.kick_local(session, code);
         if !local {
-            let order = serde_json::to_string(&Disconnect { session: session.to_string(), code }).expect("serializable");
+            let order = serde_json::to_string(&Disconnect { session: session.to_string(), user: None, code }).expect("serializable");
             self.broker.publish(Publish {
                 topic: Arc::from(CONTROL_TOPIC),
                 sender: Arc::from(format!("{}-server", node_id())),
@@ -245,11 +267,51 @@ impl Hub {
         Ok(local)
     }
 
+    /// Close every session of `user` (authenticated by a token or a hook)
+    /// on every node with [`Hub::start_control`] on, with close code
+    /// `code`. Returns how many were on this node.
+    pub fn disconnect_user(&self, user: &str, code: u16) -> Result<usize, BrokerError> {
+        let local = self.kick_user_local(user, code);
+        let order = serde_json::to_string(&Disconnect { session: String::new(), user: Some(user.to_string()), code }).expect("serializable");
+        self.broker.publish(Publish {
+            topic: Arc::from(CONTROL_TOPIC),
+            sender: Arc::from(format!("{}-server", node_id())),
+            timestamp_ms: crate::system::now_ms(),
+            body: Body::Json(Arc::from(RawValue::from_string(order).expect("JSON"))),
+            key: None,
+            origin: Origin { conn: 0, id: None },
+        })?;
+        Ok(local)
+    }
+
+    fn kick_user_local(&self, user: &str, code: u16) -> usize {
+        let conns = self.api.connections_of(user);
+        let mut n = 0;
+        for id in conns {
+            if let Some(conn) = self.connection(id) {
+                lock(&self.api.kicked).insert(id, code);
+                conn.set(flag::SHUTDOWN);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(user, sessions = n, code, "disconnecting a user's sessions (server API)");
+        }
+        n
+    }
+
     /// A message on [`CONTROL_TOPIC`] (from any node).
     pub(crate) fn on_control(&self, msg: &Published) {
         let Body::Json(raw) = &msg.body else { return };
         if let Ok(order) = serde_json::from_str::<Disconnect>(raw.get()) {
-            self.kick_local(&order.session, order.code);
+            match &order.user {
+                Some(user) => {
+                    self.kick_user_local(user, order.code);
+                }
+                None => {
+                    self.kick_local(&order.session, order.code);
+                }
+            }
         }
     }
 

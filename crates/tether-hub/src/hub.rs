@@ -93,6 +93,8 @@ pub struct Hub {
     pub(crate) rooms: crate::room::Rooms,
     /// Server API operations waiting for the broker, and ordered disconnects.
     pub(crate) api: crate::api::Waiters,
+    /// Where lifecycle events go (webhooks), if anywhere.
+    pub(crate) events: std::sync::OnceLock<Arc<dyn crate::events::EventSink>>,
     /// Checks tokens sent in `auth` and `refresh` envelopes.
     authenticator: std::sync::OnceLock<Arc<dyn crate::auth::Authenticator>>,
     /// Namespaces and their rules (src/namespace.rs).
@@ -175,6 +177,7 @@ impl Hub {
             delta_bytes: AtomicUsize::new(0),
             rooms: crate::room::Rooms::default(),
             api: crate::api::Waiters::default(),
+            events: std::sync::OnceLock::new(),
             authenticator: std::sync::OnceLock::new(),
             namespaces: std::sync::OnceLock::new(),
             drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
@@ -306,8 +309,9 @@ impl Hub {
             None if self.latest_on_subscribe(topic) => Some(Resume { since: 0, epoch: Some(crate::namespace::LATEST.into()) }),
             other => other,
         };
-        {
+        let occupied = {
             let mut topics = lock(&self.topics);
+            let occupied = !topics.contains_key(topic);
             let mut subs = lock(topics.entry(topic.clone()).or_default());
             let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta, presence };
             subs.delta_subs += usize::from(delta);
@@ -318,7 +322,12 @@ impl Hub {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
+            occupied
+        };
+        if occupied {
+            self.emit(|| crate::events::LifecycleEvent::Occupied { topic: topic.clone() });
         }
+        self.emit(|| crate::events::LifecycleEvent::Join { topic: topic.clone(), session: conn.session() });
         if resuming {
             Metrics::add(&self.metrics.resumes, 1);
         }
@@ -353,6 +362,10 @@ impl Hub {
             }
             (sub.announced, count)
         };
+        self.emit(|| crate::events::LifecycleEvent::Leave { topic: topic.clone(), session: conn.session() });
+        if count == 0 {
+            self.emit(|| crate::events::LifecycleEvent::Vacated { topic: topic.clone() });
+        }
         if crate::room::is_room(topic) {
             self.rooms.left(topic, &conn.session());
         }

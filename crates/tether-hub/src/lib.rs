@@ -49,6 +49,7 @@ pub mod api;
 pub mod auth;
 mod broker;
 mod config;
+pub mod events;
 mod conn;
 mod drain;
 mod hub;
@@ -62,6 +63,7 @@ mod metrics;
 pub mod namespace;
 mod queue;
 pub mod room;
+pub mod slots;
 mod serve;
 mod session;
 pub mod system;
@@ -81,7 +83,7 @@ pub use auth::{AuthError, Authenticator, Grants, TopicPatterns};
 pub use hub::Hub;
 pub use drain::{drain_reason, DRAIN_STEP};
 pub use serve::{accept, serve};
-pub use metrics::Metrics;
+pub use metrics::{ByTransport, Metrics, Transport, TransportGuard};
 
 /// The `tether.v1` envelope, shared with the client: [`tether::v1::envelope`].
 pub use tether::v1::envelope;

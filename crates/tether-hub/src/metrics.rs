@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Server-wide counters. All updates are relaxed atomics.
 #[derive(Debug, Default)]
@@ -53,9 +54,81 @@ pub struct Metrics {
     pub api_disconnects: AtomicU64,
     /// Connections refused before or at the upgrade, by reason.
     pub refused: Refused,
+    /// Open connections by transport (`tether_connections_by_transport`).
+    pub by_transport: ByTransport,
     /// Authentication and authorization decisions, by result and reason
     /// (`tether_auth_decisions_total{result,reason}`); see [`Metrics::count_auth`].
     auth_decisions: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// Open connections by transport (`tether_connections_by_transport{transport}`):
+/// held by a [`TransportGuard`] for as long as each connection is open.
+#[derive(Debug, Default)]
+pub struct ByTransport {
+    /// WebSocket over HTTP/1.1 (an `Upgrade: websocket` request, RFC 6455).
+    pub websocket: AtomicI64,
+    /// WebSocket over HTTP/2: a stream opened by extended CONNECT (RFC 8441).
+    pub websocket_h2: AtomicI64,
+    /// The HTTP fallback transport (SSE down, POST up).
+    pub http: AtomicI64,
+}
+
+/// The transport a connection uses, for [`ByTransport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket over HTTP/1.1.
+    WebSocket,
+    /// WebSocket over HTTP/2 (RFC 8441).
+    WebSocketH2,
+    /// The HTTP fallback transport.
+    Http,
+}
+
+impl Transport {
+    /// The `transport` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::WebSocketH2 => "websocket_h2",
+            Transport::Http => "http",
+        }
+    }
+}
+
+impl ByTransport {
+    fn gauge(&self, transport: Transport) -> &AtomicI64 {
+        match transport {
+            Transport::WebSocket => &self.websocket,
+            Transport::WebSocketH2 => &self.websocket_h2,
+            Transport::Http => &self.http,
+        }
+    }
+}
+
+/// Counts one open connection in [`ByTransport`] until dropped.
+#[derive(Debug)]
+pub struct TransportGuard {
+    metrics: Arc<Metrics>,
+    transport: Transport,
+}
+
+impl TransportGuard {
+    /// Count a connection on `transport` from now until the guard is dropped.
+    pub fn new(metrics: &Arc<Metrics>, transport: Transport) -> Self {
+        metrics.by_transport.gauge(transport).fetch_add(1, Ordering::Relaxed);
+        TransportGuard { metrics: metrics.clone(), transport }
+    }
+
+    /// The transport counted.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+}
+
+impl Drop for TransportGuard {
+    fn drop(&mut self) {
+        self.metrics.by_transport.gauge(self.transport).fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Connections refused, by reason (`tether_refused_connections_total{reason}`).
@@ -136,6 +209,11 @@ impl Metrics {
             ("bad_room", &r.bad_room),
         ] {
             let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", g(c));
+        }
+        let name = "tether_connections_by_transport";
+        let _ = writeln!(out, "# HELP {name} Open connections by transport.\n# TYPE {name} gauge");
+        for transport in [Transport::WebSocket, Transport::WebSocketH2, Transport::Http] {
+            let _ = writeln!(out, "{name}{{transport=\"{}\"}} {}", transport.label(), self.by_transport.gauge(transport).load(Ordering::Relaxed));
         }
         let name = "tether_auth_decisions_total";
         let _ = writeln!(out, "# HELP {name} Authentication and authorization decisions, by result and reason.\n# TYPE {name} counter");

@@ -214,6 +214,9 @@ impl Hub {
             topics.push(room.clone());
         }
         tracing::debug!(session = %conn.session(), room = ?room, json, user = ?auth.grants().map(|g| &*g.user), "connected");
+        if let Some(grants) = auth.grants() {
+            self.api.set_user(conn.id, Some(grants.user.clone()));
+        }
         Session { conn, room, topics, auth, limiter: Limiter::default(), last_pending: 0 }
     }
 
@@ -224,6 +227,9 @@ impl Hub {
         let conn = &session.conn;
         // The server API's disconnect ends a session as a shutdown does,
         // with the code it ordered.
+        if session.auth.grants().is_some() {
+            self.api.set_user(conn.id, None);
+        }
         if let (End::Shutdown, Some(code)) = (end, self.api.take_kick(conn.id)) {
             Metrics::add(&self.metrics.api_disconnects, 1);
             tracing::info!(session = %conn.session(), code, "closed by the server API");
@@ -378,6 +384,7 @@ impl Session {
                         }
                         Verdict::Allow => {
                             self.authenticate(hub, &token, id.as_ref(), refresh);
+                            hub.api.set_user(self.conn.id, self.user());
                             Ok(())
                         }
                     };

@@ -170,6 +170,10 @@ pub enum HandshakeError {
     /// were not offered or are invalid (RFC 7692 §7.1: fail the connection).
     #[error("invalid extension in the server's answer: {0}")]
     InvalidExtensionResponse(String),
+    /// RFC 8441 §4: a WebSocket over HTTP/2 is an extended CONNECT
+    /// (`:method = CONNECT`, `:protocol = websocket`); this request is not.
+    #[error("not a WebSocket extended CONNECT ({0}); RFC 8441 wants :method CONNECT and :protocol websocket")]
+    NotExtendedConnect(String),
 }
 
 impl HandshakeError {

@@ -98,6 +98,23 @@ impl Request {
         Ok(Request { target: target.to_string(), headers, key })
     }
 
+    /// Build from an HTTP/2 extended CONNECT (RFC 8441): `method` and
+    /// `protocol` are the `:method` and `:protocol` pseudo-headers,
+    /// `headers` the regular ones. There is no key: [`Request::key`] is
+    /// empty, and the answer is a 200 with no `Sec-WebSocket-Accept`
+    /// ([`negotiate::extended_connect_headers`]).
+    pub fn from_extended_connect<'a>(
+        method: &str,
+        protocol: Option<&str>,
+        target: &str,
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Request, HandshakeError> {
+        let headers: Vec<(String, Vec<u8>)> =
+            headers.into_iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+        validate_extended_connect(method, protocol, &headers)?;
+        Ok(Request { target: target.to_string(), headers, key: String::new() })
+    }
+
     /// The request target: path and query, e.g. `/chat?room=1`.
     pub fn uri(&self) -> &str {
         &self.target
@@ -205,6 +222,27 @@ pub fn validate_request(method: &str, http11_or_later: bool, headers: &[(String,
         _ => return Err(HandshakeError::InvalidKey),
     }
     Ok(String::from_utf8_lossy(key).into_owned())
+}
+
+/// Validate an HTTP/2 extended CONNECT that opens a WebSocket (RFC 8441 §4, §5).
+pub fn validate_extended_connect(method: &str, protocol: Option<&str>, headers: &[(String, Vec<u8>)]) -> Result<(), HandshakeError> {
+    // RFC 8441 §4: ":method" is CONNECT and ":protocol" names the protocol.
+    if method != "CONNECT" {
+        return Err(HandshakeError::NotExtendedConnect(format!(":method is {method}")));
+    }
+    match protocol {
+        Some(p) if p.eq_ignore_ascii_case("websocket") => {}
+        Some(p) => return Err(HandshakeError::NotExtendedConnect(format!(":protocol is {p:?}"))),
+        None => return Err(HandshakeError::NotExtendedConnect("no :protocol".into())),
+    }
+    // RFC 8441 §5: Sec-WebSocket-Version as in RFC 6455 (13); the key and
+    // the accept are not used, since the stream is already this request's.
+    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
+    match find("sec-websocket-version") {
+        Some(v) if v.trim_ascii() == b"13" => Ok(()),
+        Some(v) => Err(HandshakeError::UnsupportedVersion(String::from_utf8_lossy(v).into_owned())),
+        None => Err(HandshakeError::UnsupportedVersion(String::new())),
+    }
 }
 
 /// Parse an upgrade request from the start of `buf`, which may hold only part

@@ -91,6 +91,23 @@ pub fn negotiate(
     Negotiated { accept_key: accepted, protocol, deflate, headers }
 }
 
+/// The headers of the 200 that accepts an HTTP/2 extended CONNECT
+/// (RFC 8441 §5): the subprotocol and extensions agreed in `negotiated`,
+/// then `extra_headers`. No `Upgrade`, `Connection` or
+/// `Sec-WebSocket-Accept`: HTTP/2 has no connection-specific headers and
+/// the stream needs no proof of a key.
+pub fn extended_connect_headers(negotiated: &Negotiated, extra_headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    if let Some(p) = &negotiated.protocol {
+        headers.push(("sec-websocket-protocol".to_string(), p.clone()));
+    }
+    if let Some(d) = &negotiated.deflate {
+        headers.push(("sec-websocket-extensions".to_string(), d.response()));
+    }
+    headers.extend(extra_headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())));
+    headers
+}
+
 /// The headers of a 101 response (RFC 6455 §4.2.2, step 5), for an accept
 /// value already computed and extension values already agreed.
 pub(crate) fn switching_protocols_headers(

@@ -26,6 +26,7 @@ use tether_proto::Role;
 /// Extracts a validated WebSocket upgrade request.
 pub struct WebSocketUpgrade {
     request: Request,
+    over_h2: bool,
     on_upgrade: hyper::upgrade::OnUpgrade,
     protocol: Option<String>,
     config: Config,
@@ -46,12 +47,12 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
     type Rejection = UpgradeRejection;
 
     async fn from_request_parts(parts: &mut http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let request = to_request(&parts.method, parts.version, &parts.uri, &parts.headers).map_err(UpgradeRejection)?;
+        let (request, over_h2) = to_request(&parts.method, parts.version, &parts.uri, &parts.headers, &parts.extensions).map_err(UpgradeRejection)?;
         let on_upgrade = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or_else(|| UpgradeRejection(crate::Error::Io(std::io::Error::other("connection cannot be upgraded"))))?;
-        Ok(WebSocketUpgrade { request, on_upgrade, protocol: None, config: Config::default() })
+        Ok(WebSocketUpgrade { request, over_h2, protocol: None, config: Config::default(), on_upgrade })
     }
 }
 
@@ -59,6 +60,12 @@ impl WebSocketUpgrade {
     /// The request: path, query, headers, Origin, offered subprotocols.
     pub fn request(&self) -> &Request {
         &self.request
+    }
+
+    /// Whether the request came over HTTP/2 (an RFC 8441 extended CONNECT,
+    /// answered with 200 instead of 101).
+    pub fn is_http2(&self) -> bool {
+        self.over_h2
     }
 
     /// Select the first of `protocols` that the client offered.
@@ -75,14 +82,14 @@ impl WebSocketUpgrade {
         self
     }
 
-    /// Answer 101 and run `callback` with the socket once hyper hands it over.
+    /// Answer 101 (200 over HTTP/2) and run `callback` with the socket once hyper hands it over.
     pub fn on_upgrade<F, Fut>(self, callback: F) -> Response
     where
         F: FnOnce(WebSocket<UpgradedIo>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let (response, Negotiated { protocol, deflate, .. }) =
-            switching_protocols(&self.request, self.protocol.as_deref(), self.config.deflate.as_ref(), Body::empty());
+            switching_protocols(&self.request, self.over_h2, self.protocol.as_deref(), self.config.deflate.as_ref(), Body::empty());
         let WebSocketUpgrade { on_upgrade, config, .. } = self;
         tokio::spawn(async move {
             match on_upgrade.await {

@@ -36,6 +36,8 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     #[cfg(feature = "tls")]
     tls: crate::tls::TlsOptions,
+    #[cfg(feature = "http2")]
+    http2: bool,
 }
 
 impl ClientBuilder {
@@ -49,6 +51,8 @@ impl ClientBuilder {
             connect_timeout: Duration::from_secs(10),
             #[cfg(feature = "tls")]
             tls: Default::default(),
+            #[cfg(feature = "http2")]
+            http2: false,
         }
     }
 
@@ -90,6 +94,17 @@ impl ClientBuilder {
         self
     }
 
+    /// Open the WebSocket as a stream of an HTTP/2 connection (RFC 8441):
+    /// for `wss://`, TLS with ALPN `h2` only (a server that does not agree
+    /// fails the connect); for `ws://`, HTTP/2 with prior knowledge (h2c).
+    /// The server must advertise `SETTINGS_ENABLE_CONNECT_PROTOCOL`.
+    /// Default off (HTTP/1.1 upgrade).
+    #[cfg(feature = "http2")]
+    pub fn http2(mut self, enabled: bool) -> Self {
+        self.http2 = enabled;
+        self
+    }
+
     /// Open the connection and perform the handshake. Returns the socket and
     /// the server's response (selected subprotocol, headers).
     pub async fn connect(&self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
@@ -104,7 +119,15 @@ impl ClientBuilder {
         let stream = if target.tls {
             #[cfg(feature = "tls")]
             {
-                let config = crate::tls::client_config(&self.tls)?;
+                #[allow(unused_mut)]
+                let mut config = crate::tls::client_config(&self.tls)?;
+                #[cfg(feature = "http2")]
+                if self.http2 {
+                    // RFC 9113 §3.2: HTTP/2 over TLS is agreed by ALPN "h2".
+                    let mut h2 = (*config).clone();
+                    h2.alpn_protocols = vec![b"h2".to_vec()];
+                    config = std::sync::Arc::new(h2);
+                }
                 let host = target.host.trim_start_matches('[').trim_end_matches(']').to_string();
                 let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| Error::InvalidUrl(format!("bad host name for TLS: {e}")))?;
                 let connector = tokio_rustls::TlsConnector::from(config);
@@ -113,21 +136,35 @@ impl ClientBuilder {
                     Ok(Err(e)) => return Err(Error::Tls(e.to_string())),
                     Ok(Ok(s)) => s,
                 };
+                #[cfg(feature = "http2")]
+                if self.http2 {
+                    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                        return Err(Error::Http2(format!("{addr} did not agree to HTTP/2 (ALPN h2)")));
+                    }
+                    return crate::http2::handshake_h2(tls, "https", &self.request(&target), &self.config).await;
+                }
                 MaybeTlsStream::Tls(Box::new(tls))
             }
             #[cfg(not(feature = "tls"))]
             return Err(Error::InvalidUrl("wss:// needs the `tls` feature".into()));
         } else {
+            #[cfg(feature = "http2")]
+            if self.http2 {
+                return crate::http2::handshake_h2(tcp, "http", &self.request(&target), &self.config).await;
+            }
             MaybeTlsStream::Plain(tcp)
         };
-        let request = ClientRequest {
+        client_handshake(stream, &self.request(&target), &self.config).await
+    }
+
+    fn request(&self, target: &Target) -> ClientRequest {
+        ClientRequest {
             host: target.host_header(),
             target: target.resource.clone(),
             protocols: self.protocols.clone(),
             extensions: None,
             headers: self.headers.clone(),
-        };
-        client_handshake(stream, &request, &self.config).await
+        }
     }
 }
 

@@ -23,6 +23,10 @@ pub enum Error {
         /// The HTTP status sent.
         status: u16,
     },
+    /// The HTTP/2 connection or stream failed (RFC 8441 client: no HTTP/2
+    /// by ALPN, no extended CONNECT, stream reset).
+    #[error("HTTP/2 error: {0}")]
+    Http2(String),
     /// TLS failed (certificate, handshake).
     #[error("TLS error: {0}")]
     Tls(String),

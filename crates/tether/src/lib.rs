@@ -20,6 +20,10 @@
 //! - `hyper`: [`upgrade()`] a hyper 1 request to a WebSocket, sharing a port
 //!   with an HTTP server.
 //! - `axum` (implies `hyper`): the [`axum::WebSocketUpgrade`] extractor.
+//! - `http2` (implies `hyper`, `tls`): WebSocket over HTTP/2 (RFC 8441).
+//!   [`upgrade()`] and the axum extractor accept an extended CONNECT on a
+//!   hyper HTTP/2 server built with `enable_connect_protocol()`;
+//!   [`ClientBuilder::http2`] connects as an HTTP/2 stream ([`http2`]).
 //!
 //! An echo server:
 //!
@@ -56,6 +60,8 @@ mod stream;
 pub mod tls;
 #[cfg(feature = "hyper")]
 pub mod upgrade;
+#[cfg(feature = "http2")]
+pub mod http2;
 pub mod v1;
 #[cfg(feature = "axum")]
 pub mod axum;

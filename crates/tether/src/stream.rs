@@ -1,4 +1,4 @@
-//! A client stream that is plain TCP or TLS.
+//! A client stream that is plain TCP, TLS, or an HTTP/2 stream (RFC 8441).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,16 +14,32 @@ pub enum MaybeTlsStream {
     /// TLS over TCP (rustls).
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// One stream of an HTTP/2 connection (RFC 8441, asked for with
+    /// [`ClientBuilder::http2`](crate::ClientBuilder::http2)).
+    #[cfg(feature = "http2")]
+    H2(Box<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 impl MaybeTlsStream {
-    /// The TCP stream underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP stream underneath (`None` for an HTTP/2 stream: the
+    /// connection belongs to the HTTP/2 client, shared by its streams).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            MaybeTlsStream::Plain(s) => s,
+            MaybeTlsStream::Plain(s) => Some(s),
             #[cfg(feature = "tls")]
-            MaybeTlsStream::Tls(s) => s.get_ref().0,
+            MaybeTlsStream::Tls(s) => Some(s.get_ref().0),
+            #[cfg(feature = "http2")]
+            MaybeTlsStream::H2(_) => None,
         }
+    }
+
+    /// Whether this is an HTTP/2 stream (RFC 8441) rather than a connection of its own.
+    pub fn is_http2(&self) -> bool {
+        #[cfg(feature = "http2")]
+        if let MaybeTlsStream::H2(_) = self {
+            return true;
+        }
+        false
     }
 }
 
@@ -36,6 +52,11 @@ macro_rules! delegate {
             }
             #[cfg(feature = "tls")]
             MaybeTlsStream::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+            #[cfg(feature = "http2")]
+            MaybeTlsStream::H2($s) => {
                 let $s = Pin::new(&mut **$s);
                 $e
             }
@@ -61,6 +82,8 @@ impl AsyncWrite for MaybeTlsStream {
             MaybeTlsStream::Plain(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]
             MaybeTlsStream::Tls(s) => s.is_write_vectored(),
+            #[cfg(feature = "http2")]
+            MaybeTlsStream::H2(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -75,6 +75,15 @@ pub fn acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<tokio_rustls::TlsAcce
     Ok(tokio_rustls::TlsAcceptor::from(server_config(cert_pem, key_pem)?))
 }
 
+/// A TLS acceptor that offers HTTP/2 before HTTP/1.1 by ALPN (RFC 9113
+/// §3.2), for a server that serves WebSockets over both (RFC 8441).
+#[cfg(feature = "http2")]
+pub fn acceptor_h2(cert_pem: &[u8], key_pem: &[u8]) -> Result<tokio_rustls::TlsAcceptor> {
+    let mut config = (*server_config(cert_pem, key_pem)?).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
     rustls_pemfile::certs(&mut &pem[..]).collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Tls(format!("cannot read PEM certificates: {e}")))
 }

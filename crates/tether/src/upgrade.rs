@@ -35,32 +35,68 @@ use tether_proto::{DeflateConfig, PerMessageDeflate, Role};
 /// The stream under an upgraded hyper connection.
 pub type UpgradedIo = TokioIo<hyper::upgrade::Upgraded>;
 
-/// Whether `req` asks for a WebSocket upgrade (Upgrade: websocket).
+/// Whether `req` asks for a WebSocket: an HTTP/1.1 upgrade
+/// (`Upgrade: websocket`) or, with the `http2` feature, an HTTP/2 extended
+/// CONNECT (RFC 8441, `:protocol = websocket`).
 pub fn is_upgrade_request<B>(req: &http::Request<B>) -> bool {
-    req.headers()
-        .get_all(http::header::UPGRADE)
-        .iter()
-        .any(|v| tether_proto::handshake::header_has_token(v.as_bytes(), "websocket"))
+    is_extended_connect(req)
+        || req
+            .headers()
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .any(|v| tether_proto::handshake::header_has_token(v.as_bytes(), "websocket"))
+}
+
+/// Whether `req` is an HTTP/2 extended CONNECT for a WebSocket (RFC 8441
+/// §4): `:method = CONNECT`, `:protocol = websocket`. Always false without
+/// the `http2` feature.
+pub fn is_extended_connect<B>(req: &http::Request<B>) -> bool {
+    req.method() == http::Method::CONNECT && connect_protocol(req.extensions()).is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
+}
+
+/// The `:protocol` pseudo-header of an HTTP/2 request, as hyper hands it over.
+#[cfg(feature = "http2")]
+fn connect_protocol(extensions: &http::Extensions) -> Option<&str> {
+    extensions.get::<hyper::ext::Protocol>().map(hyper::ext::Protocol::as_str)
+}
+
+#[cfg(not(feature = "http2"))]
+fn connect_protocol(_extensions: &http::Extensions) -> Option<&str> {
+    None
 }
 
 /// A validated upgrade request, ready to be accepted or rejected.
 pub struct Upgrade {
     request: Request,
     on_upgrade: hyper::upgrade::OnUpgrade,
+    over_h2: bool,
 }
 
-/// Validate `req` as a WebSocket upgrade (RFC 6455 §4.2.1). On error, answer
-/// with [`error_response`].
+/// Validate `req` as a WebSocket upgrade (RFC 6455 §4.2.1) or, over
+/// HTTP/2, an extended CONNECT (RFC 8441 §5). On error, answer with
+/// [`error_response`].
 pub fn upgrade<B>(req: &mut http::Request<B>) -> Result<Upgrade> {
-    let request = to_request(req.method(), req.version(), req.uri(), req.headers())?;
+    let (request, over_h2) = to_request(req.method(), req.version(), req.uri(), req.headers(), req.extensions())?;
     let on_upgrade = hyper::upgrade::on(req);
-    Ok(Upgrade { request, on_upgrade })
+    Ok(Upgrade { request, on_upgrade, over_h2 })
 }
 
-pub(crate) fn to_request(method: &http::Method, version: http::Version, uri: &http::Uri, headers: &http::HeaderMap) -> Result<Request> {
+/// The handshake request in `parts`, and whether it came over HTTP/2 (an
+/// extended CONNECT, RFC 8441) rather than as an HTTP/1.1 upgrade.
+pub(crate) fn to_request(
+    method: &http::Method,
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<(Request, bool)> {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let headers = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-    Ok(Request::from_parts(method.as_str(), version >= http::Version::HTTP_11, target, headers)?)
+    let fields = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+    if version == http::Version::HTTP_2 && method == http::Method::CONNECT {
+        let request = Request::from_extended_connect(method.as_str(), connect_protocol(extensions), target, fields)?;
+        return Ok((request, true));
+    }
+    Ok((Request::from_parts(method.as_str(), version >= http::Version::HTTP_11, target, fields)?, false))
 }
 
 /// The HTTP response for a failed upgrade: the status the RFC asks for.
@@ -87,15 +123,20 @@ pub(crate) fn http_response<'a, B>(status: u16, headers: impl Iterator<Item = (&
     builder.body(body).expect("valid response")
 }
 
-/// The 101 response for `request` and what was agreed (subprotocol,
-/// permessage-deflate), as decided by [`negotiate`].
+/// The 101 response for `request` (200 over HTTP/2, RFC 8441 §5) and what
+/// was agreed (subprotocol, permessage-deflate), as decided by [`negotiate`].
 pub(crate) fn switching_protocols<B>(
     request: &Request,
+    over_h2: bool,
     protocol: Option<&str>,
     deflate: Option<&DeflateConfig>,
     body: B,
 ) -> (http::Response<B>, Negotiated) {
     let negotiated = negotiate(&UpgradeOffer::from_request(request), protocol, deflate, &[]);
+    if over_h2 {
+        let headers = tether_proto::negotiate::extended_connect_headers(&negotiated, &[]);
+        return (http_response(200, headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), body), negotiated);
+    }
     (http_response(101, negotiated.headers(), body), negotiated)
 }
 
@@ -105,18 +146,24 @@ impl Upgrade {
         &self.request
     }
 
+    /// Whether the request came over HTTP/2 (RFC 8441 extended CONNECT).
+    pub fn is_http2(&self) -> bool {
+        self.over_h2
+    }
+
     /// Accept, selecting `protocol` (ignored unless the client offered it).
     /// With `config.deflate` set, permessage-deflate is negotiated too.
     /// Return the response to hyper; the future resolves to the WebSocket once
     /// hyper hands over the connection.
     pub fn accept(self, protocol: Option<&str>, config: Config) -> (http::Response<Empty<Bytes>>, UpgradeFuture) {
         let (response, Negotiated { protocol, deflate, .. }) =
-            switching_protocols(&self.request, protocol, config.deflate.as_ref(), Empty::new());
+            switching_protocols(&self.request, self.over_h2, protocol, config.deflate.as_ref(), Empty::new());
         (response, UpgradeFuture { on_upgrade: self.on_upgrade, config, protocol, deflate })
     }
 }
 
-/// Resolves to the [`WebSocket`] after hyper has sent the 101 response.
+/// Resolves to the [`WebSocket`] after hyper has sent the 101 response
+/// (over HTTP/2: the 200, and the WebSocket runs on the request's stream).
 pub struct UpgradeFuture {
     on_upgrade: hyper::upgrade::OnUpgrade,
     config: Config,
@@ -160,7 +207,7 @@ mod tests {
     #[test]
     fn switching_protocols_carries_the_negotiated_headers() {
         let deflate = DeflateConfig::default();
-        let (response, negotiated) = switching_protocols(&request("chat", "permessage-deflate"), Some("chat"), Some(&deflate), ());
+        let (response, negotiated) = switching_protocols(&request("chat", "permessage-deflate"), false, Some("chat"), Some(&deflate), ());
         assert_eq!(response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
         let h = response.headers();
         assert_eq!(h["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
@@ -170,7 +217,7 @@ mod tests {
         assert_eq!(h["sec-websocket-extensions"], negotiated.deflate.expect("agreed").response().as_str());
 
         // Not offered: no subprotocol; no deflate configured: no extension.
-        let (response, negotiated) = switching_protocols(&request("chat", "permessage-deflate"), Some("other"), None, ());
+        let (response, negotiated) = switching_protocols(&request("chat", "permessage-deflate"), false, Some("other"), None, ());
         assert_eq!((negotiated.protocol, negotiated.deflate), (None, None));
         assert!(response.headers().get("sec-websocket-protocol").is_none());
         assert!(response.headers().get("sec-websocket-extensions").is_none());

@@ -128,7 +128,8 @@ struct BroadcastRequest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DisconnectRequest {
-    session: String,
+    session: Option<String>,
+    user: Option<String>,
     code: Option<u16>,
 }
 
@@ -262,7 +263,14 @@ impl Api {
         match endpoint {
             "publish" => self.publish(parse(&body)?).await,
             "broadcast" => self.broadcast(parse(&body)?).await,
-            "disconnect" => self.disconnect(parse(&body)?),
+            "disconnect" => {
+                // `session` and `user` are strings when given (null is not "not given").
+                let v: Value = parse(&body)?;
+                if ["session", "user"].iter().any(|f| v.get(f).is_some_and(Value::is_null)) {
+                    return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_request", "session and user are strings when given"));
+                }
+                self.disconnect(serde_json::from_value(v).map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_request", format!("request body: {e}")))?)
+            }
             "presence" => self.presence(parse(&body)?).await,
             "history" => self.history(parse(&body)?).await,
             _ => {
@@ -371,11 +379,24 @@ impl Api {
         if !valid_close_code(code) {
             return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_request", "code: 1000, 1001, 1008, 1011, 1013 or 3000-4999"));
         }
-        if req.session.is_empty() || req.session.len() > 64 || req.session.chars().any(char::is_control) {
-            return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_request", "session: a session id as in the welcome (1-64 bytes)"));
+        let unavailable = |e: tether_hub::BrokerError| Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string());
+        match (req.session, req.user) {
+            (Some(session), None) => {
+                if session.is_empty() || session.len() > 64 || session.chars().any(char::is_control) {
+                    return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_request", "session: a session id as in the welcome (1-64 bytes)"));
+                }
+                let local = self.hub.disconnect(&session, code).map_err(unavailable)?;
+                Ok(json!({ "session": session, "code": code, "local": local }))
+            }
+            (None, Some(user)) => {
+                if user.is_empty() || user.len() > 200 || user.chars().any(char::is_control) {
+                    return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_request", "user: the token's sub (1-200 bytes)"));
+                }
+                let local = self.hub.disconnect_user(&user, code).map_err(unavailable)?;
+                Ok(json!({ "user": user, "code": code, "local_sessions": local }))
+            }
+            _ => Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_request", "give exactly one of session and user")),
         }
-        let local = self.hub.disconnect(&req.session, code).map_err(|e| Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
-        Ok(json!({ "session": req.session, "code": code, "local": local }))
     }
 
     async fn presence(&self, req: TopicRequest) -> Result<Value, Failure> {

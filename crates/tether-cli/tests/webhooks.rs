@@ -1,0 +1,155 @@
+//! Lifecycle webhooks against a real backend process
+//! (examples/auth-backend/backend.py, Python's standard library): the
+//! backend verifies every signature, and its answers decide what tether
+//! does (a 401 for a bad signature is retried, then dropped and counted);
+//! a slow backend fills the bounded queue, events are dropped and counted,
+//! and clients are served all along.
+
+mod common;
+
+use common::Server;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct Backend {
+    child: Child,
+    port: u16,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Backend {
+    fn start(secret: &str, mode: &str) -> Backend {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/auth-backend/backend.py");
+        let python = std::env::var("TETHER_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(python)
+            .args([script, "--port", "0", "--webhook-secret", secret, "--mode", mode])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start backend.py");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(serde_json::from_str::<Value>(&line).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(20)).expect("backend started");
+        let port = first["listening"].as_u64().unwrap() as u16;
+        Backend { child, port, lines }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhook", self.port)
+    }
+
+    /// Webhook events received, until `done` says enough (at most 20 s).
+    fn until(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let mut got = Vec::new();
+        while !done(&got) {
+            match self.lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(v) => got.push(v),
+                Err(_) => panic!("backend got only {got:?}"),
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(url: &str) -> (tether::split::WsWriter<tether::MaybeTlsStream>, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let (mut w, mut r) = common::v1_split(url, "client").await;
+    let welcome = tokio::time::timeout(Duration::from_secs(10), r.recv()).await.unwrap().unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    w.send(json!({"type": "ping", "id": 0}).to_string()).await.unwrap();
+    (w, r)
+}
+
+async fn ack(r: &mut tokio::sync::mpsc::UnboundedReceiver<Value>, id: &str) {
+    loop {
+        let v = tokio::time::timeout(Duration::from_secs(15), r.recv()).await.expect("an answer").expect("open");
+        if v["type"] == "ack" && v["id"] == id {
+            return;
+        }
+    }
+}
+
+fn events_for<'a>(got: &'a [Value], topic: &str) -> Vec<&'a str> {
+    got.iter().filter(|v| v["webhook"]["topic"] == topic).map(|v| v["webhook"]["event"].as_str().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_gets_signed_lifecycle_events() {
+    let backend = Backend::start("hook-secret", "ok");
+    let server = Server::start(&["--webhook-url", &backend.url(), "--webhook-secret", "hook-secret"]);
+    let (mut w, mut r) = client(&server.url("/lobby")).await;
+    w.send(json!({"type": "subscribe", "topic": "chat", "id": "s"}).to_string()).await.unwrap();
+    ack(&mut r, "s").await;
+    w.send(json!({"type": "unsubscribe", "topic": "chat", "id": "u"}).to_string()).await.unwrap();
+    ack(&mut r, "u").await;
+    let got = backend.until(|got| events_for(got, "chat").len() >= 4);
+    assert_eq!(events_for(&got, "chat"), ["topic_occupied", "presence_join", "presence_leave", "topic_vacated"], "{got:?}");
+    assert!(got.iter().all(|v| v["valid"] == true), "every signature checks out: {got:?}");
+    let join = got.iter().find(|v| v["webhook"]["event"] == "presence_join" && v["webhook"]["topic"] == "chat").unwrap();
+    assert!(join["webhook"]["session"].as_str().unwrap().contains('-'), "{join}");
+    assert_eq!(common::metric(server.port, "tether_webhook_events_total{outcome=\"dropped_failed\"}").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_by_the_backend_retried_then_dropped() {
+    let backend = Backend::start("hook-secret", "ok");
+    let server = Server::start(&["--webhook-url", &backend.url(), "--webhook-secret", "not-the-secret"]);
+    let (mut w, mut r) = client(&server.url("/lobby")).await;
+    w.send(json!({"type": "subscribe", "topic": "chat", "id": "s"}).to_string()).await.unwrap();
+    ack(&mut r, "s").await;
+    // The backend sees the batch 5 times, never with a valid signature.
+    let got = backend.until(|got| got.iter().filter(|v| v["webhook"]["topic"] == "chat" && v["webhook"]["event"] == "presence_join").count() >= 5);
+    assert!(got.iter().all(|v| v["valid"] == false), "{got:?}");
+    let name = "tether_webhook_events_total{outcome=\"dropped_failed\"}";
+    let mut dropped = 0.0;
+    for _ in 0..100 {
+        dropped = common::metric(server.port, name).await;
+        if dropped > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped >= 2.0, "the batch (at least the room's and chat's joins) is dropped after 5 refusals: {dropped}");
+    assert!(common::metric(server.port, "tether_webhook_failed_attempts_total").await >= 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_costs_dropped_events_not_stuck_clients() {
+    let backend = Backend::start("hook-secret", "slow");
+    let server = Server::start(&["--webhook-url", &backend.url(), "--webhook-secret", "hook-secret", "--webhook-queue", "4", "--webhook-timeout", "300ms"]);
+    let (mut w, mut r) = client(&server.url("/lobby")).await;
+    // 60 subscriptions and unsubscriptions: 240 events for a queue of 4
+    // behind a backend that never answers in time; every request is still answered.
+    for i in 0..60 {
+        let topic = format!("t{i}");
+        w.send(json!({"type": "subscribe", "topic": topic, "id": format!("s{i}")}).to_string()).await.unwrap();
+        ack(&mut r, &format!("s{i}")).await;
+        w.send(json!({"type": "unsubscribe", "topic": topic, "id": format!("u{i}")}).to_string()).await.unwrap();
+        ack(&mut r, &format!("u{i}")).await;
+    }
+    let full = common::metric(server.port, "tether_webhook_events_total{outcome=\"dropped_queue_full\"}").await;
+    // (At most 4 wait and one batch of 100 is in flight: the rest cannot fit.)
+    assert!(full > 0.0, "the bounded queue dropped what did not fit: {full}");
+    let (status, _) = common::http_get(server.port, "/health").await;
+    assert_eq!(status, 200);
+    // A new client is served too.
+    let (mut w2, mut r2) = client(&server.url("/other")).await;
+    w2.send(json!({"type": "subscribe", "topic": "x", "id": "x"}).to_string()).await.unwrap();
+    ack(&mut r2, "x").await;
+}
