@@ -64,6 +64,7 @@ mod metrics;
 pub mod namespace;
 mod queue;
 pub mod room;
+pub mod slots;
 mod serve;
 mod session;
 pub mod system;
