@@ -448,7 +448,7 @@
     var pos = this.positions.get(topic);
     if (resuming && opts && opts.resume && pos) {
       env.since = pos.seq;
-      env.epoch = pos.epoch;
+      if (pos.epoch !== undefined) env.epoch = pos.epoch;
     }
     return env;
   };
@@ -510,7 +510,9 @@
     var request = this._request(this._subscribeEnvelope(topic, false));
     if (!this.topicOptions.has(topic)) return request;
     return request.then(function (ack) {
-      if (ack && ack.epoch !== undefined && !self.positions.has(topic)) self.positions.set(topic, { epoch: ack.epoch, seq: ack.seq });
+      // An ack without a position: the topic had no messages yet, so a
+      // resume asks for everything it keeps (since 0, current epoch).
+      if (ack && !self.positions.has(topic)) self.positions.set(topic, ack.epoch !== undefined ? { epoch: ack.epoch, seq: ack.seq } : { epoch: undefined, seq: 0 });
       return ack;
     });
   };

@@ -3,7 +3,8 @@
 //! `--drain-window`), `POST /admin/shed?fraction=F` (close that fraction of
 //! the clients over the window, keep accepting: rebalancing), `POST
 //! /admin/resume` (accept again). All behind `--admin-token` (a bearer
-//! token); without it the API is off (404). While draining, `/health`
+//! token) or the server API's `--api-key` (`X-API-Key`); without either
+//! the API is off (404). While draining, `/health`
 //! answers 503 and upgrades are refused with 503, so load balancers send new
 //! connections elsewhere. The closes themselves are the hub's
 //! ([`tether_hub::Hub::shed`]): 1012 with a jittered reconnect hint.
@@ -59,14 +60,21 @@ fn fraction(query: Option<&str>) -> Result<f64, &'static str> {
 
 /// One request to `/admin/*`.
 pub(crate) fn handle(hub: &Arc<Hub>, state: &DrainState, settings: &crate::settings::Settings, req: &axum::extract::Request) -> Response {
-    let (token, window) = (settings.admin_token.as_deref(), settings.drain_window);
+    let window = settings.drain_window;
     let (method, path, query, headers) = (req.method(), req.uri().path(), req.uri().query(), req.headers());
-    let Some(token) = token else {
-        return error(StatusCode::NOT_FOUND, "the operator API is off (start tether serve with --admin-token)");
-    };
+    // The admin token, or the server API's key (`--api-key`, `X-API-Key`).
+    if settings.admin_token.is_none() && settings.api.key.is_none() {
+        return error(StatusCode::NOT_FOUND, "the operator API is off (start tether serve with --admin-token or --api-key)");
+    }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !admission::has_token(token, authorization, None) {
-        return error(StatusCode::UNAUTHORIZED, "/admin needs the admin token (Authorization: Bearer ...)");
+    let by_token = settings.admin_token.as_deref().is_some_and(|t| admission::has_token(t, authorization, None));
+    let given_key = headers.get("x-api-key").map(|v| v.as_bytes());
+    let by_key = match (settings.api.key.as_deref(), given_key) {
+        (Some(key), Some(given)) => bool::from(subtle::ConstantTimeEq::ct_eq(given, key.as_bytes())),
+        _ => false,
+    };
+    if !(by_token | by_key) {
+        return error(StatusCode::UNAUTHORIZED, "/admin needs the admin token (Authorization: Bearer ...) or the API key (X-API-Key)");
     }
     if method != Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "only POST");

@@ -31,6 +31,9 @@ const TETHER_JS: &str = include_str!("../web/tether.js");
 /// The ES module view of tether.js (it imports `./tether.js`).
 const TETHER_MJS: &str = include_str!("../web/tether.mjs");
 
+#[path = "serve_http.rs"]
+mod http;
+
 struct App {
     hub: Arc<Hub>,
     settings: Settings,
@@ -57,6 +60,8 @@ struct App {
     drain: crate::admin::DrainState,
     /// JWT connection tokens (src/auth.rs), if configured.
     jwt: Option<Arc<tether_hub::jwt::JwtVerifier>>,
+    /// The sessions of the HTTP fallback transport (SSE + POST).
+    http: Arc<tether_hub::http::HttpSessions>,
 }
 
 /// What a connection holds while it is open: its slot and, unless its
@@ -178,6 +183,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         webhooks,
         drain: crate::admin::DrainState::default(),
         jwt,
+        http: tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default()),
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -557,6 +563,9 @@ async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Exten
     }
     if req.uri().path().starts_with("/admin/") {
         return crate::admin::handle(&app.hub, &app.drain, &app.settings, &req);
+    }
+    if http::is_http_transport(&req) {
+        return http::serve(app, ctx, req).await;
     }
     if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "only GET\n").into_response();

@@ -52,6 +52,10 @@ async fn the_operator_api_needs_its_token_and_checks_its_input() {
         assert!(body.contains("fraction"), "{body}");
     }
     assert_eq!(http_request(server.port, "POST", "/admin/nothing", AUTH).await.0, 404);
+    // The server API's key works too.
+    let keyed = Server::start(&["--api-key", "k3y"]);
+    assert_eq!(http_request(keyed.port, "POST", "/admin/resume", "X-API-Key: wrong\r\n").await.0, 401);
+    assert_eq!(http_request(keyed.port, "POST", "/admin/resume", "X-API-Key: k3y\r\n").await.0, 200);
     // Nothing above drained the node.
     assert_eq!(http_get(server.port, "/health").await.0, 200);
 }
@@ -127,9 +131,19 @@ async fn sigterm_drains_over_the_window_then_exits_0() {
         clients.push(plain(&server).await);
     }
     server.signal("TERM");
-    // Still answering while it drains: /health says so.
-    let (status, body) = http_get(server.port, "/health").await;
-    assert_eq!(status, 503, "{body}");
+    // Still answering while it drains: /health says so (once the signal
+    // has arrived: `kill` returns before the server handles it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(server.port, "/health").await;
+        if status == 503 {
+            assert!(body.contains(r#""status":"draining""#), "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "/health never reported draining: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for ws in &mut clients {
         let (code, reason) = close_of(ws, Duration::from_secs(4)).await.expect("closed by the drain");
         assert_eq!(code, CloseCode::SERVICE_RESTART, "{reason}");

@@ -62,13 +62,23 @@ impl Hub {
         let hint = u32::try_from(step.as_millis()).unwrap_or(u32::MAX);
         hub.drain_hint_ms.fetch_max(hint, Ordering::Relaxed);
         tracing::info!(connections = conns.len(), ?window, batches = steps, "draining connections with 1012");
-        let start = tokio::time::Instant::now();
+        let mut start = tokio::time::Instant::now();
+        let mut last_batch = usize::MAX;
         for (i, conn) in conns.iter().enumerate() {
             // Batch `b` of `steps` starts at `b * step`.
             let batch = i * steps / conns.len();
-            let due = start + step * batch as u32;
-            if tokio::time::Instant::now() < due {
-                tokio::time::sleep_until(due).await;
+            if batch != last_batch {
+                last_batch = batch;
+                let due = start + step * batch as u32;
+                let now = tokio::time::Instant::now();
+                if now < due {
+                    tokio::time::sleep_until(due).await;
+                } else if now > due + step {
+                    // Fell behind (a busy machine): keep the spacing rather
+                    // than closing the overdue batches all at once; the
+                    // drain ends late by as much.
+                    start += now - due;
+                }
             }
             conn.set(flag::DRAIN);
         }

@@ -56,6 +56,7 @@ mod hub;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod jwt;
+pub mod http;
 mod keyed;
 mod limit;
 mod memory;
@@ -63,6 +64,7 @@ mod metrics;
 pub mod namespace;
 mod queue;
 pub mod room;
+pub mod slots;
 mod serve;
 mod session;
 pub mod system;

@@ -215,12 +215,36 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(upstreams: &[u16]) -> Option<Nginx> {
+        Self::start_with(upstreams, "max_fails=1 fail_timeout=10s")
+    }
+
+    /// [`Nginx::start`] with these parameters on each `server` line.
+    pub fn start_with(upstreams: &[u16], params: &str) -> Option<Nginx> {
         let bin = require_program("nginx")?;
         let dir = temp_dir("nginx");
         let port = free_port();
-        // deploy/nginx.conf itself, with this test's ports and directory.
+        let conf = Self::config(&dir, port, upstreams, params);
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut child = Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx");
+        wait_for_port(port, &mut child, "nginx");
+        Some(Nginx { child, port, dir })
+    }
+
+    /// deploy/nginx.conf itself, with this test's ports and directory.
+    fn config(dir: &std::path::Path, port: u16, upstreams: &[u16], params: &str) -> String {
         let deploy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx.conf")).unwrap();
-        let servers: String = upstreams.iter().map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;\n")).collect();
+        let servers: String = upstreams.iter().map(|p| format!("        server 127.0.0.1:{p} {params};\n")).collect();
         let d = dir.display();
         let mut conf = String::new();
         let mut upstream_done = false;
@@ -246,21 +270,24 @@ impl Nginx {
             }
         }
         assert!(upstream_done && conf.contains(&format!("listen 127.0.0.1:{port};")), "deploy/nginx.conf changed shape:\n{conf}");
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let mut child = Command::new(bin)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start nginx");
-        wait_for_port(port, &mut child, "nginx");
-        Some(Nginx { child, port, dir })
+        conf
+    }
+
+    /// Load a new upstream list (SIGHUP): new connections go by it, while
+    /// the old worker keeps the connections it proxies until they end, as
+    /// when a node is added in production.
+    pub fn reload(&self, upstreams: &[u16], params: &str) {
+        std::fs::write(self.dir.join("nginx.conf"), Self::config(&self.dir, self.port, upstreams, params)).unwrap();
+        let pid = self.child.id();
+        let workers = || std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default().split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let before = workers();
+        Command::new("kill").arg("-HUP").arg(pid.to_string()).status().unwrap();
+        // The new configuration is in use once a new worker runs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while workers().iter().all(|w| before.contains(w)) {
+            assert!(std::time::Instant::now() < deadline, "nginx did not reload:\n{}", self.error_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

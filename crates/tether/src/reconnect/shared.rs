@@ -31,7 +31,9 @@ pub(super) struct State {
     /// Subscribed through the helpers, in order; renewed after reconnects.
     pub(super) topics: Vec<String>,
     /// Where each subscribed topic stands, `(epoch, seq)` of the newest
-    /// message (or of the subscribe ack): where a resume starts.
+    /// message (or of the subscribe ack): where a resume starts. An empty
+    /// epoch with seq 0: subscribed to a topic that had no messages yet
+    /// (its ack carried no position), so a resume asks for all it keeps.
     pub(super) positions: HashMap<String, (String, u64)>,
     pub(super) pending: HashMap<String, Pending>,
     pub(super) next_id: u64,
@@ -120,7 +122,7 @@ impl Shared {
     /// Keep the position of a subscribed topic from a `message` (or, before
     /// any message, from an `ack` carrying an epoch), for resume.
     pub(super) fn track(&self, text: &str) {
-        if !text.contains("\"seq\"") || !text.contains("\"epoch\"") {
+        if !text.contains("\"seq\"") && !text.starts_with("{\"type\":\"ack\"") {
             return;
         }
         #[derive(serde::Deserialize)]
@@ -133,7 +135,13 @@ impl Shared {
             epoch: Option<std::borrow::Cow<'a, str>>,
             seq: Option<u64>,
         }
-        let Ok(Position { kind, topic: Some(topic), epoch: Some(epoch), seq: Some(seq) }) = serde_json::from_str::<Position<'_>>(text) else { return };
+        let Ok(Position { kind, topic: Some(topic), epoch, seq }) = serde_json::from_str::<Position<'_>>(text) else { return };
+        let (epoch, seq) = match (kind.as_ref(), epoch, seq) {
+            (_, Some(epoch), Some(seq)) => (epoch, seq),
+            // The ack of a subscription to a topic without messages yet.
+            ("ack", None, None) => (std::borrow::Cow::Borrowed(""), 0),
+            _ => return,
+        };
         let mut st = self.lock();
         if !st.topics.iter().any(|t| *t == topic) {
             return;

@@ -117,7 +117,9 @@ impl Driver {
         for topic in topics {
             // Resume where the last connection left off (docs/protocol.md, "Resume").
             let position = self.shared.lock().positions.get(&topic).cloned();
-            let (epoch, since) = position.map_or((None, None), |(e, s)| (Some(e), Some(s)));
+            // No epoch yet (the topic was empty at subscribe): `since` 0 in
+            // the current epoch, everything the topic kept.
+            let (epoch, since) = position.map_or((None, None), |(e, s)| ((!e.is_empty()).then_some(e), Some(s)));
             let _ = ws.start_send(Message::text(Request::Subscribe { topic: &topic, since, epoch: epoch.as_deref(), delta: false }.to_json(None)));
         }
         self.shared.lock().connected = true;
