@@ -274,3 +274,40 @@ pub(crate) fn kick(peer: &PeerShared, closing: Closing) {
         peer.kick.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_does_not_read_is_kicked_when_its_queue_passes_the_bound() {
+        let mut state = DocState::new(1000);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let slow = Arc::new(PeerShared::default());
+        state.join(1, tx, slow.clone());
+        let (tx2, _rx2) = mpsc::unbounded_channel();
+        let sender = Arc::new(PeerShared::default());
+        state.join(2, tx2, sender.clone());
+        let config = YjsConfig::default();
+        let mut kicked_after = None;
+        for i in 0..100 {
+            // A fresh client each time: every update is new to the document.
+            let other = yrs::Doc::new();
+            {
+                use yrs::Text;
+                let t = other.get_or_insert_text("t");
+                t.insert(&mut other.transact_mut(), 0, &"x".repeat(100));
+            }
+            let update = other.transact().encode_state_as_update_v1(&StateVector::default());
+            state.handle(2, &config, &protocol::encode_sync(protocol::SYNC_UPDATE, &update)).unwrap();
+            if slow.kicked.get().is_some() {
+                kicked_after = Some(i);
+                break;
+            }
+        }
+        let kicked = slow.kicked.get().expect("the slow peer was never kicked");
+        assert_eq!(kicked.code, CloseCode::TRY_AGAIN_LATER);
+        assert!(kicked_after.unwrap() < 12, "kicked only after {kicked_after:?} updates");
+        assert!(sender.kicked.get().is_none(), "the sender gets none of its own updates");
+    }
+}
