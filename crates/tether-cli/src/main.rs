@@ -18,6 +18,7 @@ mod serve_loop;
 mod settings;
 mod shutdown;
 mod webhook;
+mod yjs;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;

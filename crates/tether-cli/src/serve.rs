@@ -31,6 +31,9 @@ const TETHER_JS: &str = include_str!("../web/tether.js");
 /// The ES module view of tether.js (it imports `./tether.js`).
 const TETHER_MJS: &str = include_str!("../web/tether.mjs");
 
+#[path = "serve_http.rs"]
+mod http;
+
 struct App {
     hub: Arc<Hub>,
     settings: Settings,
@@ -49,6 +52,8 @@ struct App {
     /// The event loops of `--driver loop`.
     loops: Option<Arc<Loops>>,
     auth_failures: AuthFailures,
+    /// The y-websocket endpoint, `/yjs/<document>`.
+    yjs: Arc<tether_yjs::Yjs>,
     /// The server API (`/api/*`; off without `--api-key`).
     api: Arc<crate::api::Api>,
     /// Lifecycle webhooks' counters, when on.
@@ -57,6 +62,8 @@ struct App {
     drain: crate::admin::DrainState,
     /// JWT connection tokens (src/auth.rs), if configured.
     jwt: Option<Arc<tether_hub::jwt::JwtVerifier>>,
+    /// The sessions of the HTTP fallback transport (SSE + POST).
+    http: Arc<tether_hub::http::HttpSessions>,
 }
 
 /// What a connection holds while it is open: its slot and, unless its
@@ -164,6 +171,11 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, tls = tls.is_some(), broker = hub.broker().name(), heartbeat = ?settings.heartbeat_interval, "tether serve ready");
 
+    let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
+        Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
+        None => None,
+    };
+    let yjs = tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store);
     let app = Arc::new(App {
         hub: hub.clone(),
         settings: settings.clone(),
@@ -174,10 +186,12 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         per_ip: PerIp::new(settings.max_connections_per_ip),
         auth_failures: AuthFailures::new(settings.max_auth_failures),
         loops,
+        yjs: yjs.clone(),
         api,
         webhooks,
         drain: crate::admin::DrainState::default(),
         jwt,
+        http: tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default()),
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -259,7 +273,8 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     let open = hub.connection_count();
     tracing::info!(open, "shutting down: closing the WebSocket connections left with 1001");
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-    let left = hub.close_all(settings.shutdown_timeout).await;
+    let (left, yjs_left) = tokio::join!(hub.close_all(settings.shutdown_timeout), yjs.close_all(settings.shutdown_timeout));
+    let left = left + yjs_left as usize;
     if let Some(loops) = &app.loops {
         // Sessions are gone; let the loops finish their close handshakes.
         loops.wait_closed(deadline).await;
@@ -415,7 +430,12 @@ impl App {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "this node is draining: connect to another one"));
         }
         // The path names the room: it obeys the topic rules.
-        if let Err(why) = tether_hub::envelope::check_topic(req.path) {
+        if let Some(name) = req.path.strip_prefix(tether_yjs::PATH_PREFIX) {
+            if let Err(why) = tether_yjs::check_name(name) {
+                count(&refused.bad_room);
+                return Err((StatusCode::BAD_REQUEST, why));
+            }
+        } else if let Err(why) = tether_hub::envelope::check_topic(req.path) {
             count(&refused.bad_room);
             return Err(match why {
                 tether_hub::envelope::BadTopic::TooLong => (StatusCode::URI_TOO_LONG, "room name (the URL path) is longer than 200 bytes"),
@@ -524,6 +544,11 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
         .await
     };
     match accepted {
+        Ok(ws) if room.starts_with(tether_yjs::PATH_PREFIX) => {
+            slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
+            app.yjs.run_connection(ws, &room[tether_yjs::PATH_PREFIX.len()..]).await;
+            drop(slot);
+        }
         Ok(ws) => {
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
             let info = ConnInfo::with_identity(room, identity);
@@ -557,6 +582,9 @@ async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Exten
     }
     if req.uri().path().starts_with("/admin/") {
         return crate::admin::handle(&app.hub, &app.drain, &app.settings, &req);
+    }
+    if http::is_http_transport(&req) {
+        return http::serve(app, ctx, req).await;
     }
     if req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "only GET\n").into_response();
@@ -610,7 +638,9 @@ async fn health(app: Arc<App>) -> impl IntoResponse {
 
 async fn metrics(app: Arc<App>) -> impl IntoResponse {
     let broker_ok = if app.hub.broker().health().ok { 1.0 } else { 0.0 };
-    let mut text = app.hub.metrics().render_prometheus(&[("tether_broker_up", "Whether the message broker is reachable.", broker_ok)]);
+    let mut gauges = vec![("tether_broker_up", "Whether the message broker is reachable.", broker_ok)];
+    gauges.extend(app.yjs.prometheus_gauges());
+    let mut text = app.hub.metrics().render_prometheus(&gauges);
     text.push_str(&app.api.render_metrics());
     if let Some(w) = &app.webhooks {
         text.push_str(&w.render());
@@ -671,8 +701,12 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let config = socket_config(&app.settings);
     let room = parts.uri.path().to_string();
     let hub = app.hub.clone();
+    let yjs = app.yjs.clone();
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
         let _held = (slot, ip_guard, open);
-        hub.run_connection(ws, ConnInfo::with_identity(room, identity)).await;
+        match room.strip_prefix(tether_yjs::PATH_PREFIX) {
+            Some(name) => yjs.run_connection(ws, name).await,
+            None => hub.run_connection(ws, ConnInfo::with_identity(room, identity)).await,
+        }
     })
 }

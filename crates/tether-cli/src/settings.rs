@@ -14,7 +14,7 @@ pub use tether_bench::parse_size;
 
 /// A size in the config file: an integer (bytes) or a string with a unit
 /// (`"1MiB"`), read with [`parse_size`].
-fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+pub(crate) fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     struct SizeVisitor;
     impl serde::de::Visitor<'_> for SizeVisitor {
         type Value = usize;
@@ -279,6 +279,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub live: crate::live::LiveArgs,
     #[command(flatten)]
+    pub yjs: crate::yjs::YjsArgs,
+    #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
 }
 
@@ -326,6 +328,9 @@ struct FileConfig {
     drain_window: Option<String>,
     admin_token: Option<String>,
     http_timeout: Option<String>,
+    /// The `[yjs]` table.
+    #[serde(default)]
+    yjs: crate::yjs::YjsFile,
     /// JWT connection tokens (src/auth.rs).
     jwt: Option<crate::auth::AuthFile>,
     /// Topic prefixes with their own rules (src/auth.rs).
@@ -379,6 +384,8 @@ pub struct Settings {
     pub webhook: Option<crate::webhook::WebhookSettings>,
     /// Conflation, `$sys:stats` and `$room:` ticks (flags and variables only).
     pub live: crate::live::LiveArgs,
+    /// The Yjs endpoint.
+    pub yjs: crate::yjs::YjsSettings,
     /// JWT connection tokens and their expiry.
     pub auth: crate::auth::AuthSettings,
     /// `[namespaces."PREFIX"]` of the config file.
@@ -486,6 +493,7 @@ impl Settings {
                 }
             },
             live: args.live,
+            yjs: args.yjs.resolve(file.yjs)?,
             auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
             namespaces: crate::auth::namespaces(file.namespaces)?,
         };

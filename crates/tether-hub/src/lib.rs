@@ -56,6 +56,7 @@ mod hub;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod jwt;
+pub mod http;
 mod keyed;
 mod limit;
 mod memory;

@@ -296,6 +296,20 @@ impl Session {
         self.conn.replies_over()
     }
 
+    /// Wake the connection's driver (as a queued frame would).
+    pub fn wake(&self) {
+        self.conn.waker.wake();
+    }
+
+    /// Move every queued frame into `out`, whatever it holds already (the
+    /// last frames of a session that ends on a transport without a socket).
+    pub fn drain_into(&self, out: &mut impl Outbox) -> Result<(), End> {
+        while let Some(frame) = self.conn.pop() {
+            out.send_encoded(frame).map_err(|()| End::Closed)?;
+        }
+        Ok(())
+    }
+
     /// Whether frames wait in the queue.
     pub fn has_queued(&self) -> bool {
         self.conn.has_queued()
