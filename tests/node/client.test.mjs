@@ -57,10 +57,12 @@ test("tether.v1 from Node: welcome, subscribe, publish with acks, delivery to an
   const url = `ws://127.0.0.1:${port}/node-room`;
   const a = new TetherClient(url, { json: true, WebSocket });
   const b = new TetherClient(url, { json: true, WebSocket });
+  // Listened for at once: b may open before a does.
+  const openB = next(b, "open");
   const [openA, welcomeA] = await Promise.all([next(a, "open"), next(a, "message", (m) => m.type === "welcome")]);
   assert.equal(openA.protocol, "tether.v1");
   assert.equal(welcomeA.room, "/node-room");
-  await next(b, "open");
+  await openB;
   await b.subscribe("news");
   const got = next(b, "message", (m) => m.type === "message" && m.topic === "news");
   const ack = await a.publish("news", { headline: "from node" });

@@ -167,7 +167,8 @@ impl Metrics {
         self.auth_decisions.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|((r, why), _)| *r == result && *why == reason).map_or(0, |(_, n)| *n)
     }
 
-    /// The Prometheus text exposition of every counter.
+    /// The Prometheus text exposition of every counter, then `extra`
+    /// figures `(name, help, value)` (counters if the name ends in `_total`).
     pub fn render_prometheus(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(2048);
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
@@ -221,7 +222,9 @@ impl Metrics {
             let _ = writeln!(out, "{name}{{result=\"{result}\",reason=\"{reason}\"}} {n}");
         }
         for (name, help, value) in extra {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            // Prometheus' naming rule: a `_total` is a counter, the rest gauges.
+            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
         out
     }
