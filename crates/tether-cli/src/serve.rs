@@ -553,7 +553,7 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
             let info = ConnInfo::with_identity(room, identity);
             let (ws, info, slot) = match &app.loops {
-                Some(loops) => match crate::serve_loop::hand_off(loops, ws, info, slot) {
+                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, info, slot) {
                     Ok(()) => return,
                     Err(back) => back,
                 },

@@ -46,13 +46,12 @@ impl<G> HubService<G> {
 }
 
 impl<G: Send + 'static> Service for HubService<G> {
-    /// tether.v1 or plain, the room and identity, the guard.
-    type Init = (bool, ConnInfo, G);
+    /// The session (opened on the handshake's thread, see [`hand_off`]), the guard.
+    type Init = (Session, G);
     type State = HubConn<G>;
     const WAKES: bool = true;
 
-    fn open(&self, (json, info, guard): (bool, ConnInfo, G), waker: Option<Waker>) -> HubConn<G> {
-        let session = self.hub.open_session(json, info);
+    fn open(&self, (session, guard): (Session, G), waker: Option<Waker>) -> HubConn<G> {
         HubConn { session: Some(session), waker, _guard: guard }
     }
 
@@ -112,6 +111,7 @@ impl<S> MaybeTcp for tokio_rustls::server::TlsStream<S> {
 /// Run an accepted WebSocket on a loop if it is plain TCP; otherwise give
 /// it back (with its guard) for the tokio driver.
 pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, G: Send + 'static>(
+    hub: &Arc<Hub>,
     loops: &Driver<HubService<G>>,
     ws: WebSocket<Prefixed<S>>,
     info: ConnInfo,
@@ -135,7 +135,12 @@ pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrit
             return Ok(());
         }
     };
-    loops.adopt(tcp, conn, (json, info, guard));
+    // The session joins its room here, not when the loop takes the
+    // connection from its inbox: the client already has its 101 and may
+    // expect the room's next message (a peer that sends as soon as both
+    // are open); what arrives meanwhile waits in the session's queue.
+    let session = hub.open_session(json, info);
+    loops.adopt(tcp, conn, (session, guard));
     Ok(())
 }
 
