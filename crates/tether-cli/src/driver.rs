@@ -19,9 +19,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::io::{IoSlice, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Waker;
+use std::task::{RawWaker, RawWakerVTable, Waker};
 use std::time::{Duration, Instant};
 use tether_hub::Ending;
 use tether_proto::{CloseFrame, Connection, Event, Message};
@@ -64,17 +64,17 @@ pub(crate) trait Service: Send + Sync + 'static {
     type Init: Send + 'static;
     /// Per-connection state, kept in the connection's slab entry.
     type State: Send + 'static;
-    /// Whether the state is changed from other threads and needs a waker
-    /// (the hub's queues); `false` saves the waker's allocation.
-    const WAKES: bool;
     /// The connection joined the loop: its state, made on the loop's
     /// thread (so what lives as long as the connection is allocated there,
     /// not among the handshake's short-lived buffers on tokio's threads).
-    /// `waker` (if [`WAKES`](Self::WAKES)) schedules it on this loop.
-    fn open(&self, init: Self::Init, waker: Option<Waker>) -> Self::State;
+    /// What it queues in `conn` is written before anything else.
+    fn open(&self, init: Self::Init, conn: &mut Connection) -> Self::State;
     /// Move what the service has for the connection into it (on every
-    /// wake-up and after write progress); `Err` ends it.
-    fn pump(&self, _state: &mut Self::State, _conn: &mut Connection, _high_water: usize) -> Result<(), Ending> {
+    /// wake-up and after write progress); `Err` ends it. `waker`
+    /// schedules this connection on its loop (for state that other
+    /// threads change: the hub's queues); it costs no allocation, so it is
+    /// made for each call rather than kept.
+    fn pump(&self, _state: &mut Self::State, _conn: &mut Connection, _high_water: usize, _waker: &Waker) -> Result<(), Ending> {
         Ok(())
     }
     /// Whether the loop must stop reading this connection for now.
@@ -134,25 +134,11 @@ pub(crate) struct Entry<St> {
     state: St,
 }
 
-/// Wakes one connection of a loop: pushes its token and wakes the loop
-/// (once per turn). Duplicates are few: the hub's `AtomicWaker` gives its
-/// waker up when it wakes, until the next pump registers it again.
-struct ConnWake {
-    notify: Arc<Notify>,
-    token: usize,
-}
-
-impl std::task::Wake for ConnWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.notify.woken.lock().unwrap_or_else(|p| p.into_inner()).push(self.token);
-        self.notify.wake();
-    }
-}
-
-/// What other threads use to reach a loop.
+/// What other threads use to reach a loop. Each loop's is leaked (loops
+/// run as long as the process) and listed in [`NOTIFIERS`], so that a
+/// connection's waker is two numbers, the loop's index and the
+/// connection's token, packed in the waker's data word: no allocation per
+/// connection (an `Arc` per waker cost an idle connection 48 B).
 struct Notify {
     waker: mio::Waker,
     /// Set while a wake-up is pending (one eventfd write per turn at most).
@@ -166,7 +152,70 @@ impl Notify {
             let _ = self.waker.wake();
         }
     }
+
+    /// Schedule connection `token` (duplicates are few: the hub's
+    /// `AtomicWaker` gives its waker up when it wakes, until the next pump
+    /// registers it again; a stale token, whose slab index was reused,
+    /// costs one needless pump of another connection).
+    fn wake_token(&self, token: usize) {
+        self.woken.lock().unwrap_or_else(|p| p.into_inner()).push(token);
+        self.wake();
+    }
 }
+
+/// Bits of a waker's data word that name the loop; the rest is the token.
+const LOOP_BITS: u32 = 12;
+/// Most event loops one process may start (all drivers together).
+const MAX_LOOPS: usize = 1 << LOOP_BITS;
+const TOKEN_BITS: u32 = usize::BITS - LOOP_BITS;
+const TOKEN_MASK: usize = (1 << TOKEN_BITS) - 1;
+/// Every loop's [`Notify`], by index.
+static NOTIFIERS: [AtomicPtr<Notify>; MAX_LOOPS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_LOOPS];
+static NEXT_LOOP: AtomicUsize = AtomicUsize::new(0);
+
+/// Register a loop's `notify` for the lifetime of the process: its index.
+fn register_loop(notify: Notify) -> std::io::Result<(usize, &'static Notify)> {
+    let index = NEXT_LOOP.fetch_add(1, Ordering::Relaxed);
+    if index >= MAX_LOOPS {
+        return Err(std::io::Error::other(format!("at most {MAX_LOOPS} event loops per process")));
+    }
+    let notify: &'static Notify = Box::leak(Box::new(notify));
+    NOTIFIERS[index].store(std::ptr::from_ref(notify).cast_mut(), Ordering::Release);
+    Ok((index, notify))
+}
+
+/// The waker of connection `token` on loop `index`.
+fn conn_waker(index: usize, token: usize) -> Waker {
+    debug_assert!(index < MAX_LOOPS && token <= TOKEN_MASK);
+    let data = ((index << TOKEN_BITS) | (token & TOKEN_MASK)) as *const ();
+    // SAFETY: the vtable's functions never dereference `data` (a pair of
+    // integers, see `wake_data`); cloning copies it and dropping it is a
+    // no-op, so the RawWaker contract (clone/wake/drop on any thread, any
+    // number of times) holds.
+    #[allow(unsafe_code)]
+    unsafe {
+        Waker::from_raw(RawWaker::new(data, &CONN_WAKER))
+    }
+}
+
+static CONN_WAKER: RawWakerVTable = RawWakerVTable::new(clone_data, wake_data, wake_data, drop_data);
+
+fn clone_data(data: *const ()) -> RawWaker {
+    RawWaker::new(data, &CONN_WAKER)
+}
+
+fn wake_data(data: *const ()) {
+    let data = data as usize;
+    let notify = NOTIFIERS[data >> TOKEN_BITS].load(Ordering::Acquire);
+    // SAFETY: a registered pointer comes from `Box::leak` (never freed),
+    // and a waker exists only for a registered loop.
+    #[allow(unsafe_code)]
+    if let Some(notify) = unsafe { notify.as_ref() } {
+        notify.wake_token(data & TOKEN_MASK);
+    }
+}
+
+fn drop_data(_: *const ()) {}
 
 /// A connection handed to a loop.
 struct Adopt<I> {
@@ -176,7 +225,7 @@ struct Adopt<I> {
 }
 
 struct Shared<I> {
-    notify: Arc<Notify>,
+    notify: &'static Notify,
     inbox: Mutex<Vec<Adopt<I>>>,
     shutdown: AtomicBool,
 }
@@ -197,16 +246,19 @@ impl<S: Service> Driver<S> {
         for i in 0..threads.max(1) {
             let poll = Poll::new()?;
             let waker = mio::Waker::new(poll.registry(), WAKER)?;
-            let notify = Arc::new(Notify { waker, notified: AtomicBool::new(false), woken: Mutex::new(Vec::new()) });
+            let (index, notify) = register_loop(Notify { waker, notified: AtomicBool::new(false), woken: Mutex::new(Vec::new()) })?;
             let shared = Arc::new(Shared { notify, inbox: Mutex::new(Vec::new()), shutdown: AtomicBool::new(false) });
             let mut lp = Loop {
                 poll,
+                index,
                 slab: Slab::new(),
                 again: Vec::new(),
                 dirty: Vec::new(),
                 closing: Vec::new(),
                 recent: Vec::new(),
                 buf: vec![0; READ_BUF].into_boxed_slice(),
+                spare_inbox: Vec::new(),
+                spare_woken: Vec::new(),
                 service: service.clone(),
                 shared: shared.clone(),
                 live: live.clone(),
@@ -251,6 +303,8 @@ impl<S: Service> Driver<S> {
 
 struct Loop<S: Service> {
     poll: Poll,
+    /// This loop's index in [`NOTIFIERS`].
+    index: usize,
     slab: Slab<Entry<S::State>>,
     /// Read next turn: the last read filled the buffer, or reading resumed.
     again: Vec<usize>,
@@ -264,6 +318,9 @@ struct Loop<S: Service> {
     /// first sweep that finds them quiet: an idle connection holds none.
     recent: Vec<usize>,
     buf: Box<[u8]>,
+    /// Emptied lists, swapped with the inbox and the woken list.
+    spare_inbox: Vec<Adopt<S::Init>>,
+    spare_woken: Vec<usize>,
     service: Arc<S>,
     shared: Arc<Shared<S::Init>>,
     live: Arc<AtomicUsize>,
@@ -342,14 +399,22 @@ impl<S: Service> Loop<S> {
     fn take_messages(&mut self) {
         // Cleared first: a wake-up after this point wakes the loop again.
         self.shared.notify.notified.store(false, Ordering::Release);
-        let adopted = std::mem::take(&mut *self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner()));
-        for a in adopted {
+        // The lists are swapped with this loop's spares, not taken: their
+        // buffers go back and forth and are never freed here (a small block
+        // that another thread allocated, freed on this one, would come back
+        // from the allocator's cache as a long-lived block of a connection).
+        let mut adopted = std::mem::take(&mut self.spare_inbox);
+        std::mem::swap(&mut adopted, &mut *self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner()));
+        for a in adopted.drain(..) {
             self.insert(a);
         }
-        let woken = std::mem::take(&mut *self.shared.notify.woken.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in woken {
+        self.spare_inbox = adopted;
+        let mut woken = std::mem::take(&mut self.spare_woken);
+        std::mem::swap(&mut woken, &mut *self.shared.notify.woken.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in woken.drain(..) {
             self.process(t);
         }
+        self.spare_woken = woken;
         if !self.shutting_down && self.shared.shutdown.load(Ordering::Acquire) {
             self.shutting_down = true;
             let tokens: Vec<usize> = self.slab.iter().map(|(t, _)| t).collect();
@@ -366,7 +431,7 @@ impl<S: Service> Loop<S> {
     }
 
     fn insert(&mut self, a: Adopt<S::Init>) {
-        let Adopt { tcp, conn, init } = a;
+        let Adopt { tcp, mut conn, init } = a;
         let mut tcp = TcpStream::from_std(tcp);
         let slot = self.slab.vacant_entry();
         let t = slot.key();
@@ -375,16 +440,28 @@ impl<S: Service> Loop<S> {
             self.live.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let waker = S::WAKES.then(|| Waker::from(Arc::new(ConnWake { notify: self.shared.notify.clone(), token: t })));
-        let state = self.service.open(init, waker);
+        let state = self.service.open(init, &mut conn);
         slot.insert(Entry { tcp, flags: 0, conn, state });
         if self.shutting_down {
             if let Some(ending) = self.service.on_shutdown(&mut self.slab[t].state) {
                 self.begin_ending(t, ending);
             }
         }
-        // Bytes that came with the handshake, the service's first frames.
+        // Bytes that came with the handshake, the service's first frames
+        // (after the 101 if the loop writes it), written now. What the
+        // write took (the sender's buffers) is given back at once if it all
+        // went: most clients then wait, and a buffer kept until the sweep
+        // would leave a gap in the heap when freed among the long-lived
+        // allocations of the connections that joined meanwhile.
         self.process(t);
+        if self.slab.get(t).is_some_and(|e| e.flags & flag::DIRTY != 0) {
+            self.flush(t);
+            if let Some(e) = self.slab.get_mut(t) {
+                if e.conn.pending_len() == 0 {
+                    e.conn.shrink_if_idle();
+                }
+            }
+        }
     }
 
     /// One read for connection `t`, then its messages.
@@ -466,7 +543,7 @@ impl<S: Service> Loop<S> {
         }
         let mut ending = None;
         if e.flags & flag::ENDED == 0 {
-            if let Err(end) = self.service.pump(&mut e.state, &mut e.conn, self.high_water) {
+            if let Err(end) = self.service.pump(&mut e.state, &mut e.conn, self.high_water, &conn_waker(self.index, t)) {
                 ending = Some(end);
             }
         }
@@ -484,7 +561,7 @@ impl<S: Service> Loop<S> {
                         // As the tokio driver does between messages: what
                         // the message queued (replies, errors) moves to the
                         // socket before the next message is handled.
-                        let result = self.service.on_message(&mut e.state, &mut e.conn, msg).and_then(|()| self.service.pump(&mut e.state, &mut e.conn, self.high_water));
+                        let result = self.service.on_message(&mut e.state, &mut e.conn, msg).and_then(|()| self.service.pump(&mut e.state, &mut e.conn, self.high_water, &conn_waker(self.index, t)));
                         if let Err(end) = result {
                             ending = Some(end);
                         }

@@ -187,9 +187,8 @@ pub(crate) struct EchoService;
 impl crate::driver::Service for EchoService {
     type Init = ();
     type State = ();
-    const WAKES: bool = false;
 
-    fn open(&self, (): (), _: Option<std::task::Waker>) {}
+    fn open(&self, (): (), _: &mut tether_proto::Connection) {}
 
     fn on_message(&self, _: &mut (), conn: &mut tether_proto::Connection, msg: Message) -> Result<(), Ending> {
         if msg.is_data() {

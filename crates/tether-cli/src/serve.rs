@@ -522,7 +522,7 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
     let accepted = {
         let config = socket_config(&app.settings);
         let header = app.settings.client_ip_header.clone();
-        Box::pin(tether::accept_with(stream, &config, |req| {
+        Box::pin(tether::accept_deferred(stream, &config, |req| {
             let upgrade = UpgradeRequest {
                 peer,
                 path: req.path(),
@@ -544,22 +544,38 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
         .await
     };
     match accepted {
-        Ok(ws) if room.starts_with(tether_yjs::PATH_PREFIX) => {
+        Ok(accepted) => {
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
-            app.yjs.run_connection(ws, &room[tether_yjs::PATH_PREFIX.len()..]).await;
-            drop(slot);
-        }
-        Ok(ws) => {
-            slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
+            let yjs = room.starts_with(tether_yjs::PATH_PREFIX);
             let info = ConnInfo::with_identity(room, identity);
-            let (ws, info, slot) = match &app.loops {
-                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, info, slot) {
+            let (accepted, info, slot) = match &app.loops {
+                // The loop writes the 101, after the session joined its room.
+                Some(loops) if !yjs => match crate::serve_loop::hand_off(&app.hub, loops, accepted, info, slot) {
                     Ok(()) => return,
                     Err(back) => back,
                 },
-                None => (ws, info, slot),
+                _ => (accepted, info, slot),
             };
-            app.hub.run_connection(ws, info).await;
+            let failed = |e: tether::Error| {
+                tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+                tracing::debug!(error = %e, "WebSocket handshake failed");
+            };
+            if yjs {
+                match accepted.finish().await {
+                    Ok(ws) => app.yjs.run_connection(ws, &info.room[tether_yjs::PATH_PREFIX.len()..]).await,
+                    Err(e) => failed(e),
+                }
+            } else {
+                // As on the loop, the session is in its room before the 101 goes out.
+                let session = app.hub.open_session(accepted.protocol() == Some(tether_hub::PROTOCOL_V1), info);
+                match accepted.finish().await {
+                    Ok(ws) => app.hub.run_session(ws, session).await,
+                    Err(e) => {
+                        failed(e);
+                        let _ = app.hub.end_session(session, tether_hub::End::Closed);
+                    }
+                }
+            }
             drop(slot);
         }
         Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),

@@ -8,8 +8,7 @@ use crate::driver::{Driver, Service};
 use crate::front::Prefixed;
 use std::sync::Arc;
 use std::task::Waker;
-use tether::WebSocket;
-use tether_hub::{ConnInfo, End, Ending, Hub, Session};
+use tether_hub::{ConnInfo, End, Ending, Hub, Identity, Session};
 use tether_proto::{Connection, Message};
 use tokio::net::TcpStream;
 
@@ -30,9 +29,6 @@ impl<G> HubService<G> {
 /// whatever must live as long as the connection (its admission slot).
 pub(crate) struct HubConn<G> {
     session: Option<Session>,
-    /// This connection's waker on its loop: registered with the session at
-    /// every pump (a wake-up takes it out of the session's `AtomicWaker`).
-    waker: Option<Waker>,
     _guard: G,
 }
 
@@ -45,22 +41,68 @@ impl<G> HubService<G> {
     }
 }
 
-impl<G: Send + 'static> Service for HubService<G> {
-    /// The session (opened on the handshake's thread, see [`hand_off`]), the guard.
-    type Init = (Session, G);
-    type State = HubConn<G>;
-    const WAKES: bool = true;
+/// What a connection brings from its handshake: its room and identity,
+/// whether it speaks `tether.v1`, its guard, and the 101 response that the
+/// loop writes. Nothing in it is a small heap block made on the
+/// handshake's thread: such a block, freed on the loop's thread, would go
+/// to the loop's allocator cache and come back as one of the connection's
+/// long-lived blocks (its queue), placed among the handshake's short-lived
+/// ones on tokio's heap, whose gaps then stay in the RSS (at 15,000 idle
+/// connections that was about 500 B each).
+pub(crate) struct Handshaken<G> {
+    room: Arc<str>,
+    identity: Identity,
+    json: bool,
+    guard: G,
+    head: Head,
+}
 
-    fn open(&self, (session, guard): (Session, G), waker: Option<Waker>) -> HubConn<G> {
-        HubConn { session: Some(session), waker, _guard: guard }
+/// A 101 response, inline (see [`Handshaken`]); a longer one (many extra
+/// headers) on the heap.
+enum Head {
+    Inline { len: u16, bytes: [u8; HEAD_INLINE] },
+    Heap(Vec<u8>),
+}
+
+/// Room for a 101 with a subprotocol and a permessage-deflate answer.
+const HEAD_INLINE: usize = 320;
+
+impl Head {
+    fn new(response: Vec<u8>) -> Head {
+        if response.len() > HEAD_INLINE {
+            return Head::Heap(response);
+        }
+        let mut bytes = [0; HEAD_INLINE];
+        bytes[..response.len()].copy_from_slice(&response);
+        Head::Inline { len: response.len() as u16, bytes }
     }
 
-    fn pump(&self, st: &mut HubConn<G>, conn: &mut Connection, high_water: usize) -> Result<(), Ending> {
-        let Some(s) = &mut st.session else { return Ok(()) };
-        if let Some(w) = &st.waker {
-            // Before the session reads its flags: a flag set after this wakes us.
-            s.set_waker(w);
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Head::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Head::Heap(v) => v,
         }
+    }
+}
+
+impl<G: Send + 'static> Service for HubService<G> {
+    type Init = Handshaken<G>;
+    type State = HubConn<G>;
+
+    /// The session opens here, on the loop's thread, and the 101 is queued
+    /// in front of its welcome: the client is in its room by the time it
+    /// reads its 101 (see [`hand_off`]).
+    fn open(&self, Handshaken { room, identity, json, guard, head }: Handshaken<G>, conn: &mut Connection) -> HubConn<G> {
+        let session = self.hub.open_session_in(json, room, identity);
+        conn.sender().send_raw(head.as_slice());
+        HubConn { session: Some(session), _guard: guard }
+    }
+
+    fn pump(&self, st: &mut HubConn<G>, conn: &mut Connection, high_water: usize, waker: &Waker) -> Result<(), Ending> {
+        let Some(s) = &mut st.session else { return Ok(()) };
+        // Before the session reads its flags: a flag set after this wakes
+        // us (a wake-up takes the waker out of the session's `AtomicWaker`).
+        s.set_waker(waker);
         match s.pump(&self.hub, conn, high_water) {
             Ok(()) => Ok(()),
             Err(end) => Err(self.end(st, end)),
@@ -110,18 +152,27 @@ impl<S> MaybeTcp for tokio_rustls::server::TlsStream<S> {
 
 /// Run an accepted WebSocket on a loop if it is plain TCP; otherwise give
 /// it back (with its guard) for the tokio driver.
+///
+/// The handshake's `101 Switching Protocols` is not written yet: it waits
+/// in the connection's output, and the loop writes it (with the welcome,
+/// in one write) after the session has joined its room. So once a client
+/// has its 101, the room's next message reaches it: a peer may send as
+/// soon as both sockets are open. And what lives as long as the connection
+/// (its session, queue and subscriptions) is allocated on the loop's
+/// thread, not among the handshake's short-lived buffers on tokio's
+/// threads, where the gaps they leave when freed would stay in the RSS.
 pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, G: Send + 'static>(
-    hub: &Arc<Hub>,
+    hub: &Hub,
     loops: &Driver<HubService<G>>,
-    ws: WebSocket<Prefixed<S>>,
+    accepted: tether::Accepted<Prefixed<S>>,
     info: ConnInfo,
     guard: G,
-) -> Result<(), (WebSocket<Prefixed<S>>, ConnInfo, G)> {
-    if !ws.get_ref().get_ref().is_tcp() {
-        return Err((ws, info, guard));
+) -> Result<(), (tether::Accepted<Prefixed<S>>, ConnInfo, G)> {
+    if !accepted.get_ref().get_ref().is_tcp() {
+        return Err((accepted, info, guard));
     }
-    let json = ws.protocol() == Some(tether_hub::PROTOCOL_V1);
-    let (stream, mut conn) = ws.into_parts();
+    let json = accepted.protocol() == Some(tether_hub::PROTOCOL_V1);
+    let (stream, response, mut conn) = accepted.into_parts();
     let (rest, stream) = stream.into_parts();
     // Bytes the client sent right after its request head (already read).
     if !rest.is_empty() {
@@ -135,12 +186,9 @@ pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrit
             return Ok(());
         }
     };
-    // The session joins its room here, not when the loop takes the
-    // connection from its inbox: the client already has its 101 and may
-    // expect the room's next message (a peer that sends as soon as both
-    // are open); what arrives meanwhile waits in the session's queue.
-    let session = hub.open_session(json, info);
-    loops.adopt(tcp, conn, (session, guard));
+    let ConnInfo { room, identity } = info;
+    let init = Handshaken { room: hub.room_name(&room), identity, json, guard, head: Head::new(response) };
+    loops.adopt(tcp, conn, init);
     Ok(())
 }
 

@@ -238,6 +238,13 @@ impl Hub {
     /// A topic's subscribers, if it has any here.
     /// The name of `name` as a shared string: the topic map's own key when
     /// the topic has local subscribers (a room's name is not copied per client).
+    /// The topic of the room at URL path `path`, shared with the hub's own
+    /// copy of the name while the room has subscribers (for
+    /// [`Hub::open_session_in`]).
+    pub fn room_name(&self, path: &str) -> Arc<str> {
+        self.topic_name(path)
+    }
+
     pub(crate) fn topic_name(&self, name: &str) -> Arc<str> {
         lock(&self.topics).get_key_value(name).map_or_else(|| Arc::from(name), |(k, _)| k.clone())
     }

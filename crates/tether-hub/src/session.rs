@@ -188,15 +188,23 @@ impl Hub {
     /// Register a connection that finished its handshake: `json` when it
     /// speaks `tether.v1`. Queues the welcome and joins the room.
     pub fn open_session(self: &Arc<Self>, json: bool, info: ConnInfo) -> Session {
-        let conn = self.register(json);
         let room = self.topic_name(&info.room);
+        self.open_session_in(json, room, info.identity)
+    }
+
+    /// [`open_session`](Self::open_session) with the room already named
+    /// by [`Hub::room_name`] (a driver that opens sessions on another
+    /// thread than the handshake's names the room there: no string made by
+    /// the handshake is then freed on the driver's thread).
+    pub fn open_session_in(self: &Arc<Self>, json: bool, room: Arc<str>, identity: Identity) -> Session {
+        let conn = self.register(json);
         let welcome = if json {
             envelope::welcome(&conn.session(), &room)
         } else {
             self.config.welcome.replace("{session}", &conn.session()).replace("{room}", &room)
         };
         self.reply(&conn, EncodedFrame::text(&welcome));
-        let auth = match info.identity {
+        let auth = match identity {
             Identity::Anonymous => AuthState::Anonymous,
             Identity::Granted(grants) => AuthState::Granted { grants, warned: false },
             Identity::AwaitingAuth => AuthState::Awaiting { until_ms: now_ms().saturating_add(self.config.auth_timeout.as_millis() as u64) },

@@ -247,6 +247,17 @@ impl Sender {
         self.pending += n + payload.len();
     }
 
+    /// Queue bytes that are not a frame, to be written in order with the
+    /// frames queued around them: the `101 Switching Protocols` response of
+    /// an opening handshake, when the I/O layer that writes the frames also
+    /// writes it (so it goes out with the first frames, in one write). Only
+    /// bytes that belong on the wire before the WebSocket's frames make
+    /// sense here; nothing checks them.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+        self.pending += bytes.len();
+    }
+
     /// Queue a frame encoded once for many connections (broadcast). Only a
     /// server may do this: a client must mask each frame with a fresh key.
     pub fn send_encoded(&mut self, frame: crate::frame::EncodedFrame) -> Result<(), Error> {

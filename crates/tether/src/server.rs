@@ -50,7 +50,25 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebS
 /// Invalid requests are answered with the status the RFC asks for (400, 405,
 /// 426 with `Sec-WebSocket-Version: 13`, 431) and an error is returned. The
 /// whole handshake is bounded by `config.handshake_timeout`.
-pub async fn accept_with<S, F>(mut stream: S, config: &Config, callback: F) -> Result<WebSocket<S>>
+pub async fn accept_with<S, F>(stream: S, config: &Config, callback: F) -> Result<WebSocket<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request) -> std::result::Result<Accept, Reject>,
+{
+    accept_deferred(stream, config, callback).await?.finish().await
+}
+
+/// Like [`accept_with`], but stop before the `101 Switching Protocols`
+/// response is written: the returned [`Accepted`] holds the stream, the
+/// response bytes and the protocol state. For a server that must do
+/// something before the client learns that it is connected (join the
+/// client to a room, so a message sent to the room right after the client
+/// saw its 101 reaches it), or whose own I/O layer writes the response
+/// together with the first frames ([`Accepted::into_parts`]).
+///
+/// Refusals (by the callback, or of an invalid request) are answered here,
+/// as [`accept_with`] does.
+pub async fn accept_deferred<S, F>(mut stream: S, config: &Config, callback: F) -> Result<Accepted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request) -> std::result::Result<Accept, Reject>,
@@ -70,18 +88,60 @@ where
         Ok(accept) => {
             let headers: Vec<(&str, &str)> = accept.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let negotiated = negotiate(&UpgradeOffer::from_request(&request), accept.protocol.as_deref(), config.deflate.as_ref(), &headers);
-            stream.write_all(&negotiated.to_bytes()).await?;
-            stream.flush().await?;
+            let response = negotiated.to_bytes();
             let Negotiated { protocol, deflate, .. } = negotiated;
             let mut ws = WebSocket::from_raw_with_deflate(stream, Role::Server, config, &buffered, deflate);
             ws.set_protocol(protocol);
-            Ok(ws)
+            Ok(Accepted { ws, response })
         }
         Err(reject) => {
             let _ = stream.write_all(&Rejection::new(reject.status, reject.body).to_bytes()).await;
             let _ = stream.shutdown().await;
             Err(Error::Rejected { status: reject.status })
         }
+    }
+}
+
+/// An upgrade that was accepted, with its `101 Switching Protocols`
+/// response not written yet (see [`accept_deferred`]).
+#[derive(Debug)]
+pub struct Accepted<S> {
+    ws: WebSocket<S>,
+    response: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Accepted<S> {
+    /// The subprotocol agreed.
+    pub fn protocol(&self) -> Option<&str> {
+        self.ws.protocol()
+    }
+
+    /// The stream (for instance to ask whether it is plain TCP).
+    pub fn get_ref(&self) -> &S {
+        self.ws.get_ref()
+    }
+
+    /// The response that completes the handshake, as bytes.
+    pub fn response(&self) -> &[u8] {
+        &self.response
+    }
+
+    /// Write the response: the WebSocket is open.
+    pub async fn finish(mut self) -> Result<WebSocket<S>> {
+        let io = self.ws.get_mut();
+        io.write_all(&self.response).await?;
+        io.flush().await?;
+        Ok(self.ws)
+    }
+
+    /// Take the stream, the response and the protocol state apart (as
+    /// [`WebSocket::into_parts`] does), for a driver that writes the
+    /// response itself ahead of the first frames (see
+    /// [`Sender::send_raw`](tether_proto::Sender::send_raw)). Bytes the
+    /// client sent after its request are in the connection.
+    pub fn into_parts(self) -> (S, Vec<u8>, tether_proto::Connection) {
+        let (io, conn) = self.ws.into_parts();
+        (io, self.response, conn)
     }
 }
 

@@ -101,6 +101,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         &self.io
     }
 
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
     /// The protocol state (close state, codes, failure).
     pub fn connection(&self) -> &Connection {
         &self.conn
