@@ -774,6 +774,8 @@ mod tests {
     fn an_idle_echo_connection_is_one_small_slab_entry() {
         let size = std::mem::size_of::<Entry<()>>();
         println!("echo slab entry: {size} bytes");
-        assert!(size <= 384, "an echo connection's slab entry grew to {size} bytes");
+        // 208 B measured (#16: 312 B before the protocol's idle buffers
+        // became one pointer each).
+        assert!(size <= 240, "an echo connection's slab entry grew to {size} bytes");
     }
 }

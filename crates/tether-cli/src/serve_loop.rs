@@ -197,12 +197,14 @@ mod tests {
     use super::*;
 
     /// An idle `tether serve` connection on a loop, inline: the slab entry
-    /// (socket, protocol state, session, waker, admission slot). Its heap
+    /// (socket, protocol state, session, admission slot). Its heap
     /// is pinned by tether-hub's tests/sizes.rs.
     #[test]
     fn an_idle_hub_connection_is_one_small_slab_entry() {
         let size = std::mem::size_of::<crate::driver::Entry<HubConn<crate::serve::Slot>>>();
         println!("tether serve slab entry: {size} bytes");
-        assert!(size <= 512, "a tether serve connection's slab entry grew to {size} bytes");
+        // 368 B measured (#16: 456 B with a stored waker and the
+        // protocol's idle buffers inline).
+        assert!(size <= 400, "a tether serve connection's slab entry grew to {size} bytes");
     }
 }

@@ -166,11 +166,16 @@ pub enum Ending {
     },
 }
 
+/// A session's topics: one inline (the room), more on the heap.
+type Topics = smallvec::SmallVec<[Arc<str>; 1]>;
+
 /// One client connection's state in the hub, driven by any I/O layer.
 pub struct Session {
     conn: Arc<ConnShared>,
     room: Arc<str>,
-    topics: Vec<Arc<str>>,
+    /// Its subscriptions (the room among them): inline while there is one,
+    /// so an idle client in its room holds no block for the list.
+    topics: Topics,
     auth: AuthState,
     limiter: Limiter,
     /// What the socket had queued when last looked at: less now means the
@@ -216,7 +221,7 @@ impl Hub {
             AuthState::Granted { grants, .. } => grants.may_subscribe(&room),
             AuthState::Awaiting { .. } => false,
         };
-        let mut topics = Vec::with_capacity(1);
+        let mut topics = Topics::new();
         if joins {
             self.subscribe_granted(&conn, &room, None, None, false, auth.grants());
             topics.push(room.clone());
@@ -432,7 +437,7 @@ impl Session {
 
 impl Hub {
     /// One message from the client. `Break` when its rate limit says close.
-    fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Vec<Arc<str>>, grants: Option<&Arc<Grants>>, limiter: &mut Limiter, msg: Message) -> ControlFlow<()> {
+    fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Topics, grants: Option<&Arc<Grants>>, limiter: &mut Limiter, msg: Message) -> ControlFlow<()> {
         match &msg {
             Message::Pong(payload) => {
                 // Only the answer to this round's ping counts (RFC 6455 §5.5.3).

@@ -17,6 +17,7 @@ use crate::frame::{FrameHeader, OpCode};
 use crate::inflate::InflateStep;
 use crate::message::{Message, Utf8Bytes};
 use crate::utf8::{self, Utf8Validator};
+use crate::lazy_buf::LazyBuf;
 use bytes::{Bytes, BytesMut};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +37,7 @@ pub(crate) struct MessageAssembler {
     /// between `next_event` and `next_fragment` mid-message neither loses the
     /// assembled start nor delivers a message without it.
     streaming: bool,
-    assembly: BytesMut,
+    assembly: LazyBuf,
     /// Size of the message in progress (assembly may stay empty in streaming mode).
     message_len: u64,
     utf8: Utf8Validator,
@@ -49,7 +50,7 @@ impl MessageAssembler {
             max_message_size,
             fragmenting: Fragmenting::None,
             streaming: false,
-            assembly: BytesMut::new(),
+            assembly: LazyBuf::new(),
             message_len: 0,
             utf8: Utf8Validator::new(),
         }
@@ -69,14 +70,12 @@ impl MessageAssembler {
 
     /// Release the assembly buffer's memory if it holds no data.
     pub(crate) fn shrink_if_idle(&mut self) {
-        if self.assembly.is_empty() && self.assembly.capacity() > 0 {
-            self.assembly = BytesMut::new();
-        }
+        self.assembly.release_if_empty();
     }
 
     /// Drop the message in progress and its memory (the connection failed).
     pub(crate) fn discard(&mut self) {
-        self.assembly = BytesMut::new();
+        self.assembly = LazyBuf::new();
     }
 
     /// Take one frame. Returns the event it completes with the obliged
@@ -140,9 +139,9 @@ impl MessageAssembler {
                 }
                 if assemble {
                     if self.assembly.is_empty() {
-                        self.assembly = payload;
+                        self.assembly.set(payload);
                     } else {
-                        self.assembly.extend_from_slice(&payload);
+                        self.assembly.get_mut().extend_from_slice(&payload);
                     }
                     Ok(None)
                 } else {
@@ -177,9 +176,9 @@ impl MessageAssembler {
                 if !assemble {
                     return Ok(Some((Event::Fragment { text, first: false, fin: header.fin, payload: payload.freeze() }, None)));
                 }
-                self.assembly.extend_from_slice(&payload);
+                self.assembly.get_mut().extend_from_slice(&payload);
                 if header.fin {
-                    let data = std::mem::take(&mut self.assembly).freeze();
+                    let data = self.assembly.take().freeze();
                     let msg = if text {
                         Message::Text(Utf8Bytes::from_bytes_unchecked(data))
                     } else {

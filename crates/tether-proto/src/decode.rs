@@ -12,6 +12,7 @@ use crate::connection::Role;
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, OpCode};
 use crate::mask::apply_mask;
+use crate::lazy_buf::LazyBuf;
 use bytes::{Buf, BytesMut};
 
 /// Splits the receive buffer into frames (RFC 6455 §5.2).
@@ -22,13 +23,14 @@ pub(crate) struct FrameDecoder {
     max_message_size: usize,
     /// RSV1 is allowed on data frames: permessage-deflate was negotiated.
     compression: bool,
-    buf: BytesMut,
+    /// What arrived and is not a whole frame yet (one pointer while empty).
+    buf: LazyBuf,
 }
 
 impl FrameDecoder {
     /// A decoder for the frames a `role` receives, within the given limits.
     pub(crate) fn new(role: Role, max_frame_size: usize, max_message_size: usize) -> Self {
-        FrameDecoder { role, max_frame_size, max_message_size, compression: false, buf: BytesMut::new() }
+        FrameDecoder { role, max_frame_size, max_message_size, compression: false, buf: LazyBuf::new() }
     }
 
     /// Allow RSV1 on the first frame of a data message (RFC 7692 §6).
@@ -39,12 +41,12 @@ impl FrameDecoder {
     /// Append bytes read from the transport.
     #[inline]
     pub(crate) fn extend(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        self.buf.get_mut().extend_from_slice(data);
     }
 
     /// The buffer received bytes are appended to.
     pub(crate) fn buffer_mut(&mut self) -> &mut BytesMut {
-        &mut self.buf
+        self.buf.get_mut()
     }
 
     /// Bytes received and not yet taken as frames.
@@ -55,7 +57,7 @@ impl FrameDecoder {
     /// How many more bytes the frame at the head of the buffer needs, once
     /// its header is in.
     pub(crate) fn bytes_needed(&self) -> Option<usize> {
-        match FrameHeader::parse(&self.buf) {
+        match FrameHeader::parse(self.buf.as_slice()) {
             Ok(Some((h, n))) => Some((n as u64 + h.payload_len).saturating_sub(self.buf.len() as u64) as usize),
             _ => None,
         }
@@ -63,14 +65,12 @@ impl FrameDecoder {
 
     /// Drop whatever is buffered and its memory (after a close or a failure).
     pub(crate) fn discard(&mut self) {
-        self.buf = BytesMut::new();
+        self.buf = LazyBuf::new();
     }
 
     /// Release the buffer's memory if it holds no data.
     pub(crate) fn shrink_if_idle(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
-        }
+        self.buf.release_if_empty();
     }
 
     /// Parse and validate one frame from the buffer; its payload unmasked.
@@ -80,7 +80,7 @@ impl FrameDecoder {
     /// on its header. `Ok(None)`: the frame is not complete yet.
     #[inline]
     pub(crate) fn next_frame(&mut self, message_len: u64) -> Result<Option<(FrameHeader, BytesMut)>, ProtocolError> {
-        let Some((header, header_len)) = FrameHeader::parse(&self.buf)? else {
+        let Some((header, header_len)) = FrameHeader::parse(self.buf.as_slice())? else {
             return Ok(None);
         };
         // §5.2: RSV bits must be 0 unless an extension defines them.
@@ -113,9 +113,9 @@ impl FrameDecoder {
         }
         let mut frame = if self.buf.len() == total {
             // The common case: the buffer holds exactly this frame.
-            std::mem::take(&mut self.buf)
+            self.buf.take()
         } else {
-            self.buf.split_to(total)
+            self.buf.get_mut().split_to(total)
         };
         frame.advance(header_len);
         if let Some(key) = header.mask {

@@ -38,6 +38,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 mod inflate;
+mod lazy_buf;
 pub mod mask;
 pub mod negotiate;
 pub mod message;

@@ -19,15 +19,32 @@ use std::io::IoSlice;
 #[derive(Debug)]
 pub struct Sender {
     role: Role,
-    /// Whole buffers queued ahead of `tail` (large payloads sent without copying).
-    chunks: VecDeque<Bytes>,
-    tail: BytesMut,
+    /// What waits to be sent; made with the first frame and given back by
+    /// [`shrink_if_idle`](Self::shrink_if_idle) (one pointer while idle).
+    out: Option<Box<Out>>,
     pending: usize,
     close_sent: bool,
     fragmenting: bool,
     mask_fn: fn() -> [u8; 4],
     /// permessage-deflate, when negotiated (RFC 7692).
     deflater: Option<Box<Deflater>>,
+}
+
+/// The queued output of a [`Sender`].
+#[derive(Debug, Default)]
+struct Out {
+    /// Whole buffers queued ahead of `tail` (large payloads sent without copying).
+    chunks: VecDeque<Bytes>,
+    tail: BytesMut,
+}
+
+impl Out {
+    /// End the tail here: what it holds goes to the chunks, in order.
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
+        }
+    }
 }
 
 /// Payloads at least this large are queued by reference instead of copied
@@ -43,8 +60,7 @@ impl Sender {
     pub fn new(role: Role) -> Self {
         Sender {
             role,
-            chunks: VecDeque::new(),
-            tail: BytesMut::new(),
+            out: None,
             pending: 0,
             close_sent: false,
             fragmenting: false,
@@ -237,12 +253,13 @@ impl Sender {
     #[inline]
     fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8], rsv1: bool) {
         let (h, hdr, n) = self.header(opcode, fin, payload.len(), rsv1);
-        self.tail.reserve(n + payload.len());
-        self.tail.extend_from_slice(&hdr[..n]);
-        let start = self.tail.len();
-        self.tail.extend_from_slice(payload);
+        let tail = &mut self.out().tail;
+        tail.reserve(n + payload.len());
+        tail.extend_from_slice(&hdr[..n]);
+        let start = tail.len();
+        tail.extend_from_slice(payload);
         if let Some(key) = h.mask {
-            apply_mask(&mut self.tail[start..], key);
+            apply_mask(&mut tail[start..], key);
         }
         self.pending += n + payload.len();
     }
@@ -254,8 +271,14 @@ impl Sender {
     /// bytes that belong on the wire before the WebSocket's frames make
     /// sense here; nothing checks them.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.tail.extend_from_slice(bytes);
+        self.out().tail.extend_from_slice(bytes);
         self.pending += bytes.len();
+    }
+
+    /// The output queue, made if there is none.
+    #[inline]
+    fn out(&mut self) -> &mut Out {
+        self.out.get_or_insert_with(Box::default)
     }
 
     /// Queue a frame encoded once for many connections (broadcast). Only a
@@ -270,13 +293,12 @@ impl Sender {
         }
         let bytes = frame.into_bytes();
         self.pending += bytes.len();
+        let out = self.out();
         if bytes.len() >= ZERO_COPY_THRESHOLD {
-            if !self.tail.is_empty() {
-                self.chunks.push_back(self.tail.split().freeze());
-            }
-            self.chunks.push_back(bytes);
+            out.seal_tail();
+            out.chunks.push_back(bytes);
         } else {
-            self.tail.extend_from_slice(&bytes);
+            out.tail.extend_from_slice(&bytes);
         }
         Ok(())
     }
@@ -284,10 +306,11 @@ impl Sender {
     fn write_frame_bytes(&mut self, opcode: OpCode, fin: bool, payload: Bytes, rsv1: bool) {
         if self.role == Role::Server && payload.len() >= ZERO_COPY_THRESHOLD {
             let (_, hdr, n) = self.header(opcode, fin, payload.len(), rsv1);
-            self.tail.extend_from_slice(&hdr[..n]);
-            self.chunks.push_back(self.tail.split().freeze());
             self.pending += n + payload.len();
-            self.chunks.push_back(payload);
+            let out = self.out();
+            out.tail.extend_from_slice(&hdr[..n]);
+            out.seal_tail();
+            out.chunks.push_back(payload);
         } else {
             self.write_frame(opcode, fin, &payload, rsv1);
         }
@@ -301,8 +324,9 @@ impl Sender {
     /// Fill `dst` with the queued bytes, in order, for a vectored write.
     /// Returns the number of slices filled.
     pub fn data_to_send<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let Some(out) = self.out.as_deref() else { return 0 };
         let mut n = 0;
-        for chunk in &self.chunks {
+        for chunk in &out.chunks {
             if n == dst.len() {
                 return n;
             }
@@ -311,8 +335,8 @@ impl Sender {
                 n += 1;
             }
         }
-        if n < dst.len() && !self.tail.is_empty() {
-            dst[n] = IoSlice::new(&self.tail);
+        if n < dst.len() && !out.tail.is_empty() {
+            dst[n] = IoSlice::new(&out.tail);
             n += 1;
         }
         n
@@ -321,50 +345,48 @@ impl Sender {
     /// Mark `n` bytes from the front of the queue as transmitted.
     pub fn consume_sent(&mut self, mut n: usize) {
         assert!(n <= self.pending, "consumed more than was queued");
+        let Some(out) = self.out.as_deref_mut() else { return };
         self.pending -= n;
         while n > 0 {
-            match self.chunks.front_mut() {
+            match out.chunks.front_mut() {
                 Some(front) if front.len() <= n => {
                     n -= front.len();
-                    self.chunks.pop_front();
+                    out.chunks.pop_front();
                 }
                 Some(front) => {
                     front.advance(n);
                     return;
                 }
                 None => {
-                    self.tail.advance(n);
+                    out.tail.advance(n);
                     return;
                 }
             }
         }
-        while self.chunks.front().is_some_and(|c| c.is_empty()) {
-            self.chunks.pop_front();
+        while out.chunks.front().is_some_and(|c| c.is_empty()) {
+            out.chunks.pop_front();
         }
     }
 
     /// Take every queued byte as one buffer (a convenience for tests and
     /// simple loops; the vectored path avoids the copy).
     pub fn take_data_to_send(&mut self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.pending);
-        for chunk in self.chunks.drain(..) {
-            out.extend_from_slice(&chunk);
+        let mut bytes = Vec::with_capacity(self.pending);
+        if let Some(out) = self.out.as_deref_mut() {
+            for chunk in out.chunks.drain(..) {
+                bytes.extend_from_slice(&chunk);
+            }
+            bytes.extend_from_slice(&out.tail);
+            out.tail.clear();
         }
-        out.extend_from_slice(&self.tail);
-        self.tail.clear();
         self.pending = 0;
-        out
+        bytes
     }
 
     /// Release buffers that hold no data, so an idle connection costs no heap.
     pub fn shrink_if_idle(&mut self) {
         if self.pending == 0 {
-            if self.tail.capacity() > 0 {
-                self.tail = BytesMut::new();
-            }
-            if self.chunks.capacity() > 0 {
-                self.chunks = VecDeque::new();
-            }
+            self.out = None;
         }
     }
 }
