@@ -516,7 +516,10 @@ impl App {
 fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve_loop::MaybeTcp + Unpin + Send + 'static>(stream: Prefixed<S>, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
     async move {
     let mut room = String::new();
-    let mut identity = Identity::Anonymous;
+    // Opened inside the handshake's callback, before the 101 is written: by
+    // the time the client can send (or a peer can count on it being there),
+    // it is in its room; what arrives meanwhile waits in its queue.
+    let mut session = None;
     // Scoped so the config and the handshake state are gone before the
     // connection runs: this task lives as long as the client stays.
     let accepted = {
@@ -536,8 +539,10 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
             if let Some(guard) = guard {
                 slot.ip = Some(guard);
             }
-            identity = found;
             room = req.path().to_string();
+            if !room.starts_with(tether_yjs::PATH_PREFIX) {
+                session = Some(app.hub.open_session(upgrade.json, ConnInfo::with_identity(room.clone(), found)));
+            }
             let protocol = req.protocols().contains(&tether_hub::PROTOCOL_V1).then(|| tether_hub::PROTOCOL_V1.to_string());
             Ok(tether::Accept { protocol, headers: Vec::new() })
         }))
@@ -550,22 +555,30 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
             drop(slot);
         }
         Ok(ws) => {
+            let Some(session) = session else { return };
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
-            let info = ConnInfo::with_identity(room, identity);
-            let (ws, info, slot) = match &app.loops {
-                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, info, slot) {
+            let (ws, session, slot) = match &app.loops {
+                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, session, slot) {
                     Ok(()) => return,
                     Err(back) => back,
                 },
-                None => (ws, info, slot),
+                None => (ws, session, slot),
             };
-            app.hub.run_connection(ws, info).await;
+            app.hub.run_session(ws, session).await;
             drop(slot);
         }
-        Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
         Err(e) => {
-            tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
-            tracing::debug!(error = %e, "WebSocket handshake failed");
+            // The 101 could not be written: the session opened for it ends.
+            if let Some(session) = session {
+                app.hub.end_session(session, tether_hub::End::Closed);
+            }
+            match e {
+                tether::Error::Rejected { status } => tracing::debug!(status, "WebSocket upgrade refused"),
+                e => {
+                    tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+                    tracing::debug!(error = %e, "WebSocket handshake failed");
+                }
+            }
         }
     }
     }
