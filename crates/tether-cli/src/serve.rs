@@ -171,11 +171,20 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, tls = tls.is_some(), broker = hub.broker().name(), heartbeat = ?settings.heartbeat_interval, "tether serve ready");
 
-    let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
-        Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
-        None => None,
+    let yjs = if let Some(url) = redis_url {
+        // Several nodes: documents kept in Redis and changes relayed
+        // through it (tether_yjs::RedisShare), not in --yjs-dir.
+        let share = tether_yjs::RedisShare::open(url).context("Yjs documents on Redis")?;
+        let yjs = tether_yjs::Yjs::with_relay(settings.yjs.config.clone(), Some(share.clone()), Some(share.clone()));
+        share.listen(&yjs);
+        yjs
+    } else {
+        let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
+            Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
+            None => None,
+        };
+        tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store)
     };
-    let yjs = tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store);
     let app = Arc::new(App {
         hub: hub.clone(),
         settings: settings.clone(),

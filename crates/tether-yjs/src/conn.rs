@@ -101,10 +101,12 @@ impl Yjs {
                                 };
                                 if !handled.updates.is_empty() {
                                     self.metrics.updates_total.fetch_add(handled.updates.len() as u64, Ordering::Relaxed);
-                                    self.persist(doc, &mut state, &handled.updates);
                                 }
                                 if handled.awareness.is_some() {
                                     self.metrics.awareness_total.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if !handled.updates.is_empty() || handled.awareness.is_some() {
+                                    self.persist(doc, &mut state, &handled.updates, handled.awareness.as_deref());
                                 }
                                 handled.reply
                             };

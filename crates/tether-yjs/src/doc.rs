@@ -78,6 +78,11 @@ impl DocState {
         DocState { ydoc, integrated, size: 0, peers: HashMap::new(), awareness: HashMap::new(), unsaved: 0, max_queued }
     }
 
+    /// Whether any client has an awareness state now.
+    pub fn has_awareness(&self) -> bool {
+        self.awareness.values().any(|a| a.state.is_some())
+    }
+
     /// Number of connections on this node.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
@@ -144,7 +149,7 @@ impl DocState {
         Some(msg)
     }
 
-    fn all_awareness(&self) -> bytes::Bytes {
+    pub fn all_awareness(&self) -> bytes::Bytes {
         protocol::encode_awareness(
             self.awareness
                 .iter()
