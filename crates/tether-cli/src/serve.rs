@@ -567,13 +567,16 @@ impl App {
 fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve_loop::MaybeTcp + Unpin + Send + 'static>(stream: Prefixed<S>, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
     async move {
     let mut room = String::new();
-    let mut identity = Identity::Anonymous;
+    // Opened inside the handshake's callback, before the 101 is written: by
+    // the time the client can send (or a peer can count on it being there),
+    // it is in its room; what arrives meanwhile waits in its queue.
+    let mut session = None;
     // Scoped so the config and the handshake state are gone before the
     // connection runs: this task lives as long as the client stays.
     let accepted = {
         let config = socket_config(&app.settings);
         let header = app.settings.client_ip_header.clone();
-        let identity = &mut identity;
+        let session = &mut session;
         let room = &mut room;
         let slot = &mut slot;
         let hook_app = app.clone();
@@ -590,6 +593,7 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
             let admitted = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg));
             let protocol = req.protocols().contains(&tether_hub::PROTOCOL_V1).then(|| tether_hub::PROTOCOL_V1.to_string());
             let path = req.path().to_string();
+            let json = upgrade.json;
             let ask = admitted.as_ref().ok().and_then(|(_, found)| hook_app.connect_request(&upgrade, req.header_str("cookie"), found.clone()));
             async move {
                 let (guard, found) = admitted?;
@@ -600,7 +604,9 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                 if let Some(guard) = guard {
                     slot.ip = Some(guard);
                 }
-                *identity = found;
+                if !path.starts_with(tether_yjs::PATH_PREFIX) {
+                    *session = Some(hook_app.hub.open_session(json, ConnInfo::with_identity(path.clone(), found)));
+                }
                 *room = path;
                 Ok(tether::Accept { protocol, headers: Vec::new() })
             }
@@ -614,22 +620,30 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
             drop(slot);
         }
         Ok(ws) => {
+            let Some(session) = session else { return };
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
-            let info = ConnInfo::with_identity(room, identity);
-            let (ws, info, slot) = match &app.loops {
-                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, info, slot) {
+            let (ws, session, slot) = match &app.loops {
+                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, session, slot) {
                     Ok(()) => return,
                     Err(back) => back,
                 },
-                None => (ws, info, slot),
+                None => (ws, session, slot),
             };
-            app.hub.run_connection(ws, info).await;
+            app.hub.run_session(ws, session).await;
             drop(slot);
         }
-        Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
         Err(e) => {
-            tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
-            tracing::debug!(error = %e, "WebSocket handshake failed");
+            // The 101 could not be written: the session opened for it ends.
+            if let Some(session) = session {
+                app.hub.end_session(session, tether_hub::End::Closed);
+            }
+            match e {
+                tether::Error::Rejected { status } => tracing::debug!(status, "WebSocket upgrade refused"),
+                e => {
+                    tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+                    tracing::debug!(error = %e, "WebSocket handshake failed");
+                }
+            }
         }
     }
     }
