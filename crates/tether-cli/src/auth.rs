@@ -73,6 +73,10 @@ pub struct NamespaceFile {
     publish: Option<String>,
     presence: Option<bool>,
     latest_on_subscribe: Option<bool>,
+    /// Ask the backend's subscribe hook (src/hooks.rs).
+    subscribe_hook: Option<bool>,
+    /// Ask the backend's publish hook.
+    publish_hook: Option<bool>,
 }
 
 /// The namespaces of the config file.
@@ -90,7 +94,7 @@ pub fn namespaces(file: Option<std::collections::BTreeMap<String, NamespaceFile>
             Some(other) => anyhow::bail!("config file, [namespaces.{prefix:?}] publish = {other:?}: expected \"token\", \"subscribers\" or \"server\""),
         };
         let d = Namespace::new(prefix.clone());
-        list.push(Namespace { publish, presence: n.presence.unwrap_or(d.presence), latest_on_subscribe: n.latest_on_subscribe.unwrap_or(d.latest_on_subscribe), ..d });
+        list.push(Namespace { publish, presence: n.presence.unwrap_or(d.presence), latest_on_subscribe: n.latest_on_subscribe.unwrap_or(d.latest_on_subscribe), subscribe_hook: n.subscribe_hook.unwrap_or(false), publish_hook: n.publish_hook.unwrap_or(false), ..d });
     }
     Ok(list)
 }

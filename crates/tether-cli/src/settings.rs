@@ -264,7 +264,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_API_TIMEOUT", value_parser = parse_duration)]
     pub api_timeout: Option<Duration>,
     /// POST lifecycle events (topic occupied/vacated, presence join/leave)
-    /// to this http:// URL, signed with --webhook-secret [default: none]
+    /// to this http:// or https:// URL, signed with --webhook-secret [default: none]
     #[arg(long, env = "TETHER_WEBHOOK_URL", requires = "webhook_secret")]
     pub webhook_url: Option<String>,
     /// The HMAC-SHA256 key of the webhooks' X-Tether-Signature
@@ -282,6 +282,8 @@ pub struct ServeArgs {
     pub yjs: crate::yjs::YjsArgs,
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+    #[command(flatten)]
+    pub hooks: crate::hooks::HookArgs,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -344,6 +346,8 @@ struct FileConfig {
     webhook_secret: Option<String>,
     webhook_queue: Option<usize>,
     webhook_timeout: Option<String>,
+    /// Hooks into the backend (src/hooks.rs).
+    hooks: Option<crate::hooks::HooksFile>,
 }
 
 /// The settings `tether serve` runs with.
@@ -390,6 +394,8 @@ pub struct Settings {
     pub auth: crate::auth::AuthSettings,
     /// `[namespaces."PREFIX"]` of the config file.
     pub namespaces: Vec<tether_hub::namespace::Namespace>,
+    /// Hooks into the backend (`--hook-*`, `[hooks]`), if on.
+    pub hooks: Option<crate::hooks::HookSettings>,
 }
 
 impl Settings {
@@ -480,10 +486,7 @@ impl Settings {
                 (None, _) => None,
                 (Some(_), None) => bail!("--webhook-url needs --webhook-secret (the key of the signatures)"),
                 (Some(url), Some(secret)) => {
-                    let url: http::Uri = url.parse().with_context(|| format!("--webhook-url {url:?} is not a URL"))?;
-                    if url.scheme_str() != Some("http") || url.host().is_none() {
-                        bail!("--webhook-url must be http://HOST[:PORT]/PATH (put TLS in front with a local proxy)");
-                    }
+                    let url = crate::backend_http::BackendUrl::parse(&url, "--webhook-url")?;
                     Some(crate::webhook::WebhookSettings {
                         url,
                         secret,
@@ -496,7 +499,10 @@ impl Settings {
             yjs: args.yjs.resolve(file.yjs)?,
             auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
             namespaces: crate::auth::namespaces(file.namespaces)?,
+            hooks: None,
         };
+        let mut settings = settings;
+        settings.hooks = crate::hooks::HookSettings::resolve(args.hooks, file.hooks.unwrap_or_default(), &settings.namespaces)?;
         if settings.api.timeout.is_zero() || settings.api.idempotency_window.is_zero() {
             bail!("--api-timeout and --api-idempotency-window must be greater than zero");
         }

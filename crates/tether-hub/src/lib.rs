@@ -52,6 +52,7 @@ mod config;
 pub mod events;
 mod conn;
 mod drain;
+pub mod hooks;
 mod hub;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]

@@ -192,6 +192,8 @@ pub struct Ack {
     pub topic: Option<String>,
     /// For `publish` and `chat`: the sequence number the message got.
     pub seq: Option<u64>,
+    /// For `rpc`: the backend's answer (`rpc_result`'s `data`).
+    pub data: Option<Value>,
 }
 
 /// Why a [`ClientSender`] call failed.
@@ -357,6 +359,15 @@ impl ClientSender {
         self.shared.request(Request::Chat { content: &content.into() }).await
     }
 
+    /// `tether.v1`: call `method` on the application's backend (the
+    /// server's RPC hook) with `data` (any JSON); resolves with the
+    /// backend's answer, or [`ClientError::Refused`] with its error code
+    /// (`timeout` and `unavailable` when the backend cannot answer).
+    pub async fn rpc(&self, method: &str, data: impl Into<Value>) -> Result<Value, ClientError> {
+        let ack = self.shared.request(Request::Rpc { method, data: &data.into() }).await?;
+        Ok(ack.data.unwrap_or(Value::Null))
+    }
+
     /// The topics that are renewed after a reconnect.
     pub fn topics(&self) -> Vec<String> {
         self.shared.lock().topics.clone()
@@ -478,6 +489,11 @@ impl ReconnectingClient {
     /// See [`ClientSender::chat`].
     pub async fn chat(&self, content: impl Into<Value>) -> Result<Ack, ClientError> {
         self.sender.chat(content).await
+    }
+
+    /// See [`ClientSender::rpc`].
+    pub async fn rpc(&self, method: &str, data: impl Into<Value>) -> Result<Value, ClientError> {
+        self.sender.rpc(method, data).await
     }
 
     /// Whether a connection is open right now.
