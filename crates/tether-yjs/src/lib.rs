@@ -95,6 +95,24 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// What a connection may do with its document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Access {
+    /// Read and edit (the default).
+    #[default]
+    ReadWrite,
+    /// Read, and show its presence (awareness): its sync step 2 is not
+    /// applied, and an update closes it with 1008.
+    ReadOnly,
+}
+
+impl Access {
+    /// Whether edits are accepted.
+    pub fn may_write(self) -> bool {
+        self == Access::ReadWrite
+    }
+}
+
 /// Messages per second with a burst (a token bucket).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {
