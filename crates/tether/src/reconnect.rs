@@ -48,6 +48,8 @@
 
 mod shared;
 mod task;
+mod token;
+pub use token::{token_expiry, TokenResult, TokenSource};
 
 pub use crate::v1::Backoff;
 
@@ -121,6 +123,14 @@ pub struct ReconnectOptions {
     pub heartbeat_timeout: Duration,
     /// How long the envelope helpers wait for the server's `ack`. Default 10 s.
     pub ack_timeout: Duration,
+    /// A connection token (`tether.v1`), sent in each connection's first
+    /// message (`auth`); a [`TokenSource::Fetch`] is called for every
+    /// connection and refreshes the token before it expires. Default none.
+    pub token: Option<TokenSource>,
+    /// With a token function: fetch a new token and send a `refresh` this
+    /// long before the token's `exp` (and whenever the server warns).
+    /// Default 30 s, as web/tether.js.
+    pub refresh_ahead: Duration,
 }
 
 impl Default for ReconnectOptions {
@@ -136,6 +146,8 @@ impl Default for ReconnectOptions {
             heartbeat_interval: Some(Duration::from_secs(25)),
             heartbeat_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(10),
+            token: None,
+            refresh_ahead: Duration::from_secs(30),
         }
     }
 }

@@ -342,6 +342,17 @@ pub enum Request<'a> {
     },
     /// `{"type":"ping"}`.
     Ping,
+    /// `{"type":"auth","token":"..."}`: the first message of a connection
+    /// that sends its token in a message.
+    Auth {
+        /// The token.
+        token: &'a str,
+    },
+    /// `{"type":"refresh","token":"..."}`: a new token for a live connection.
+    Refresh {
+        /// The token.
+        token: &'a str,
+    },
     /// `{"type":"rpc","method":"M","data":...}`: answered by the
     /// application's backend ([`Answer::RpcResult`] or an error).
     Rpc {
@@ -362,6 +373,8 @@ impl Request<'_> {
             Request::Unsubscribe { .. } => "unsubscribe",
             Request::Ping => "ping",
             Request::Rpc { .. } => "rpc",
+            Request::Auth { .. } => "auth",
+            Request::Refresh { .. } => "refresh",
         }
     }
 
@@ -391,6 +404,7 @@ impl Request<'_> {
             Request::Unsubscribe { topic } => out.push_str(&format!(r#","topic":{}"#, quote(topic))),
             Request::Ping => {}
             Request::Rpc { method, data } => out.push_str(&format!(r#","method":{},"data":{data}"#, quote(method))),
+            Request::Auth { token } | Request::Refresh { token } => out.push_str(&format!(r#","token":{}"#, quote(token))),
         }
         if let Some(id) = id {
             out.push_str(&format!(r#","id":{}"#, quote(id)));
@@ -519,6 +533,8 @@ mod tests {
             (Request::Unsubscribe { topic: "news" }, "unsubscribe"),
             (Request::Ping, "ping"),
             (Request::Rpc { method: "cart.add", data: &content }, "rpc"),
+            (Request::Auth { token: "a.b.c" }, "auth"),
+            (Request::Refresh { token: "a.b.c" }, "refresh"),
         ];
         for (request, kind) in kinds {
             let text = request.to_json(Some("r1"));
