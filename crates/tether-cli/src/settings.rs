@@ -452,6 +452,8 @@ impl Settings {
                     max_topics: args.history_topics.or(file.history_topics).unwrap_or(d.max_topics),
                     max_bytes: args.history_max_bytes.or(file.history_max_bytes).unwrap_or(d.max_bytes),
                     max_topic_bytes: args.history_topic_max_bytes.or(file.history_topic_max_bytes).unwrap_or(d.max_topic_bytes),
+                    // [namespaces."PREFIX"] history-size / history-ttl (below).
+                    prefixes: Vec::new(),
                 }
             },
             write_stall_timeout: dur(args.write_stall_timeout, file.write_stall_timeout, "write-stall-timeout", Duration::from_secs(90))?,
@@ -498,10 +500,11 @@ impl Settings {
             live: args.live,
             yjs: args.yjs.resolve(file.yjs)?,
             auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
-            namespaces: crate::auth::namespaces(file.namespaces)?,
+            namespaces: crate::auth::namespaces(file.namespaces.clone())?,
             hooks: None,
         };
         let mut settings = settings;
+        settings.history.prefixes = crate::auth::history_prefixes(file.namespaces.as_ref(), &settings.history)?;
         settings.hooks = crate::hooks::HookSettings::resolve(args.hooks, file.hooks.unwrap_or_default(), &settings.namespaces)?;
         if settings.api.timeout.is_zero() || settings.api.idempotency_window.is_zero() {
             bail!("--api-timeout and --api-idempotency-window must be greater than zero");
