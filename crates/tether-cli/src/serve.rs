@@ -64,6 +64,8 @@ struct App {
     jwt: Option<Arc<tether_hub::jwt::JwtVerifier>>,
     /// The sessions of the HTTP fallback transport (SSE + POST).
     http: Arc<tether_hub::http::HttpSessions>,
+    /// The backend's hooks (src/hooks.rs), if configured.
+    hooks: Option<Arc<crate::hooks::HttpHooks>>,
 }
 
 /// What a connection holds while it is open: its slot and, unless its
@@ -156,6 +158,11 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     }
     let api = crate::api::Api::new(hub.clone(), settings.api.clone(), redis_url)?;
     let webhooks = settings.webhook.clone().map(|w| crate::webhook::start(&hub, w));
+    let hooks = settings.hooks.clone().map(crate::hooks::HttpHooks::new);
+    if let Some(h) = &hooks {
+        hub.set_hooks(h.clone());
+        tracing::info!(url = ?settings.hooks.as_ref().map(|h| &h.url), "backend hooks on");
+    }
     let loops = match driver.driver {
         crate::driver::DriverKind::Loop => {
             let service = Arc::new(crate::serve_loop::HubService::new(hub.clone()));
@@ -175,11 +182,20 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, tls = tls.is_some(), broker = hub.broker().name(), heartbeat = ?settings.heartbeat_interval, "tether serve ready");
 
-    let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
-        Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
-        None => None,
+    let yjs = if let Some(url) = redis_url {
+        // Several nodes: documents kept in Redis and changes relayed
+        // through it (tether_yjs::RedisShare), not in --yjs-dir.
+        let share = tether_yjs::RedisShare::open(url).context("Yjs documents on Redis")?;
+        let yjs = tether_yjs::Yjs::with_relay(settings.yjs.config.clone(), Some(share.clone()), Some(share.clone()));
+        share.listen(&yjs);
+        yjs
+    } else {
+        let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
+            Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
+            None => None,
+        };
+        tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store)
     };
-    let yjs = tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store);
     let app = Arc::new(App {
         hub: hub.clone(),
         settings: settings.clone(),
@@ -196,6 +212,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         drain: crate::admin::DrainState::default(),
         jwt,
         http: tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default()),
+        hooks,
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -408,6 +425,49 @@ impl App {
         .await;
     }
 
+    /// What to ask the connect hook about an admitted upgrade, if it is on
+    /// (not for /yjs/ documents and system rooms, which have their own rules).
+    fn connect_request(&self, req: &UpgradeRequest<'_>, cookie: Option<&str>, identity: Identity) -> Option<crate::hooks::ConnectRequest> {
+        let hooks = self.hooks.as_ref().filter(|h| h.connect_on())?;
+        if req.path.starts_with(tether_yjs::PATH_PREFIX) || tether_hub::system::may_subscribe_system(req.path) {
+            return None;
+        }
+        let _ = hooks;
+        let ip = admission::client_ip(req.peer.ip(), req.client_ip, self.behind_proxy(req.peer), &self.settings.trusted_proxies);
+        Some(crate::hooks::ConnectRequest {
+            room: req.path.to_string(),
+            client_ip: ip.to_string(),
+            origin: req.origin.map(str::to_string),
+            token: crate::auth::presented_token(req.authorization, req.query).map(str::to_string),
+            cookie: cookie.map(str::to_string),
+            identity,
+        })
+    }
+
+    /// Ask the connect hook: the identity the connection gets, or the refusal.
+    async fn connect_hook(&self, ask: crate::hooks::ConnectRequest, path: &str) -> Result<Identity, (StatusCode, String)> {
+        let Some(hooks) = &self.hooks else { return Ok(ask.identity) };
+        let refused = |status: u16, message: String| {
+            tether_hub::Metrics::add(&self.hub.metrics().handshake_failures, 1);
+            tether_hub::Metrics::add(&self.hub.metrics().refused.auth, 1);
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), message)
+        };
+        match hooks.connect(ask).await {
+            crate::hooks::Admission::Refuse(status, message) => {
+                self.hub.metrics().count_auth("refused", "connect_hook");
+                Err(refused(status, message))
+            }
+            crate::hooks::Admission::Admit(Identity::Granted(grants)) if path != "/" && !grants.may_subscribe(path) => {
+                self.hub.metrics().count_auth("refused", "room");
+                Err(refused(403, "the backend does not allow this room (URL path)".into()))
+            }
+            crate::hooks::Admission::Admit(identity) => {
+                self.hub.metrics().count_auth("allowed", "connect_hook");
+                Ok(identity)
+            }
+        }
+    }
+
     /// Whether `peer` is a trusted proxy whose client-address header counts.
     fn behind_proxy(&self, peer: SocketAddr) -> bool {
         self.settings.client_ip_header.is_some() && self.settings.trusted_proxies.contains(&peer.ip())
@@ -478,15 +538,31 @@ impl App {
                 }
                 (false, Some(verifier)) => match crate::auth::identify(verifier, crate::auth::presented_token(req.authorization, req.query), req.json) {
                     Ok(found) => {
+                        let document = req.path.strip_prefix(tether_yjs::PATH_PREFIX);
                         if let Identity::Granted(grants) = &found {
-                            // A room (URL path) other than "/" must be allowed.
-                            if req.path != "/" && !grants.may_subscribe(req.path) {
+                            // A room (URL path) other than "/" must be
+                            // allowed; a Yjs document needs the subscribe
+                            // grant `yjs:NAME` (writing needs publish, see `yjs_access`).
+                            let allowed = match document {
+                                Some(name) => grants.may_subscribe(&format!("yjs:{name}")),
+                                None => req.path == "/" || grants.may_subscribe(req.path),
+                            };
+                            if !allowed {
                                 metrics.count_auth("refused", "room");
                                 tracing::info!(client = %ip, user = %grants.user, room = ?req.path, "refused upgrade: the token does not allow this room");
-                                return Err((StatusCode::FORBIDDEN, "the token does not allow this room (URL path)"));
+                                return Err((StatusCode::FORBIDDEN, match document {
+                                    Some(_) => "the token does not allow this Yjs document (subscribe grant yjs:NAME)",
+                                    None => "the token does not allow this room (URL path)",
+                                }));
                             }
                             metrics.count_auth("allowed", "jwt");
                             tracing::debug!(client = %ip, user = %grants.user, "admitted with a JWT");
+                        } else if document.is_some() {
+                            // y-websocket cannot send a tether.v1 auth message.
+                            count(&refused.auth);
+                            metrics.count_auth("refused", "missing_token");
+                            self.auth_failures.record(ip);
+                            return Err((StatusCode::UNAUTHORIZED, "a Yjs document needs a token at the handshake (?token= or Authorization: Bearer)"));
                         } else {
                             metrics.count_auth("deferred", "auth_message");
                         }
@@ -516,17 +592,36 @@ impl App {
     }
 }
 
+/// What a connection admitted to Yjs document `name` may do: with a JWT,
+/// edit only with the publish grant `yjs:NAME` (reading was checked at the
+/// handshake).
+fn yjs_access(identity: &Identity, name: &str) -> tether_yjs::Access {
+    match identity {
+        Identity::Granted(grants) if !grants.may_publish(&format!("yjs:{name}")) => tether_yjs::Access::ReadOnly,
+        _ => tether_yjs::Access::ReadWrite,
+    }
+}
+
 /// The lean WebSocket path: handshake straight on the stream.
 fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve_loop::MaybeTcp + Unpin + Send + 'static>(stream: Prefixed<S>, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
     async move {
     let mut room = String::new();
-    let mut identity = Identity::Anonymous;
+    // Opened inside the handshake's callback, before the 101 is written: by
+    // the time the client can send (or a peer can count on it being there),
+    // it is in its room; what arrives meanwhile waits in its queue.
+    let mut session = None;
+    let mut access = tether_yjs::Access::ReadWrite;
     // Scoped so the config and the handshake state are gone before the
     // connection runs: this task lives as long as the client stays.
     let accepted = {
         let config = socket_config(&app.settings);
         let header = app.settings.client_ip_header.clone();
-        Box::pin(tether::accept_with(stream, &config, |req| {
+        let session = &mut session;
+        let access = &mut access;
+        let room = &mut room;
+        let slot = &mut slot;
+        let hook_app = app.clone();
+        Box::pin(tether::accept_with_async(stream, &config, |req| {
             let upgrade = UpgradeRequest {
                 peer,
                 path: req.path(),
@@ -536,40 +631,62 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                 client_ip: header.as_deref().and_then(|h| req.header_str(h)),
                 json: req.protocols().contains(&tether_hub::PROTOCOL_V1),
             };
-            let (guard, found) = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?;
-            if let Some(guard) = guard {
-                slot.ip = Some(guard);
-            }
-            identity = found;
-            room = req.path().to_string();
+            let admitted = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg));
             let protocol = req.protocols().contains(&tether_hub::PROTOCOL_V1).then(|| tether_hub::PROTOCOL_V1.to_string());
-            Ok(tether::Accept { protocol, headers: Vec::new() })
+            let path = req.path().to_string();
+            let json = upgrade.json;
+            let ask = admitted.as_ref().ok().and_then(|(_, found)| hook_app.connect_request(&upgrade, req.header_str("cookie"), found.clone()));
+            async move {
+                let (guard, found) = admitted?;
+                let found = match ask {
+                    Some(ask) => hook_app.connect_hook(ask, &path).await.map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?,
+                    None => found,
+                };
+                if let Some(guard) = guard {
+                    slot.ip = Some(guard);
+                }
+                match path.strip_prefix(tether_yjs::PATH_PREFIX) {
+                    Some(name) => *access = yjs_access(&found, name),
+                    None => *session = Some(hook_app.hub.open_session(json, ConnInfo::with_identity(path.clone(), found))),
+                }
+                *room = path;
+                Ok(tether::Accept { protocol, headers: Vec::new() })
+            }
         }))
         .await
     };
     match accepted {
         Ok(ws) if room.starts_with(tether_yjs::PATH_PREFIX) => {
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
-            app.yjs.run_connection(ws, &room[tether_yjs::PATH_PREFIX.len()..]).await;
+            let name = &room[tether_yjs::PATH_PREFIX.len()..];
+            app.yjs.run_connection_with(ws, name, access).await;
             drop(slot);
         }
         Ok(ws) => {
+            let Some(session) = session else { return };
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
-            let info = ConnInfo::with_identity(room, identity);
-            let (ws, info, slot) = match &app.loops {
-                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, info, slot) {
+            let (ws, session, slot) = match &app.loops {
+                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, session, slot) {
                     Ok(()) => return,
                     Err(back) => back,
                 },
-                None => (ws, info, slot),
+                None => (ws, session, slot),
             };
-            app.hub.run_connection(ws, info).await;
+            app.hub.run_session(ws, session).await;
             drop(slot);
         }
-        Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
         Err(e) => {
-            tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
-            tracing::debug!(error = %e, "WebSocket handshake failed");
+            // The 101 could not be written: the session opened for it ends.
+            if let Some(session) = session {
+                app.hub.end_session(session, tether_hub::End::Closed);
+            }
+            match e {
+                tether::Error::Rejected { status } => tracing::debug!(status, "WebSocket upgrade refused"),
+                e => {
+                    tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+                    tracing::debug!(error = %e, "WebSocket handshake failed");
+                }
+            }
         }
     }
     }
@@ -649,6 +766,9 @@ async fn metrics(app: Arc<App>) -> impl IntoResponse {
     if let Some(w) = &app.webhooks {
         text.push_str(&w.render());
     }
+    if let Some(h) = &app.hooks {
+        text.push_str(&h.metrics.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -672,6 +792,13 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let (ip_guard, identity) = match app.admit(&upgrade) {
         Ok(found) => found,
         Err((status, message)) => return refuse(status, message),
+    };
+    let identity = match app.connect_request(&upgrade, header("cookie"), identity.clone()) {
+        Some(ask) => match app.connect_hook(ask, parts.uri.path()).await {
+            Ok(found) => found,
+            Err((status, message)) => return refuse(status, &message),
+        },
+        None => identity,
     };
     // The upgraded socket outlives this HTTP connection: it takes a
     // WebSocket slot, and the address count along.
@@ -709,7 +836,7 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
         let _held = (slot, ip_guard, open);
         match room.strip_prefix(tether_yjs::PATH_PREFIX) {
-            Some(name) => yjs.run_connection(ws, name).await,
+            Some(name) => yjs.run_connection_with(ws, name, yjs_access(&identity, name)).await,
             None => hub.run_connection(ws, ConnInfo::with_identity(room, identity)).await,
         }
     })

@@ -434,8 +434,7 @@ impl Reader {
     async fn sync(&self, con: &mut Con, topic: &Arc<str>, resume: Option<&Resume>, catch_up: bool) -> RedisResult<Synced> {
         let since = resume.map(|r| r.since.min(SEQ_LIMIT));
         let claimed = resume.and_then(|r| r.epoch.as_deref()).unwrap_or("*");
-        let h = &self.shared.history;
-        let limit = h.max_messages;
+        let (limit, age_ms) = self.shared.retention(topic);
         let reply: redis::Value = self
             .sync
             .key(self.shared.key(topic, "seq"))
@@ -445,7 +444,7 @@ impl Reader {
             .arg(since.map_or(-1, |s| s as i64))
             .arg(claimed)
             .arg(limit.min(REPLAY_PAGE))
-            .arg(self.shared.age_ms())
+            .arg(age_ms)
             .arg(if catch_up { "1" } else { "0" })
             .invoke_async(con)
             .await?;
@@ -541,7 +540,7 @@ impl Reader {
             return Ok(()); // already delivered (by a catch-up)
         }
         if !(same && Some(seq) == followed.last.checked_add(1)) {
-            if self.shared.history.max_messages > 0 {
+            if self.shared.retention(&topic).0 > 0 {
                 // A gap or a new epoch: the stream has what is missing.
                 self.catch_up_or_mark(con, &topic).await?;
                 if self.topics.get(&topic).is_some_and(|f| f.stale) {
