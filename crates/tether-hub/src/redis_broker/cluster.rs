@@ -30,8 +30,7 @@
 //!   broker's byte cap until they are acknowledged or refused.
 
 use super::backend::{Backend, Con, WAIT_MS};
-use super::scripts::encode_body;
-use super::writer::{announce, beat, resync_overflowed, resync_presence, Scripts};
+use super::writer::{add_publish, announce, beat, resync_overflowed, resync_presence, Scripts};
 use super::{publish_bytes, report_down, Backoff, Shared, NODE_BEAT};
 use crate::broker::{new_epoch, BrokerError, PresenceChange, Publish};
 use crate::slots::topic_slot;
@@ -291,22 +290,7 @@ fn start(shared: &Arc<Shared>, sha: &str, replicas: u32, con: &Con, nodes: &mut 
     let candidate = new_epoch();
     let mut pipe = redis::pipe();
     for p in &msgs {
-        let (kind, body) = encode_body(&p.body, p.key.as_deref());
-        pipe.cmd("EVALSHA")
-            .arg(sha)
-            .arg(2)
-            .arg(shared.key(&p.topic, "seq"))
-            .arg(shared.key(&p.topic, "log"))
-            .arg(&candidate)
-            .arg(shared.history.max_messages)
-            .arg(shared.age_ms())
-            .arg(shared.seq_ttl_ms())
-            .arg(shared.key(&p.topic, "ch"))
-            .arg(&*p.sender)
-            .arg(p.timestamp_ms)
-            .arg(&*kind)
-            .arg(body)
-            .arg(shared.history.max_topic_bytes);
+        add_publish(&mut pipe, shared, sha, &candidate, p);
     }
     let count = msgs.len() + usize::from(replicas > 0);
     if replicas > 0 {

@@ -149,29 +149,35 @@ async fn session(
     }
 }
 
+/// Add `p` to `pipe`: the publish script (`sha`), with `candidate` as the
+/// epoch if the topic has none. Shared by one Redis and Redis Cluster.
+pub(super) fn add_publish(pipe: &mut redis::Pipeline, shared: &Shared, sha: &str, candidate: &str, p: &Publish) {
+    let (kind, body) = encode_body(&p.body, p.key.as_deref());
+    let (max_messages, age_ms) = shared.retention(&p.topic);
+    pipe.cmd("EVALSHA")
+        .arg(sha)
+        .arg(2)
+        .arg(shared.key(&p.topic, "seq"))
+        .arg(shared.key(&p.topic, "log"))
+        .arg(candidate)
+        .arg(max_messages)
+        .arg(age_ms)
+        .arg(shared.seq_ttl_ms())
+        .arg(shared.key(&p.topic, "ch"))
+        .arg(&*p.sender)
+        .arg(p.timestamp_ms)
+        .arg(&*kind)
+        .arg(body)
+        .arg(shared.history.max_topic_bytes);
+}
+
 /// Publish a batch in one pipeline; ack or reject every message.
 async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut Con, batch: &mut Vec<Publish>) -> RedisResult<()> {
     let candidate = new_epoch();
     let build = |msgs: &[Publish]| {
         let mut pipe = redis::pipe();
         for p in msgs {
-            let (kind, body) = encode_body(&p.body, p.key.as_deref());
-            let (max_messages, age_ms) = shared.retention(&p.topic);
-            pipe.cmd("EVALSHA")
-                .arg(sha)
-                .arg(2)
-                .arg(shared.key(&p.topic, "seq"))
-                .arg(shared.key(&p.topic, "log"))
-                .arg(&candidate)
-                .arg(max_messages)
-                .arg(age_ms)
-                .arg(shared.seq_ttl_ms())
-                .arg(shared.key(&p.topic, "ch"))
-                .arg(&*p.sender)
-                .arg(p.timestamp_ms)
-                .arg(&*kind)
-                .arg(body)
-                .arg(shared.history.max_topic_bytes);
+            add_publish(&mut pipe, shared, sha, &candidate, p);
         }
         pipe
     };
