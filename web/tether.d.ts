@@ -35,6 +35,10 @@ declare class TetherClient {
   publish(topic: string, content: TetherClient.Json, options?: TetherClient.PublishOptions): Promise<TetherClient.Ack>;
   /** tether.v1: send a chat message to this connection's room. */
   chat(content: TetherClient.Json): Promise<TetherClient.Ack>;
+  /** tether.v1: call `method` on the application's backend (the server's RPC
+   * hook). Resolves with the backend's answer; rejects with an Error whose
+   * `code` is the backend's error code, `timeout` or `unavailable`. */
+  rpc<T extends TetherClient.Json = TetherClient.Json>(method: string, data?: TetherClient.Json): Promise<T>;
   /** tether.v1: fetch a new token (options.token must be a function) and send
    * it in a `refresh` request. Done by itself `refreshAhead` ms before the
    * token's exp and when the server warns (`token_expiring`). */

@@ -679,7 +679,7 @@
       // The server closes at close_at unless a new token comes first.
       this.refresh().catch(function (e) { self._emit("error", e); });
     }
-    if ((msg.type === "ack" || msg.type === "error" || msg.type === "authenticated") && msg.id !== undefined && msg.id !== null) {
+    if ((msg.type === "ack" || msg.type === "error" || msg.type === "authenticated" || msg.type === "rpc_result") && msg.id !== undefined && msg.id !== null) {
       var p = this.pending.get(msg.id);
       if (p) {
         this.pending.delete(msg.id);
@@ -818,6 +818,14 @@
   /** tether.v1: send a chat message to this connection's room. */
   TetherClient.prototype.chat = function (content) {
     return this._request({ type: "chat", content: content });
+  };
+
+  /** tether.v1: call a method of the application's backend (the server's
+   * RPC hook, tether serve --hook-rpc). Resolves with the backend's answer
+   * (its data); rejects with an Error whose code is the backend's error
+   * code, "timeout" or "unavailable". */
+  TetherClient.prototype.rpc = function (method, data) {
+    return this._request({ type: "rpc", method: method, data: data === undefined ? null : data }).then(function (msg) { return msg.data; });
   };
 
   /** Close for good (no reconnect). */

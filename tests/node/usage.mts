@@ -26,6 +26,8 @@ async function main(): Promise<void> {
   const sub = await client.subscribe("news");
   const pub = await client.publish("news", { headline: "hi", tags: ["a", 1, null] });
   await client.chat("hello");
+  const sum = await client.rpc<{ sum: number }>("add", { a: 1, b: 2 });
+  void sum.sum;
   const live: SubscribeOptions = { delta: true, resume: true };
   await client.subscribe("prices", live);
   const keyed: PublishOptions = { key: "TTR" };

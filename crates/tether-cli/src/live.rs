@@ -42,6 +42,10 @@ impl LiveArgs {
 const TICKER_HTML: &str = include_str!("../web/ticker.html");
 const DASHBOARD_HTML: &str = include_str!("../web/dashboard.html");
 const MULTIPLAYER_HTML: &str = include_str!("../web/multiplayer.html");
+const EDITOR_HTML: &str = include_str!("../web/editor.html");
+// CodeMirror 6 + yjs + y-websocket + y-codemirror.next, built by web/editor/build.mjs.
+const EDITOR_JS: &str = include_str!("../web/vendor/editor.bundle.js");
+const EDITOR_LICENSES: &str = include_str!("../web/vendor/editor.LICENSES.txt");
 const UPLOT_JS: &str = include_str!("../web/vendor/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../web/vendor/uPlot.min.css");
 const UPLOT_LICENSE: &str = include_str!("../web/vendor/uPlot.LICENSE");
@@ -52,6 +56,9 @@ pub fn page(path: &str) -> Option<(&'static str, &'static str)> {
         "/ticker.html" => ("text/html; charset=utf-8", TICKER_HTML),
         "/dashboard.html" => ("text/html; charset=utf-8", DASHBOARD_HTML),
         "/multiplayer.html" => ("text/html; charset=utf-8", MULTIPLAYER_HTML),
+        "/editor.html" => ("text/html; charset=utf-8", EDITOR_HTML),
+        "/vendor/editor.bundle.js" => ("text/javascript; charset=utf-8", EDITOR_JS),
+        "/vendor/editor.LICENSES.txt" => ("text/plain; charset=utf-8", EDITOR_LICENSES),
         "/vendor/uPlot.iife.min.js" => ("text/javascript; charset=utf-8", UPLOT_JS),
         "/vendor/uPlot.min.css" => ("text/css; charset=utf-8", UPLOT_CSS),
         "/vendor/uPlot.LICENSE" => ("text/plain; charset=utf-8", UPLOT_LICENSE),

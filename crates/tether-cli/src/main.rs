@@ -19,6 +19,8 @@ mod serve_loop;
 mod settings;
 mod shutdown;
 mod webhook;
+mod backend_http;
+mod hooks;
 mod yjs;
 
 use clap::{CommandFactory, Parser, Subcommand};

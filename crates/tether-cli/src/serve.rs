@@ -67,6 +67,8 @@ struct App {
     /// With `--broker redis://`: HTTP-transport requests for sessions of
     /// other nodes go there (src/relay.rs).
     relay: Option<Arc<crate::relay::Relay>>,
+    /// The backend's hooks (src/hooks.rs), if configured.
+    hooks: Option<Arc<crate::hooks::HttpHooks>>,
 }
 
 /// What a connection holds while it is open: its slot and, unless its
@@ -155,6 +157,11 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     let redis_url = settings.broker.starts_with("redis://").then_some(settings.broker.as_str());
     let api = crate::api::Api::new(hub.clone(), settings.api.clone(), redis_url)?;
     let webhooks = settings.webhook.clone().map(|w| crate::webhook::start(&hub, w));
+    let hooks = settings.hooks.clone().map(crate::hooks::HttpHooks::new);
+    if let Some(h) = &hooks {
+        hub.set_hooks(h.clone());
+        tracing::info!(url = ?settings.hooks.as_ref().map(|h| &h.url), "backend hooks on");
+    }
     let loops = match driver.driver {
         crate::driver::DriverKind::Loop => {
             let service = Arc::new(crate::serve_loop::HubService::new(hub.clone()));
@@ -197,6 +204,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         jwt,
         relay: redis_url.map(|url| crate::relay::Relay::start(url, http.clone(), settings.http_timeout)).transpose()?,
         http,
+        hooks,
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -409,6 +417,49 @@ impl App {
         .await;
     }
 
+    /// What to ask the connect hook about an admitted upgrade, if it is on
+    /// (not for /yjs/ documents and system rooms, which have their own rules).
+    fn connect_request(&self, req: &UpgradeRequest<'_>, cookie: Option<&str>, identity: Identity) -> Option<crate::hooks::ConnectRequest> {
+        let hooks = self.hooks.as_ref().filter(|h| h.connect_on())?;
+        if req.path.starts_with(tether_yjs::PATH_PREFIX) || tether_hub::system::may_subscribe_system(req.path) {
+            return None;
+        }
+        let _ = hooks;
+        let ip = admission::client_ip(req.peer.ip(), req.client_ip, self.behind_proxy(req.peer), &self.settings.trusted_proxies);
+        Some(crate::hooks::ConnectRequest {
+            room: req.path.to_string(),
+            client_ip: ip.to_string(),
+            origin: req.origin.map(str::to_string),
+            token: crate::auth::presented_token(req.authorization, req.query).map(str::to_string),
+            cookie: cookie.map(str::to_string),
+            identity,
+        })
+    }
+
+    /// Ask the connect hook: the identity the connection gets, or the refusal.
+    async fn connect_hook(&self, ask: crate::hooks::ConnectRequest, path: &str) -> Result<Identity, (StatusCode, String)> {
+        let Some(hooks) = &self.hooks else { return Ok(ask.identity) };
+        let refused = |status: u16, message: String| {
+            tether_hub::Metrics::add(&self.hub.metrics().handshake_failures, 1);
+            tether_hub::Metrics::add(&self.hub.metrics().refused.auth, 1);
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), message)
+        };
+        match hooks.connect(ask).await {
+            crate::hooks::Admission::Refuse(status, message) => {
+                self.hub.metrics().count_auth("refused", "connect_hook");
+                Err(refused(status, message))
+            }
+            crate::hooks::Admission::Admit(Identity::Granted(grants)) if path != "/" && !grants.may_subscribe(path) => {
+                self.hub.metrics().count_auth("refused", "room");
+                Err(refused(403, "the backend does not allow this room (URL path)".into()))
+            }
+            crate::hooks::Admission::Admit(identity) => {
+                self.hub.metrics().count_auth("allowed", "connect_hook");
+                Ok(identity)
+            }
+        }
+    }
+
     /// Whether `peer` is a trusted proxy whose client-address header counts.
     fn behind_proxy(&self, peer: SocketAddr) -> bool {
         self.settings.client_ip_header.is_some() && self.settings.trusted_proxies.contains(&peer.ip())
@@ -521,13 +572,20 @@ impl App {
 fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve_loop::MaybeTcp + Unpin + Send + 'static>(stream: Prefixed<S>, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
     async move {
     let mut room = String::new();
-    let mut identity = Identity::Anonymous;
+    // Opened inside the handshake's callback, before the 101 is written: by
+    // the time the client can send (or a peer can count on it being there),
+    // it is in its room; what arrives meanwhile waits in its queue.
+    let mut session = None;
     // Scoped so the config and the handshake state are gone before the
     // connection runs: this task lives as long as the client stays.
     let accepted = {
         let config = socket_config(&app.settings);
         let header = app.settings.client_ip_header.clone();
-        Box::pin(tether::accept_with(stream, &config, |req| {
+        let session = &mut session;
+        let room = &mut room;
+        let slot = &mut slot;
+        let hook_app = app.clone();
+        Box::pin(tether::accept_with_async(stream, &config, |req| {
             let upgrade = UpgradeRequest {
                 peer,
                 path: req.path(),
@@ -537,14 +595,26 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                 client_ip: header.as_deref().and_then(|h| req.header_str(h)),
                 json: req.protocols().contains(&tether_hub::PROTOCOL_V1),
             };
-            let (guard, found) = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?;
-            if let Some(guard) = guard {
-                slot.ip = Some(guard);
-            }
-            identity = found;
-            room = req.path().to_string();
+            let admitted = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg));
             let protocol = req.protocols().contains(&tether_hub::PROTOCOL_V1).then(|| tether_hub::PROTOCOL_V1.to_string());
-            Ok(tether::Accept { protocol, headers: Vec::new() })
+            let path = req.path().to_string();
+            let json = upgrade.json;
+            let ask = admitted.as_ref().ok().and_then(|(_, found)| hook_app.connect_request(&upgrade, req.header_str("cookie"), found.clone()));
+            async move {
+                let (guard, found) = admitted?;
+                let found = match ask {
+                    Some(ask) => hook_app.connect_hook(ask, &path).await.map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?,
+                    None => found,
+                };
+                if let Some(guard) = guard {
+                    slot.ip = Some(guard);
+                }
+                if !path.starts_with(tether_yjs::PATH_PREFIX) {
+                    *session = Some(hook_app.hub.open_session(json, ConnInfo::with_identity(path.clone(), found)));
+                }
+                *room = path;
+                Ok(tether::Accept { protocol, headers: Vec::new() })
+            }
         }))
         .await
     };
@@ -555,22 +625,30 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
             drop(slot);
         }
         Ok(ws) => {
+            let Some(session) = session else { return };
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
-            let info = ConnInfo::with_identity(room, identity);
-            let (ws, info, slot) = match &app.loops {
-                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, info, slot) {
+            let (ws, session, slot) = match &app.loops {
+                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, ws, session, slot) {
                     Ok(()) => return,
                     Err(back) => back,
                 },
-                None => (ws, info, slot),
+                None => (ws, session, slot),
             };
-            app.hub.run_connection(ws, info).await;
+            app.hub.run_session(ws, session).await;
             drop(slot);
         }
-        Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
         Err(e) => {
-            tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
-            tracing::debug!(error = %e, "WebSocket handshake failed");
+            // The 101 could not be written: the session opened for it ends.
+            if let Some(session) = session {
+                app.hub.end_session(session, tether_hub::End::Closed);
+            }
+            match e {
+                tether::Error::Rejected { status } => tracing::debug!(status, "WebSocket upgrade refused"),
+                e => {
+                    tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+                    tracing::debug!(error = %e, "WebSocket handshake failed");
+                }
+            }
         }
     }
     }
@@ -650,6 +728,9 @@ async fn metrics(app: Arc<App>) -> impl IntoResponse {
     if let Some(w) = &app.webhooks {
         text.push_str(&w.render());
     }
+    if let Some(h) = &app.hooks {
+        text.push_str(&h.metrics.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -673,6 +754,13 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let (ip_guard, identity) = match app.admit(&upgrade) {
         Ok(found) => found,
         Err((status, message)) => return refuse(status, message),
+    };
+    let identity = match app.connect_request(&upgrade, header("cookie"), identity.clone()) {
+        Some(ask) => match app.connect_hook(ask, parts.uri.path()).await {
+            Ok(found) => found,
+            Err((status, message)) => return refuse(status, &message),
+        },
+        None => identity,
     };
     // The upgraded socket outlives this HTTP connection: it takes a
     // WebSocket slot, and the address count along.

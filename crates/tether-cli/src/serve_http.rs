@@ -82,10 +82,19 @@ pub(super) async fn serve(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response
     let path = parts.uri.path();
     let query = parts.uri.query();
     let json = param(query, "topic").is_some() || param(query, "protocol").is_some_and(|p| p == tether_hub::PROTOCOL_V1);
-    let admitted = app.admit(&upgrade_request(&app, &ctx, path, query, &parts.headers, json));
-    let (ip_guard, identity) = match admitted {
+    let upgrade = upgrade_request(&app, &ctx, path, query, &parts.headers, json);
+    let (ip_guard, identity) = match app.admit(&upgrade) {
         Ok(guard) => guard,
         Err((status, message)) => return refuse(status, message),
+    };
+    // The connect hook decides a new stream as it does a WebSocket.
+    let cookie = parts.headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    let identity = match app.connect_request(&upgrade, cookie, identity.clone()) {
+        Some(ask) if parts.headers.get("last-event-id").is_none() => match app.connect_hook(ask, path).await {
+            Ok(found) => found,
+            Err((status, message)) => return refuse(status, &message),
+        },
+        _ => identity,
     };
     // Resume: the header EventSource sends when it reconnects by itself,
     // or the parameter a fresh EventSource (or a page) can set.

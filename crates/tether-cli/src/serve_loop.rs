@@ -9,7 +9,7 @@ use crate::front::Prefixed;
 use std::sync::Arc;
 use std::task::Waker;
 use tether::WebSocket;
-use tether_hub::{ConnInfo, End, Ending, Hub, Session};
+use tether_hub::{End, Ending, Hub, Session};
 use tether_proto::{Connection, Message};
 use tokio::net::TcpStream;
 
@@ -114,32 +114,30 @@ pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrit
     hub: &Arc<Hub>,
     loops: &Driver<HubService<G>>,
     ws: WebSocket<Prefixed<S>>,
-    info: ConnInfo,
+    session: Session,
     guard: G,
-) -> Result<(), (WebSocket<Prefixed<S>>, ConnInfo, G)> {
+) -> Result<(), (WebSocket<Prefixed<S>>, Session, G)> {
     if !ws.get_ref().get_ref().is_tcp() {
-        return Err((ws, info, guard));
+        return Err((ws, session, guard));
     }
-    let json = ws.protocol() == Some(tether_hub::PROTOCOL_V1);
     let (stream, mut conn) = ws.into_parts();
     let (rest, stream) = stream.into_parts();
     // Bytes the client sent right after its request head (already read).
     if !rest.is_empty() {
         conn.receive_data(&rest);
     }
-    let Some(tcp) = stream.into_tcp() else { return Ok(()) };
-    let tcp = match tcp.into_std() {
-        Ok(tcp) => tcp,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot hand the connection to the event loop");
+    let tcp = match stream.into_tcp().map(TcpStream::into_std) {
+        Some(Ok(tcp)) => tcp,
+        failed => {
+            if let Some(Err(e)) = failed {
+                tracing::debug!(error = %e, "cannot hand the connection to the event loop");
+            }
+            hub.end_session(session, End::Closed);
             return Ok(());
         }
     };
-    // The session joins its room here, not when the loop takes the
-    // connection from its inbox: the client already has its 101 and may
-    // expect the room's next message (a peer that sends as soon as both
-    // are open); what arrives meanwhile waits in the session's queue.
-    let session = hub.open_session(json, info);
+    // The session was opened (its room joined) before the 101 was written;
+    // what arrives until the loop takes it from its inbox waits in its queue.
     loops.adopt(tcp, conn, (session, guard));
     Ok(())
 }

@@ -264,7 +264,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_API_TIMEOUT", value_parser = parse_duration)]
     pub api_timeout: Option<Duration>,
     /// POST lifecycle events (topic occupied/vacated, presence join/leave)
-    /// to this http:// URL, signed with --webhook-secret [default: none]
+    /// to this http:// or https:// URL, signed with --webhook-secret [default: none]
     #[arg(long, env = "TETHER_WEBHOOK_URL", requires = "webhook_secret")]
     pub webhook_url: Option<String>,
     /// The HMAC-SHA256 key of the webhooks' X-Tether-Signature
@@ -282,6 +282,8 @@ pub struct ServeArgs {
     pub yjs: crate::yjs::YjsArgs,
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+    #[command(flatten)]
+    pub hooks: crate::hooks::HookArgs,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -344,6 +346,8 @@ struct FileConfig {
     webhook_secret: Option<String>,
     webhook_queue: Option<usize>,
     webhook_timeout: Option<String>,
+    /// Hooks into the backend (src/hooks.rs).
+    hooks: Option<crate::hooks::HooksFile>,
 }
 
 /// The settings `tether serve` runs with.
@@ -390,6 +394,8 @@ pub struct Settings {
     pub auth: crate::auth::AuthSettings,
     /// `[namespaces."PREFIX"]` of the config file.
     pub namespaces: Vec<tether_hub::namespace::Namespace>,
+    /// Hooks into the backend (`--hook-*`, `[hooks]`), if on.
+    pub hooks: Option<crate::hooks::HookSettings>,
 }
 
 impl Settings {
@@ -446,6 +452,8 @@ impl Settings {
                     max_topics: args.history_topics.or(file.history_topics).unwrap_or(d.max_topics),
                     max_bytes: args.history_max_bytes.or(file.history_max_bytes).unwrap_or(d.max_bytes),
                     max_topic_bytes: args.history_topic_max_bytes.or(file.history_topic_max_bytes).unwrap_or(d.max_topic_bytes),
+                    // [namespaces."PREFIX"] history-size / history-ttl (below).
+                    prefixes: Vec::new(),
                 }
             },
             write_stall_timeout: dur(args.write_stall_timeout, file.write_stall_timeout, "write-stall-timeout", Duration::from_secs(90))?,
@@ -480,10 +488,7 @@ impl Settings {
                 (None, _) => None,
                 (Some(_), None) => bail!("--webhook-url needs --webhook-secret (the key of the signatures)"),
                 (Some(url), Some(secret)) => {
-                    let url: http::Uri = url.parse().with_context(|| format!("--webhook-url {url:?} is not a URL"))?;
-                    if url.scheme_str() != Some("http") || url.host().is_none() {
-                        bail!("--webhook-url must be http://HOST[:PORT]/PATH (put TLS in front with a local proxy)");
-                    }
+                    let url = crate::backend_http::BackendUrl::parse(&url, "--webhook-url")?;
                     Some(crate::webhook::WebhookSettings {
                         url,
                         secret,
@@ -495,8 +500,12 @@ impl Settings {
             live: args.live,
             yjs: args.yjs.resolve(file.yjs)?,
             auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
-            namespaces: crate::auth::namespaces(file.namespaces)?,
+            namespaces: crate::auth::namespaces(file.namespaces.clone())?,
+            hooks: None,
         };
+        let mut settings = settings;
+        settings.history.prefixes = crate::auth::history_prefixes(file.namespaces.as_ref(), &settings.history)?;
+        settings.hooks = crate::hooks::HookSettings::resolve(args.hooks, file.hooks.unwrap_or_default(), &settings.namespaces)?;
         if settings.api.timeout.is_zero() || settings.api.idempotency_window.is_zero() {
             bail!("--api-timeout and --api-idempotency-window must be greater than zero");
         }

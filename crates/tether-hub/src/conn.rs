@@ -4,7 +4,7 @@
 //! loop with the same session.
 
 use crate::hub::Hub;
-use crate::session::{ConnInfo, End, Ending};
+use crate::session::{ConnInfo, End, Ending, Session};
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
@@ -20,9 +20,20 @@ impl Hub {
     /// a plain `fn` returning an `async move` block stores the socket once
     /// (an `async fn` argument is stored twice, rust-lang/rust#62958), setup
     /// temporaries live in a synchronous helper, and the closing path is boxed.
-    pub fn run_connection<'a, S: AsyncRead + AsyncWrite + Unpin + 'a>(self: &'a Arc<Self>, mut ws: WebSocket<S>, info: ConnInfo) -> impl std::future::Future<Output = ()> + 'a {
+    ///
+    /// The session is opened (the room joined, the welcome queued) when this
+    /// is called, not when the future is first polled.
+    pub fn run_connection<'a, S: AsyncRead + AsyncWrite + Unpin + 'a>(self: &'a Arc<Self>, ws: WebSocket<S>, info: ConnInfo) -> impl std::future::Future<Output = ()> + 'a {
+        let session = self.open_session(ws.protocol() == Some(crate::PROTOCOL_V1), info);
+        self.run_session(ws, session)
+    }
+
+    /// Run a session opened with [`Hub::open_session`] on its WebSocket until
+    /// it ends. A server that opens the session before it writes the 101
+    /// (so the client is in its room by the time it can send) runs it here;
+    /// [`Hub::run_connection`] does both for everyone else.
+    pub fn run_session<'a, S: AsyncRead + AsyncWrite + Unpin + 'a>(self: &'a Arc<Self>, mut ws: WebSocket<S>, mut session: Session) -> impl std::future::Future<Output = ()> + 'a {
         async move {
-            let mut session = self.open_session(ws.protocol() == Some(crate::PROTOCOL_V1), info);
             let end = poll_fn(|cx| loop {
                 // Registered before the flags are read: a flag set after
                 // this point wakes the task again.

@@ -101,6 +101,10 @@ pub struct Hub {
     pub(crate) namespaces: std::sync::OnceLock<crate::namespace::Namespaces>,
     /// Longest reconnect hint of a drain, in ms (src/drain.rs).
     pub(crate) drain_hint_ms: std::sync::atomic::AtomicU32,
+    /// The backend's hooks (src/hooks.rs), if any.
+    pub(crate) hooks: std::sync::OnceLock<Arc<dyn crate::hooks::Hooks>>,
+    /// Where hook calls run (any driver's thread may start one).
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 struct Sink(Weak<Hub>);
@@ -181,6 +185,8 @@ impl Hub {
             authenticator: std::sync::OnceLock::new(),
             namespaces: std::sync::OnceLock::new(),
             drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
+            hooks: std::sync::OnceLock::new(),
+            runtime: tokio::runtime::Handle::current(),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
         let weak = Arc::downgrade(&hub);
@@ -194,6 +200,12 @@ impl Hub {
     /// `refresh` envelopes. Once per hub: `false` if one was already set.
     pub fn set_authenticator(&self, authenticator: Arc<dyn crate::auth::Authenticator>) -> bool {
         self.authenticator.set(authenticator).is_ok()
+    }
+
+    /// Install the backend's hooks (subscribe and publish in namespaces
+    /// that ask for them, `rpc`). Once per hub: `false` if already set.
+    pub fn set_hooks(&self, hooks: Arc<dyn crate::hooks::Hooks>) -> bool {
+        self.hooks.set(hooks).is_ok()
     }
 
     pub(crate) fn authenticator(&self) -> Option<&Arc<dyn crate::auth::Authenticator>> {

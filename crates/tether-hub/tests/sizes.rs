@@ -86,7 +86,9 @@ async fn an_idle_session_and_its_connection_stay_small() {
     // Each heap block also costs the allocator a header and rounding
     // (16 B or more with glibc): keep them few.
     assert!(per_blocks <= 3.0, "an idle session holds {per_blocks:.2} heap blocks (at most 3)");
-    assert!(inline <= 384, "a session and its connection grew to {inline} bytes inline");
+    // 392: 384 plus the pointer of the hooked requests' queue (#14), null
+    // until a request waits for the backend.
+    assert!(inline <= 392, "a session and its connection grew to {inline} bytes inline");
     // 703 B measured: the conflation index and the delta subscriptions'
     // map (#15) cost a pointer each until used. #16's target for an idle
     // `tether serve` connection is 768 B.

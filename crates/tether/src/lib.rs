@@ -70,7 +70,7 @@ pub use client::{client_handshake, connect, ClientBuilder};
 pub use reconnect::ReconnectingClient;
 pub use config::Config;
 pub use error::{Error, Result};
-pub use server::{accept, accept_with, Accept, Reject};
+pub use server::{accept, accept_with, accept_with_async, Accept, Reject};
 pub use socket::WebSocket;
 pub use stream::MaybeTlsStream;
 pub use tether_proto::handshake::{ClientRequest, ExtensionOffer, Request, Response};

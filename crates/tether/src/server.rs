@@ -50,10 +50,23 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebS
 /// Invalid requests are answered with the status the RFC asks for (400, 405,
 /// 426 with `Sec-WebSocket-Version: 13`, 431) and an error is returned. The
 /// whole handshake is bounded by `config.handshake_timeout`.
-pub async fn accept_with<S, F>(mut stream: S, config: &Config, callback: F) -> Result<WebSocket<S>>
+pub async fn accept_with<S, F>(stream: S, config: &Config, callback: F) -> Result<WebSocket<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request) -> std::result::Result<Accept, Reject>,
+{
+    accept_with_async(stream, config, |request| std::future::ready(callback(request))).await
+}
+
+/// [`accept_with`], with a decision that may take time (asking another
+/// service whether to admit the client): `callback` reads the request and
+/// returns a future (which may not borrow it) that decides. The caller
+/// bounds its time; the handshake timeout covers reading the request only.
+pub async fn accept_with_async<S, F, Fut>(mut stream: S, config: &Config, callback: F) -> Result<WebSocket<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<Accept, Reject>>,
 {
     let read = tokio::time::timeout(config.handshake_timeout, read_request(&mut stream, config.max_handshake_size)).await;
     let (request, buffered) = match read {
@@ -66,7 +79,7 @@ where
         Ok(Err(e)) => return Err(e),
         Ok(Ok(r)) => r,
     };
-    match callback(&request) {
+    match callback(&request).await {
         Ok(accept) => {
             let headers: Vec<(&str, &str)> = accept.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let negotiated = negotiate(&UpgradeOffer::from_request(&request), accept.protocol.as_deref(), config.deflate.as_ref(), &headers);

@@ -1,6 +1,8 @@
 //! Start the real `tether` binary on a free port for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod backend;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

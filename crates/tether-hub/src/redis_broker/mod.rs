@@ -136,11 +136,13 @@ impl Shared {
     }
 
     fn seq_ttl_ms(&self) -> u64 {
-        SEQ_TTL.max(self.history.max_age).as_millis() as u64
+        SEQ_TTL.max(self.history.longest_age()).as_millis() as u64
     }
 
-    fn age_ms(&self) -> u64 {
-        self.history.max_age.as_millis().max(1) as u64
+    /// `(max_messages, max_age in ms)` of `topic` (its namespace's, or the defaults).
+    fn retention(&self, topic: &str) -> (usize, u64) {
+        let (messages, age) = self.history.retention(topic);
+        (messages, age.as_millis().max(1) as u64)
     }
 
     /// Return the bytes of a publish that left the queue.

@@ -298,8 +298,7 @@ impl Reader {
     async fn sync(&self, con: &mut MultiplexedConnection, topic: &Arc<str>, resume: Option<&Resume>, catch_up: bool) -> RedisResult<Synced> {
         let since = resume.map(|r| r.since.min(SEQ_LIMIT));
         let claimed = resume.and_then(|r| r.epoch.as_deref()).unwrap_or("*");
-        let h = &self.shared.history;
-        let limit = h.max_messages;
+        let (limit, age_ms) = self.shared.retention(topic);
         let reply: redis::Value = self
             .sync
             .key(key(topic, "seq"))
@@ -309,7 +308,7 @@ impl Reader {
             .arg(since.map_or(-1, |s| s as i64))
             .arg(claimed)
             .arg(limit.min(REPLAY_PAGE))
-            .arg(self.shared.age_ms())
+            .arg(age_ms)
             .arg(if catch_up { "1" } else { "0" })
             .invoke_async(con)
             .await?;
@@ -403,7 +402,7 @@ impl Reader {
             return Ok(()); // already delivered (by a catch-up)
         }
         if !(same && Some(seq) == followed.last.checked_add(1)) {
-            if self.shared.history.max_messages > 0 {
+            if self.shared.retention(&topic).0 > 0 {
                 // A gap or a new epoch: the stream has what is missing.
                 self.catch_up(con, &topic).await?;
             } else if let Some(followed) = self.topics.get_mut(&topic) {

@@ -148,14 +148,15 @@ async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut 
         let mut pipe = redis::pipe();
         for p in msgs {
             let (kind, body) = encode_body(&p.body, p.key.as_deref());
+            let (max_messages, age_ms) = shared.retention(&p.topic);
             pipe.cmd("EVALSHA")
                 .arg(sha)
                 .arg(2)
                 .arg(key(&p.topic, "seq"))
                 .arg(key(&p.topic, "log"))
                 .arg(&candidate)
-                .arg(shared.history.max_messages)
-                .arg(shared.age_ms())
+                .arg(max_messages)
+                .arg(age_ms)
                 .arg(shared.seq_ttl_ms())
                 .arg(key(&p.topic, "ch"))
                 .arg(&*p.sender)
