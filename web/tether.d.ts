@@ -266,6 +266,8 @@ declare namespace TetherClient {
     topic: string;
     event: "join" | "leave";
     session: string;
+    /** The session's user (a token's sub), when it is authenticated. */
+    user?: string;
     count: number;
   }
 

@@ -181,11 +181,20 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, tls = tls.is_some(), broker = hub.broker().name(), heartbeat = ?settings.heartbeat_interval, "tether serve ready");
 
-    let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
-        Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
-        None => None,
+    let yjs = if let Some(url) = redis_url {
+        // Several nodes: documents kept in Redis and changes relayed
+        // through it (tether_yjs::RedisShare), not in --yjs-dir.
+        let share = tether_yjs::RedisShare::open(url).context("Yjs documents on Redis")?;
+        let yjs = tether_yjs::Yjs::with_relay(settings.yjs.config.clone(), Some(share.clone()), Some(share.clone()));
+        share.listen(&yjs);
+        yjs
+    } else {
+        let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
+            Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
+            None => None,
+        };
+        tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store)
     };
-    let yjs = tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store);
     let http = tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default());
     let app = Arc::new(App {
         hub: hub.clone(),
@@ -530,15 +539,31 @@ impl App {
                 }
                 (false, Some(verifier)) => match crate::auth::identify(verifier, crate::auth::presented_token(req.authorization, req.query), req.json) {
                     Ok(found) => {
+                        let document = req.path.strip_prefix(tether_yjs::PATH_PREFIX);
                         if let Identity::Granted(grants) = &found {
-                            // A room (URL path) other than "/" must be allowed.
-                            if req.path != "/" && !grants.may_subscribe(req.path) {
+                            // A room (URL path) other than "/" must be
+                            // allowed; a Yjs document needs the subscribe
+                            // grant `yjs:NAME` (writing needs publish, see `yjs_access`).
+                            let allowed = match document {
+                                Some(name) => grants.may_subscribe(&format!("yjs:{name}")),
+                                None => req.path == "/" || grants.may_subscribe(req.path),
+                            };
+                            if !allowed {
                                 metrics.count_auth("refused", "room");
                                 tracing::info!(client = %ip, user = %grants.user, room = ?req.path, "refused upgrade: the token does not allow this room");
-                                return Err((StatusCode::FORBIDDEN, "the token does not allow this room (URL path)"));
+                                return Err((StatusCode::FORBIDDEN, match document {
+                                    Some(_) => "the token does not allow this Yjs document (subscribe grant yjs:NAME)",
+                                    None => "the token does not allow this room (URL path)",
+                                }));
                             }
                             metrics.count_auth("allowed", "jwt");
                             tracing::debug!(client = %ip, user = %grants.user, "admitted with a JWT");
+                        } else if document.is_some() {
+                            // y-websocket cannot send a tether.v1 auth message.
+                            count(&refused.auth);
+                            metrics.count_auth("refused", "missing_token");
+                            self.auth_failures.record(ip);
+                            return Err((StatusCode::UNAUTHORIZED, "a Yjs document needs a token at the handshake (?token= or Authorization: Bearer)"));
                         } else {
                             metrics.count_auth("deferred", "auth_message");
                         }
@@ -568,6 +593,16 @@ impl App {
     }
 }
 
+/// What a connection admitted to Yjs document `name` may do: with a JWT,
+/// edit only with the publish grant `yjs:NAME` (reading was checked at the
+/// handshake).
+fn yjs_access(identity: &Identity, name: &str) -> tether_yjs::Access {
+    match identity {
+        Identity::Granted(grants) if !grants.may_publish(&format!("yjs:{name}")) => tether_yjs::Access::ReadOnly,
+        _ => tether_yjs::Access::ReadWrite,
+    }
+}
+
 /// The lean WebSocket path: handshake straight on the stream.
 fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve_loop::MaybeTcp + Unpin + Send + 'static>(stream: Prefixed<S>, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
     async move {
@@ -576,12 +611,14 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
     // the time the client can send (or a peer can count on it being there),
     // it is in its room; what arrives meanwhile waits in its queue.
     let mut session = None;
+    let mut access = tether_yjs::Access::ReadWrite;
     // Scoped so the config and the handshake state are gone before the
     // connection runs: this task lives as long as the client stays.
     let accepted = {
         let config = socket_config(&app.settings);
         let header = app.settings.client_ip_header.clone();
         let session = &mut session;
+        let access = &mut access;
         let room = &mut room;
         let slot = &mut slot;
         let hook_app = app.clone();
@@ -609,8 +646,9 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                 if let Some(guard) = guard {
                     slot.ip = Some(guard);
                 }
-                if !path.starts_with(tether_yjs::PATH_PREFIX) {
-                    *session = Some(hook_app.hub.open_session(json, ConnInfo::with_identity(path.clone(), found)));
+                match path.strip_prefix(tether_yjs::PATH_PREFIX) {
+                    Some(name) => *access = yjs_access(&found, name),
+                    None => *session = Some(hook_app.hub.open_session(json, ConnInfo::with_identity(path.clone(), found))),
                 }
                 *room = path;
                 Ok(tether::Accept { protocol, headers: Vec::new() })
@@ -621,7 +659,8 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
     match accepted {
         Ok(ws) if room.starts_with(tether_yjs::PATH_PREFIX) => {
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
-            app.yjs.run_connection(ws, &room[tether_yjs::PATH_PREFIX.len()..]).await;
+            let name = &room[tether_yjs::PATH_PREFIX.len()..];
+            app.yjs.run_connection_with(ws, name, access).await;
             drop(slot);
         }
         Ok(ws) => {
@@ -798,7 +837,7 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
         let _held = (slot, ip_guard, open);
         match room.strip_prefix(tether_yjs::PATH_PREFIX) {
-            Some(name) => yjs.run_connection(ws, name).await,
+            Some(name) => yjs.run_connection_with(ws, name, yjs_access(&identity, name)).await,
             None => hub.run_connection(ws, ConnInfo::with_identity(room, identity)).await,
         }
     })

@@ -333,6 +333,9 @@ struct FileConfig {
     /// The `[yjs]` table.
     #[serde(default)]
     yjs: crate::yjs::YjsFile,
+    /// The `[live]` table (src/live.rs).
+    #[serde(default)]
+    live: crate::live::LiveFile,
     /// JWT connection tokens (src/auth.rs).
     jwt: Option<crate::auth::AuthFile>,
     /// Topic prefixes with their own rules (src/auth.rs).
@@ -386,7 +389,7 @@ pub struct Settings {
     pub api: crate::api::ApiSettings,
     /// Lifecycle webhooks (`--webhook-*`), if on.
     pub webhook: Option<crate::webhook::WebhookSettings>,
-    /// Conflation, `$sys:stats` and `$room:` ticks (flags and variables only).
+    /// Conflation, `$sys:stats` and `$room:` ticks (flags, variables, `[live]`).
     pub live: crate::live::LiveArgs,
     /// The Yjs endpoint.
     pub yjs: crate::yjs::YjsSettings,
@@ -497,7 +500,7 @@ impl Settings {
                     })
                 }
             },
-            live: args.live,
+            live: args.live.resolve(file.live)?,
             yjs: args.yjs.resolve(file.yjs)?,
             auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
             namespaces: crate::auth::namespaces(file.namespaces.clone())?,

@@ -74,15 +74,18 @@ fn now_ms() -> u64 {
 
 impl EventSink for Sink {
     fn event(&self, event: LifecycleEvent) {
-        let (name, topic, session) = match event {
-            LifecycleEvent::Occupied { topic } => ("topic_occupied", topic, None),
-            LifecycleEvent::Vacated { topic } => ("topic_vacated", topic, None),
-            LifecycleEvent::Join { topic, session } => ("presence_join", topic, Some(session)),
-            LifecycleEvent::Leave { topic, session } => ("presence_leave", topic, Some(session)),
+        let (name, topic, session, user) = match event {
+            LifecycleEvent::Occupied { topic } => ("topic_occupied", topic, None, None),
+            LifecycleEvent::Vacated { topic } => ("topic_vacated", topic, None, None),
+            LifecycleEvent::Join { topic, session, user } => ("presence_join", topic, Some(session), user),
+            LifecycleEvent::Leave { topic, session, user } => ("presence_leave", topic, Some(session), user),
         };
         let mut v = serde_json::json!({ "event": name, "topic": &*topic, "node": tether_hub::node_id(), "ts": now_ms() });
         if let Some(s) = session {
             v["session"] = serde_json::Value::String(s);
+        }
+        if let Some(u) = user {
+            v["user"] = serde_json::Value::String(u.to_string());
         }
         if self.tx.try_send(v).is_err() {
             self.metrics.queue_full.fetch_add(1, Ordering::Relaxed);

@@ -271,3 +271,64 @@ async fn the_rust_client_sends_a_token_from_its_function_and_refreshes_it_before
     let (_, metrics) = common::http_get(server.port, "/metrics").await;
     assert!(!metrics.contains(r#"result="closed",reason="expired""#), "no connection was closed for an expired token");
 }
+
+/// The next presence event.
+async fn next_presence(ws: &mut Ws) -> Value {
+    loop {
+        match timeout(Duration::from_secs(20), ws.recv()).await.expect("a message within 20 s") {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "presence" {
+                    return v;
+                }
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected an envelope, got {other:?}"),
+        }
+    }
+}
+
+async fn api_presence(port: u16, topic: &str) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({ "topic": topic }).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!("POST /api/presence HTTP/1.1\r\nHost: localhost\r\nX-API-Key: k\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    tcp.write_all(format!("{head}{body}").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+async fn presence_names_the_user(broker: &str) {
+    let server = Server::start(&["--jwt-secret", SECRET, "--broker", broker, "--api-key", "k"]);
+    let caps = ["chat:*"];
+    let mut ann = connect(&server, "/", Some(&hs256(&claims("ann", now() + 600, &caps), SECRET))).await.unwrap();
+    let mut bob = connect(&server, "/", Some(&hs256(&claims("bob", now() + 600, &caps), SECRET))).await.unwrap();
+    send(&mut ann, json!({"type":"subscribe","topic":"chat:p","id":1})).await;
+    assert_eq!(next(&mut ann).await["type"], "ack");
+    send(&mut bob, json!({"type":"subscribe","topic":"chat:p","id":2})).await;
+    assert_eq!(next(&mut bob).await["type"], "ack");
+    let join = loop {
+        let v = next_presence(&mut ann).await;
+        if v["event"] == "join" && v["user"] == "bob" {
+            break v;
+        }
+        assert_eq!(v["user"], "ann", "only ann's own join comes before: {v}");
+    };
+    assert!(join["session"].as_str().unwrap().contains('-'), "the session too: {join}");
+    let listed = api_presence(server.port, "chat:p").await;
+    let mut users: Vec<&str> = listed["sessions"].as_array().unwrap().iter().map(|s| s["user"].as_str().unwrap()).collect();
+    users.sort();
+    assert_eq!(users, ["ann", "bob"], "{listed} ({broker})");
+    send(&mut bob, json!({"type":"unsubscribe","topic":"chat:p","id":3})).await;
+    let leave = next_presence(&mut ann).await;
+    assert_eq!((leave["event"].as_str(), leave["user"].as_str()), (Some("leave"), Some("bob")), "{leave} ({broker})");
+}
+
+#[tokio::test]
+async fn presence_events_and_the_api_name_the_user() {
+    presence_names_the_user("memory").await;
+    if let Some(redis) = common::Redis::start() {
+        presence_names_the_user(&redis.url()).await;
+    }
+}

@@ -191,7 +191,8 @@ impl Default for HistoryConfig {
 pub struct PresenceChange {
     /// The topic.
     pub topic: Arc<str>,
-    /// The session that joined or left.
+    /// The session that joined or left, as a member name: `<session>` or,
+    /// authenticated, `<session>@<user>` ([`crate::presence::split_member`]).
     pub session: Arc<str>,
     /// `true` for a join, `false` for a leave.
     pub joined: bool,

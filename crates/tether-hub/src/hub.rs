@@ -147,7 +147,8 @@ impl DeliverySink for Sink {
     }
     fn presence(&self, topic: &str, joined: bool, session: &str, count: u64) {
         if let Some(hub) = self.0.upgrade() {
-            let frame = EncodedFrame::text(&envelope::presence(topic, if joined { "join" } else { "leave" }, session, count as usize));
+            let (session, user) = crate::presence::split_member(session);
+            let frame = EncodedFrame::text(&envelope::presence_of(topic, if joined { "join" } else { "leave" }, session, user, count as usize));
             if let Some(subs) = hub.topic(topic) {
                 for sub in lock(&subs).values().filter(|s| s.conn.json && s.presence) {
                     hub.notify(&sub.conn, frame.clone());
@@ -261,7 +262,7 @@ impl Hub {
 
     /// The sessions subscribed to `topic` on this node.
     pub(crate) fn local_subscribers(&self, topic: &str) -> Vec<String> {
-        self.topic(topic).map_or_else(Vec::new, |subs| lock(&subs).values().map(|s| s.conn.session()).collect())
+        self.topic(topic).map_or_else(Vec::new, |subs| lock(&subs).values().map(|s| self.presence_member(&s.conn)).collect())
     }
 
     /// Topics with local subscribers and their local subscriber counts.
@@ -321,6 +322,7 @@ impl Hub {
             None if self.latest_on_subscribe(topic) => Some(Resume { since: 0, epoch: Some(crate::namespace::LATEST.into()) }),
             other => other,
         };
+        let user = self.user_of(conn.id);
         let occupied = {
             let mut topics = lock(&self.topics);
             let occupied = !topics.contains_key(topic);
@@ -329,7 +331,7 @@ impl Hub {
             subs.delta_subs += usize::from(delta);
             subs.insert(conn.id, sub);
             if !self.shares_presence {
-                let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session(), subs.len()));
+                let frame = EncodedFrame::text(&envelope::presence_of(topic, "join", &conn.session(), user.as_deref(), subs.len()));
                 for sub in subs.values().filter(|s| s.conn.json && s.presence) {
                     self.notify(&sub.conn, frame.clone());
                 }
@@ -339,7 +341,7 @@ impl Hub {
         if occupied {
             self.emit(|| crate::events::LifecycleEvent::Occupied { topic: topic.clone() });
         }
-        self.emit(|| crate::events::LifecycleEvent::Join { topic: topic.clone(), session: conn.session() });
+        self.emit(|| crate::events::LifecycleEvent::Join { topic: topic.clone(), session: conn.session(), user: user.clone() });
         if resuming {
             Metrics::add(&self.metrics.resumes, 1);
         }
@@ -351,6 +353,7 @@ impl Hub {
     }
 
     pub(crate) fn unsubscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>) -> bool {
+        let user = self.user_of(conn.id);
         let (announced, count) = {
             let mut topics = lock(&self.topics);
             let Some(entry) = topics.get(topic).cloned() else { return false };
@@ -367,14 +370,14 @@ impl Hub {
             if count == 0 {
                 topics.remove(topic);
             } else if !self.shares_presence {
-                let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session(), count));
+                let frame = EncodedFrame::text(&envelope::presence_of(topic, "leave", &conn.session(), user.as_deref(), count));
                 for sub in subs.values().filter(|s| s.conn.json && s.presence) {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
             (sub.announced, count)
         };
-        self.emit(|| crate::events::LifecycleEvent::Leave { topic: topic.clone(), session: conn.session() });
+        self.emit(|| crate::events::LifecycleEvent::Leave { topic: topic.clone(), session: conn.session(), user: user.clone() });
         if count == 0 {
             self.emit(|| crate::events::LifecycleEvent::Vacated { topic: topic.clone() });
         }
@@ -382,7 +385,8 @@ impl Hub {
             self.rooms.left(topic, &conn.session());
         }
         if announced {
-            self.broker.presence(PresenceChange { topic: topic.clone(), session: Arc::from(&*conn.session()), joined: false, local_count: count });
+            let member = crate::presence::member(conn.session(), user.as_deref());
+            self.broker.presence(PresenceChange { topic: topic.clone(), session: Arc::from(member), joined: false, local_count: count });
         }
         self.broker.unsubscribe(topic);
         true
@@ -561,7 +565,7 @@ impl Hub {
             self.shares_presence.then_some((conn, count))
         };
         if let Some((conn, local_count)) = announce {
-            self.broker.presence(PresenceChange { topic: request.topic, session: Arc::from(&*conn.session()), joined: true, local_count });
+            self.broker.presence(PresenceChange { topic: request.topic, session: Arc::from(self.presence_member(&conn)), joined: true, local_count });
         }
     }
 

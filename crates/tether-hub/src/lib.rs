@@ -63,6 +63,7 @@ mod limit;
 mod memory;
 mod metrics;
 pub mod namespace;
+pub mod presence;
 mod queue;
 pub mod room;
 pub mod slots;

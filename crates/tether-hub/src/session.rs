@@ -212,15 +212,16 @@ impl Hub {
             AuthState::Granted { grants, .. } => grants.may_subscribe(&room),
             AuthState::Awaiting { .. } => false,
         };
+        // Known before the room is joined: presence names the user.
+        if let Some(grants) = auth.grants() {
+            self.api.set_user(conn.id, Some(grants.user.clone()));
+        }
         let mut topics = Vec::with_capacity(1);
         if joins {
             self.subscribe_granted(&conn, &room, None, None, false, auth.grants());
             topics.push(room.clone());
         }
         tracing::debug!(session = %conn.session(), room = ?room, json, user = ?auth.grants().map(|g| &*g.user), "connected");
-        if let Some(grants) = auth.grants() {
-            self.api.set_user(conn.id, Some(grants.user.clone()));
-        }
         Session { conn, room, topics, auth, hooks: HookQueue::default(), limiter: Limiter::default(), last_pending: 0 }
     }
 

@@ -306,6 +306,15 @@ pub fn presence(topic: &str, event: &str, session: &str, count: usize) -> String
     format!(r#"{{"type":"presence","topic":{},"event":{},"session":{},"count":{count}}}"#, quote(topic), quote(event), quote(session))
 }
 
+/// `{"type":"presence",...,"user":U}`: with the user (a token's `sub`) of
+/// an authenticated session.
+pub fn presence_of(topic: &str, event: &str, session: &str, user: Option<&str>, count: usize) -> String {
+    match user {
+        None => presence(topic, event, session, count),
+        Some(u) => format!(r#"{{"type":"presence","topic":{},"event":{},"session":{},"user":{},"count":{count}}}"#, quote(topic), quote(event), quote(session), quote(u)),
+    }
+}
+
 /// A request a client sends; [`Request::to_json`] gives its text, which
 /// [`parse`] reads back as the matching [`ClientMessage`].
 #[derive(Clone, Copy, Debug)]
