@@ -4,7 +4,8 @@
 // different nodes converge and see each other's awareness; a client on a
 // node that never had the document open gets the whole state; after every
 // client left (both nodes wrote the document back to Redis), a new one on
-// either node still gets everything.
+// either node still gets everything; after Redis restarted empty, edits
+// cross nodes again and the state of an open document is back in Redis.
 //
 //   TETHER_BIN=target/release/tether node --test tests/node/yjs-nodes.test.mjs
 
@@ -50,13 +51,19 @@ function waitPort(port, ms = 10000) {
   });
 }
 
+let redis;
+/** redis-server on `redisPort`, without persistence (a restart empties it). */
+async function startRedis() {
+  redis = spawn(REDIS, ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
+  children.push(redis);
+  await waitPort(redisPort);
+}
+
 before(async () => {
   if (skip) return;
   dir = mkdtempSync(join(tmpdir(), "tether-yjs-nodes-"));
   redisPort = await freePort();
-  const redis = spawn(REDIS, ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
-  children.push(redis);
-  await waitPort(redisPort);
+  await startRedis();
   nodes = [];
   for (let i = 0; i < 2; i++) {
     const port = await freePort();
@@ -213,4 +220,30 @@ test("a document edited on one node only reaches a client of the other node, liv
   await until(() => a.text.toString() === b.text.toString() && a.text.toString() === "[a] from node one, and node two", "live both ways");
   a.close();
   b.close();
+});
+
+test("Redis restarts empty: edits cross nodes again, and an open document's state is written back", { skip }, async () => {
+  const [n1, n2] = nodes;
+  const a = peer(`ws://127.0.0.1:${n1}/yjs`, "restart");
+  const b = peer(`ws://127.0.0.1:${n2}/yjs`, "restart");
+  await Promise.all([synced(a), synced(b)]);
+  a.text.insert(0, "before");
+  await until(() => b.text.toString() === "before", "b has a's edit");
+  b.close();
+  await untilMetric(n2, "tether_yjs_documents", (v) => v === 0, "node two closed the document");
+  // Redis dies and comes back with nothing.
+  await stopServer(redis);
+  await startRedis();
+  // Node one notices (its listener reconnects) and writes the document it
+  // has open back, and sends it to the other nodes: a client on node two
+  // (which had closed it: it opens it from Redis, before or after) gets it all.
+  const late = peer(`ws://127.0.0.1:${n2}/yjs`, "restart");
+  await synced(late);
+  await until(() => late.text.toString() === "before", "the state is back in Redis", 20000);
+  // And live edits cross again, both ways.
+  a.text.insert(a.text.length, " after");
+  late.text.insert(0, "[late] ");
+  await until(() => a.text.toString() === "[late] before after" && late.text.toString() === "[late] before after", "live again both ways", 20000);
+  a.close();
+  late.close();
 });

@@ -19,7 +19,11 @@
 //!   it has the document open. A node that opens a document asks the others
 //!   for their awareness states (presence and cursors show at once). After
 //!   the listening connection was lost, each open document is re-read from
-//!   its list, so an update missed meanwhile still arrives.
+//!   its list, so an update missed meanwhile still arrives, and written
+//!   back whole (merged) and published whole, so a Redis that restarted
+//!   empty has again the state of every document some node has open, and
+//!   so have the nodes. (Documents no node has
+//!   open live only in Redis: run it with persistence, `appendonly yes`.)
 //!
 //! Messages are `node id (8 bytes) | kind (1 byte) | payload`. Commands go
 //! through one blocking connection per node (with 2 s timeouts) under the
@@ -151,22 +155,33 @@ impl RedisShare {
         }
     }
 
-    /// Run `f` on the command connection, (re)connecting first if needed;
-    /// a failed command drops the connection (the next call reconnects).
-    fn with_conn<T>(&self, name: &str, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T, StoreError> {
+    /// Run `f` on the command connection, (re)connecting first if needed.
+    /// A failed command drops the connection; one that failed on a broken
+    /// connection (Redis restarted, the link dropped) is tried once more on
+    /// a new one (a command that ran twice pushes an update twice, which
+    /// Yjs ignores).
+    fn with_conn<T>(&self, name: &str, f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T, StoreError> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let err = |source| StoreError::Redis { name: name.to_string(), source };
-        if guard.is_none() {
-            let con = self.client.get_connection_with_timeout(TIMEOUT).map_err(err)?;
-            con.set_read_timeout(Some(TIMEOUT)).map_err(err)?;
-            con.set_write_timeout(Some(TIMEOUT)).map_err(err)?;
-            *guard = Some(con);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if guard.is_none() {
+                let con = self.client.get_connection_with_timeout(TIMEOUT).map_err(err)?;
+                con.set_read_timeout(Some(TIMEOUT)).map_err(err)?;
+                con.set_write_timeout(Some(TIMEOUT)).map_err(err)?;
+                *guard = Some(con);
+            }
+            match f(guard.as_mut().expect("connected above")) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    *guard = None;
+                    if tries >= 2 || !(e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()) {
+                        return Err(err(e));
+                    }
+                }
+            }
         }
-        let result = f(guard.as_mut().expect("connected above"));
-        if result.is_err() {
-            *guard = None;
-        }
-        result.map_err(err)
     }
 
     fn publish(&self, name: &str, kind: Kind, body: &[u8]) {
@@ -174,7 +189,7 @@ impl RedisShare {
         msg.extend_from_slice(&self.node);
         msg.push(kind as u8);
         msg.extend_from_slice(body);
-        let published = self.with_conn(name, |con| redis::cmd("PUBLISH").arg(format!("{RELAY_PREFIX}{name}")).arg(msg).query::<()>(con));
+        let published = self.with_conn(name, |con| redis::cmd("PUBLISH").arg(format!("{RELAY_PREFIX}{name}")).arg(&msg).query::<()>(con));
         if let Err(e) = published {
             tracing::warn!(document = name, error = %e, "cannot relay a Yjs message to the other nodes");
         }

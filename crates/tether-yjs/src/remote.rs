@@ -69,7 +69,9 @@ impl Yjs {
     }
 
     /// Re-read every open document from the store and send its
-    /// connections what they lacked (after a relay lost messages).
+    /// connections what they lacked, then write it back whole (merged with
+    /// what the store holds) and relay it whole: after a relay lost
+    /// messages, or the shared store restarted empty.
     pub fn reload_all(&self) {
         let Some(store) = &self.store else { return };
         let docs: Vec<_> = self.docs.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
@@ -89,6 +91,10 @@ impl Yjs {
                         state.broadcast(&protocol::encode_sync(protocol::SYNC_UPDATE, u), None);
                     }
                 }
+            }
+            self.write_whole(&doc.name, &mut state, store.as_ref());
+            if let Some(relay) = &self.relay {
+                relay.update(&doc.name, &state.encode_state());
             }
         }
     }
