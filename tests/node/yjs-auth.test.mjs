@@ -10,6 +10,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
+import { spawn } from "node:child_process";
 import WebSocket from "ws";
 import * as Y from "yjs";
 import { WebsocketProvider } from "y-websocket";
@@ -109,5 +110,38 @@ test("subscribe without publish reads and shows presence; its edit is refused wi
   } finally {
     writer.close();
     reader.close();
+  }
+});
+
+test("the connect hook's grants count as a JWT's: without yjs:NAME the document is refused with 403", async () => {
+  // examples/auth-backend/backend.py admits the token user:NAME as NAME,
+  // with subscribe ["/", "chat:*", "private:*"]: no Yjs document.
+  const script = new URL("../../examples/auth-backend/backend.py", import.meta.url).pathname;
+  const backend = await new Promise((resolve, reject) => {
+    const child = spawn(process.env.TETHER_PYTHON || "python3", [script, "--port", "0", "--webhook-secret", "s"], { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+      if (out.includes("\n") && !child.port) {
+        child.port = JSON.parse(out.split("\n")[0]).listening;
+        resolve(child);
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`backend.py exited with ${code}: ${out}`)));
+  });
+  const hooked = await freePort();
+  const s = await startServer(hooked, ["--hook-url", `http://127.0.0.1:${backend.port}/hooks`, "--hook-secret", "s", "--hook-connect", "closed", "--yjs-dir", "none"]);
+  try {
+    const status = (path) => new Promise((resolve) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${hooked}${path}`);
+      ws.on("unexpected-response", (_req, res) => resolve(res.statusCode));
+      ws.on("open", () => { ws.close(); resolve(101); });
+      ws.on("error", () => {});
+    });
+    assert.equal(await status("/yjs/notes?token=user:ada"), 403);
+    assert.equal(await status("/yjs/notes"), 401);
+  } finally {
+    await stopServer(s);
+    await stopServer(backend);
   }
 });

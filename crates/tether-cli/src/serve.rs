@@ -425,7 +425,9 @@ impl App {
     /// (not for /yjs/ documents and system rooms, which have their own rules).
     fn connect_request(&self, req: &UpgradeRequest<'_>, cookie: Option<&str>, identity: Identity) -> Option<crate::hooks::ConnectRequest> {
         let hooks = self.hooks.as_ref().filter(|h| h.connect_on())?;
-        if req.path.starts_with(tether_yjs::PATH_PREFIX) || tether_hub::system::may_subscribe_system(req.path) {
+        // Yjs documents are asked about too: the grants the hook gives count
+        // as a JWT's (see `yjs_access`).
+        if tether_hub::system::may_subscribe_system(req.path) {
             return None;
         }
         let _ = hooks;
@@ -588,13 +590,19 @@ impl App {
     }
 }
 
-/// What a connection admitted to Yjs document `name` may do: with a JWT,
-/// edit only with the publish grant `yjs:NAME` (reading was checked at the
-/// handshake).
-fn yjs_access(identity: &Identity, name: &str) -> tether_yjs::Access {
+/// What a connection to Yjs document `name` may do, from its final
+/// identity (a JWT's, or the connect hook's): with grants, reading needs
+/// `subscribe` of `yjs:NAME` (else 403) and editing `publish` (else
+/// read-only); an identity still waiting for an `auth` message is refused
+/// (401: y-websocket cannot send one).
+fn yjs_access(identity: &Identity, name: &str) -> Result<tether_yjs::Access, (StatusCode, &'static str)> {
+    let topic = format!("yjs:{name}");
     match identity {
-        Identity::Granted(grants) if !grants.may_publish(&format!("yjs:{name}")) => tether_yjs::Access::ReadOnly,
-        _ => tether_yjs::Access::ReadWrite,
+        Identity::Anonymous => Ok(tether_yjs::Access::ReadWrite),
+        Identity::AwaitingAuth => Err((StatusCode::UNAUTHORIZED, "a Yjs document needs a token at the handshake (?token= or Authorization: Bearer)")),
+        Identity::Granted(grants) if !grants.may_subscribe(&topic) => Err((StatusCode::FORBIDDEN, "the token does not allow this Yjs document (subscribe grant yjs:NAME)")),
+        Identity::Granted(grants) if grants.may_publish(&topic) => Ok(tether_yjs::Access::ReadWrite),
+        Identity::Granted(_) => Ok(tether_yjs::Access::ReadOnly),
     }
 }
 
@@ -642,7 +650,7 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                     slot.ip = Some(guard);
                 }
                 match path.strip_prefix(tether_yjs::PATH_PREFIX) {
-                    Some(name) => *access = yjs_access(&found, name),
+                    Some(name) => *access = yjs_access(&found, name).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?,
                     None => *session = Some(hook_app.hub.open_session(json, ConnInfo::with_identity(path.clone(), found))),
                 }
                 *room = path;
@@ -796,6 +804,11 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
         },
         None => identity,
     };
+    let access = match parts.uri.path().strip_prefix(tether_yjs::PATH_PREFIX).map(|name| yjs_access(&identity, name)) {
+        Some(Err((status, message))) => return refuse(status, message),
+        Some(Ok(access)) => access,
+        None => tether_yjs::Access::ReadWrite,
+    };
     // The upgraded socket outlives this HTTP connection: it takes a
     // WebSocket slot, and the address count along.
     let Ok(permit) = app.ws_slots.clone().try_acquire_owned() else {
@@ -832,7 +845,7 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
         let _held = (slot, ip_guard, open);
         match room.strip_prefix(tether_yjs::PATH_PREFIX) {
-            Some(name) => yjs.run_connection_with(ws, name, yjs_access(&identity, name)).await,
+            Some(name) => yjs.run_connection_with(ws, name, access).await,
             None => hub.run_connection(ws, ConnInfo::with_identity(room, identity)).await,
         }
     })
