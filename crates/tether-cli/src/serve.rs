@@ -64,6 +64,9 @@ struct App {
     jwt: Option<Arc<tether_hub::jwt::JwtVerifier>>,
     /// The sessions of the HTTP fallback transport (SSE + POST).
     http: Arc<tether_hub::http::HttpSessions>,
+    /// With `--broker redis://`: HTTP-transport requests for sessions of
+    /// other nodes go there (src/relay.rs).
+    relay: Option<Arc<crate::relay::Relay>>,
     /// The backend's hooks (src/hooks.rs), if configured.
     hooks: Option<Arc<crate::hooks::HttpHooks>>,
 }
@@ -115,8 +118,8 @@ type Loops = crate::driver::Driver<crate::serve_loop::HubService<Slot>>;
 async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Option<OnHub>) -> anyhow::Result<ExitCode> {
     let broker: Arc<dyn tether_hub::Broker> = match settings.broker.as_str() {
         "memory" => Arc::new(MemoryBroker::with_history(settings.history.clone())),
-        url if url.starts_with("redis://") => Arc::new(tether_hub::RedisBroker::new(url, settings.history.clone())?),
-        other => anyhow::bail!("unknown broker {other:?} (supported: memory, redis://HOST:PORT)"),
+        url if url.starts_with("redis://") || url.starts_with("redis-cluster://") => Arc::new(tether_hub::RedisBroker::new(url, settings.history.clone())?),
+        other => anyhow::bail!("unknown broker {other:?} (supported: memory, redis://HOST:PORT, redis-cluster://HOST:PORT[,HOST:PORT...])"),
     };
     let tls = match &settings.tls {
         None => None,
@@ -151,7 +154,11 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         hub.set_authenticator(verifier.clone());
         tracing::info!(?verifier, "JWT connection tokens on");
     }
+    // The API's idempotency keys need one Redis; on a cluster they stay per node.
     let redis_url = settings.broker.starts_with("redis://").then_some(settings.broker.as_str());
+    if settings.broker.starts_with("redis-cluster://") {
+        tracing::info!("server API idempotency keys are kept per node (not shared) with redis-cluster://");
+    }
     let api = crate::api::Api::new(hub.clone(), settings.api.clone(), redis_url)?;
     let webhooks = settings.webhook.clone().map(|w| crate::webhook::start(&hub, w));
     let hooks = settings.hooks.clone().map(crate::hooks::HttpHooks::new);
@@ -192,6 +199,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         };
         tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store)
     };
+    let http = tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default());
     let app = Arc::new(App {
         hub: hub.clone(),
         settings: settings.clone(),
@@ -207,7 +215,8 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         webhooks,
         drain: crate::admin::DrainState::default(),
         jwt,
-        http: tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default()),
+        relay: redis_url.map(|url| crate::relay::Relay::start(url, http.clone(), settings.http_timeout)).transpose()?,
+        http,
         hooks,
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the

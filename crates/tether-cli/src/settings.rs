@@ -167,8 +167,10 @@ pub struct ServeArgs {
     /// How long shutdown waits for clients to answer the 1001 close [default: 5s]
     #[arg(long, env = "TETHER_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
     pub shutdown_timeout: Option<Duration>,
-    /// Message broker: `memory` (one process) or `redis://HOST:PORT` (several
-    /// nodes sharing topics, history and presence) [default: memory]
+    /// Message broker: `memory` (one process), `redis://HOST:PORT` (several
+    /// nodes sharing topics, history and presence through one Redis) or
+    /// `redis-cluster://HOST:PORT[,HOST:PORT...]` (the same over a Redis 7
+    /// Cluster, topics spread over its shards) [default: memory]
     #[arg(long, env = "TETHER_BROKER")]
     pub broker: Option<String>,
     #[command(flatten)]

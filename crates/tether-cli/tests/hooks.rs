@@ -173,3 +173,34 @@ async fn a_slow_backend_fills_the_in_flight_bound_then_times_out() {
     assert_eq!(common::metric(server.port, "tether_hook_calls_total{hook=\"subscribe\",outcome=\"busy\"}").await, 1.0);
     assert_eq!(common::metric(server.port, "tether_hook_calls_total{hook=\"subscribe\",outcome=\"timeout\"}").await, 4.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_16_requests_waiting_is_not_read_until_they_are_answered() {
+    let backend = Backend::start(SECRET, "slow");
+    let config = config("paused");
+    let hooks = backend.hooks_url();
+    let server = Server::start(&["--config", &config, "--hook-url", &hooks, "--hook-secret", SECRET, "--hook-timeout", "2s"]);
+    let mut ws = connect(&server, None).await.unwrap();
+    for i in 0..20 {
+        ws.send(json!({"type": "subscribe", "topic": format!("private:{i}"), "id": format!("s{i}")}).to_string()).await.unwrap();
+    }
+    ws.send(json!({"type": "ping", "id": "ping"}).to_string()).await.unwrap();
+    // Every request is answered (none hangs), in order: the ping, behind
+    // the 17th subscribe, is read only once the first 16 ended.
+    let mut ids = Vec::new();
+    while ids.len() < 21 {
+        let v = next(&mut ws).await;
+        if let Some(id) = v["id"].as_str() {
+            if id.starts_with('s') {
+                assert_eq!(v["code"], "timeout", "{v}");
+            }
+            ids.push(id.to_string());
+        }
+    }
+    let ping = ids.iter().position(|id| id == "ping").unwrap();
+    assert!(ping >= 16, "the ping came after the first 16 subscribes' answers: {ids:?}");
+    let subscribes: Vec<&String> = ids.iter().filter(|id| id.starts_with('s')).collect();
+    assert_eq!(subscribes, (0..20).map(|i| format!("s{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+    let seen = backend.until(|got| got.iter().filter(|c| c["hook"] == "subscribe").count() >= 20);
+    assert_eq!(seen.iter().filter(|c| c["hook"] == "subscribe").count(), 20);
+}

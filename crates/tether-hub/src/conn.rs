@@ -43,6 +43,11 @@ impl Hub {
                     return Poll::Ready(end);
                 }
                 if session.reading_paused() {
+                    // Paused with nothing to write: waiting for the
+                    // backend's hooks, whose answers wake this task.
+                    if ws.pending_len() == 0 {
+                        return Poll::Pending;
+                    }
                     match ws.poll_write_pending(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(_)) => return Poll::Ready(End::Closed),
