@@ -75,6 +75,10 @@ pub struct HookArgs {
     /// Answer `rpc` requests through the backend's /rpc hook [default: off]
     #[arg(long, env = "TETHER_HOOK_RPC")]
     pub hook_rpc: bool,
+    /// Also trust this CA certificate (PEM) for https:// hooks and webhooks
+    /// [default: the bundled webpki roots and the system's]
+    #[arg(long, env = "TETHER_BACKEND_CA")]
+    pub backend_ca: Option<std::path::PathBuf>,
 }
 
 /// The `[hooks]` table of the config file.
@@ -126,7 +130,7 @@ impl HookSettings {
             bail!("--hook-timeout must be more than 0");
         }
         Ok(Some(HookSettings {
-            url: BackendUrl::parse(&url, "--hook-url")?,
+            url: BackendUrl::parse(&url, "--hook-url", backend_http::read_ca(args.backend_ca.as_deref())?.as_deref())?,
             secret: args.hook_secret.or(file.secret).filter(|s| !s.is_empty()),
             timeout,
             max_in_flight: args.hook_max_in_flight.or(file.max_in_flight).unwrap_or(256).max(1),
