@@ -12,6 +12,7 @@ mod demo;
 mod echo;
 mod front;
 mod live;
+mod relay;
 mod logging;
 mod serve;
 mod serve_loop;

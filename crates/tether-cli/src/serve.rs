@@ -64,6 +64,9 @@ struct App {
     jwt: Option<Arc<tether_hub::jwt::JwtVerifier>>,
     /// The sessions of the HTTP fallback transport (SSE + POST).
     http: Arc<tether_hub::http::HttpSessions>,
+    /// With `--broker redis://`: HTTP-transport requests for sessions of
+    /// other nodes go there (src/relay.rs).
+    relay: Option<Arc<crate::relay::Relay>>,
     /// The backend's hooks (src/hooks.rs), if configured.
     hooks: Option<Arc<crate::hooks::HttpHooks>>,
 }
@@ -196,6 +199,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         };
         tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store)
     };
+    let http = tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default());
     let app = Arc::new(App {
         hub: hub.clone(),
         settings: settings.clone(),
@@ -211,7 +215,8 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         webhooks,
         drain: crate::admin::DrainState::default(),
         jwt,
-        http: tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default()),
+        relay: redis_url.map(|url| crate::relay::Relay::start(url, http.clone(), settings.http_timeout)).transpose()?,
+        http,
         hooks,
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the

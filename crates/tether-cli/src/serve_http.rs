@@ -10,6 +10,7 @@ use super::{refuse, App, ConnCtx, Slot, UpgradeRequest};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use std::sync::Arc;
 use tether_hub::http::{parse_event_id, HttpError, Posted};
 use tether_hub::ConnInfo;
@@ -99,6 +100,14 @@ pub(super) async fn serve(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response
     // or the parameter a fresh EventSource (or a page) can set.
     let last = parts.headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| param(query, "last_event_id").map(|c| c.into_owned()));
     let stream = match last.as_deref().and_then(parse_event_id) {
+        // Another node holds the session: its stream comes through Redis.
+        Some((key, after)) if !app.http.contains(key) && app.relay.as_ref().is_some_and(|r| r.elsewhere(key)) => {
+            let Some(relay) = app.relay.clone() else { return refuse(StatusCode::NOT_FOUND, "unknown session") };
+            return match relay.stream(key, after).await {
+                Ok(chunks) => sse_response(chunks.map(bytes_of)),
+                Err(crate::relay::Refused(status, body)) => refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body.trim()),
+            };
+        }
         Some((key, after)) => match app.http.resume(key, after) {
             Ok(stream) => stream,
             // Unknown here: the client opens a new session (after a
@@ -132,8 +141,14 @@ pub(super) async fn serve(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response
     };
     let body = futures_util::stream::unfold(stream, |mut stream| async move {
         let chunk = stream.next_chunk().await?;
-        Some((Ok::<_, std::convert::Infallible>(bytes_of(chunk)), stream))
+        Some((bytes_of(chunk), stream))
     });
+    sse_response(body)
+}
+
+/// A `text/event-stream` response of `chunks`, proxy-safe.
+fn sse_response(chunks: impl futures_util::Stream<Item = axum::body::Bytes> + Send + 'static) -> Response {
+    let body = chunks.map(Ok::<_, std::convert::Infallible>);
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
@@ -175,6 +190,15 @@ async fn post(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
         Ok(m) => m,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("the body must be a JSON array of strings: {e}")),
     };
+    if !app.http.contains(&key) {
+        if let Some(relay) = app.relay.as_ref().filter(|r| r.elsewhere(&key)) {
+            // Another node holds the session: applied there, through Redis.
+            return match relay.post(&key, seq, messages).await {
+                Ok((200, body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                Ok((status, body)) | Err(crate::relay::Refused(status, body)) => refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body.trim()),
+            };
+        }
+    }
     match app.http.post(&key, seq, messages) {
         Ok(Posted::Applied) => ([(header::CONTENT_TYPE, "application/json")], "{\"ok\":true}").into_response(),
         Ok(Posted::Duplicate) => ([(header::CONTENT_TYPE, "application/json")], "{\"ok\":true,\"duplicate\":true}").into_response(),
