@@ -421,3 +421,49 @@ async fn cluster_delivers_once_in_order_through_failover_and_resume() {
     }
     drop(nginx);
 }
+
+/// The bounded push queue (#17): with room for 8 pushes, a burst of
+/// publishes overflows it; the node says so, drops the pushes and catches
+/// every topic up from its stream, so the subscriber still gets every
+/// acknowledged message once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_push_queue_drops_then_catches_up_from_the_streams() {
+    let Some(cluster) = Cluster::start() else { return };
+    let url = format!("{}?push_queue=8", cluster.url());
+    let log = cluster.dir.join("node.log");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--broker", &url, "--message-rate", "0", "--subscribe-rate", "0", "--queue-max-messages", "65536"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start tether serve");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("listening on "), "{line:?}");
+    let node = format!("ws://127.0.0.1:{port}/");
+    let mut sub = Peer::connect(&node, "sub", 0..PER_CONN).await;
+    sub.subscribe_all(false).await;
+    let mut publisher = Peer::connect(&node, "publisher", 0..0).await;
+    for round in 0..20 {
+        for i in 0..PER_CONN {
+            let n = round * TOPICS as u64 + i as u64;
+            publisher.send(json!({"type": "publish", "topic": topic(i), "content": {"n": n}, "id": format!("p{round}-{i}")})).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while publisher.acks.len() + publisher.refused.len() < 20 * PER_CONN {
+        assert!(Instant::now() < deadline, "publishes not answered");
+        publisher.pump(Duration::from_millis(200)).await;
+    }
+    assert!(publisher.refused.is_empty(), "refused: {:?}", publisher.refused.iter().take(3).collect::<Vec<_>>());
+    let mut subs = vec![sub];
+    delivered(&publisher, &mut [&mut subs]).await;
+    let gaps: usize = subs[0].topics.values().map(|p| p.gaps).sum();
+    assert_eq!(gaps, 0, "the streams keep everything: no gap to report");
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("pub/sub queue full"), "the burst never filled the 8-push queue:\n{log}");
+}

@@ -51,6 +51,8 @@ pub(super) struct ClusterSpec {
     password: Option<String>,
     /// Replicas each publish waits for (`WAIT`) before it is acknowledged.
     pub(super) replicas: u32,
+    /// Pushes waiting for the reader (see [`PUSH_QUEUE`]).
+    push_queue: usize,
 }
 
 /// How long a publish waits for its replicas (`WAIT`); past it the
@@ -58,7 +60,7 @@ pub(super) struct ClusterSpec {
 pub(super) const WAIT_MS: u64 = 100;
 
 impl Backend {
-    /// Parse `redis://...` or `redis-cluster://[user:pass@]HOST:PORT[,HOST:PORT...][?replicas=N]`;
+    /// Parse `redis://...` or `redis-cluster://[user:pass@]HOST:PORT[,HOST:PORT...][?replicas=N&push_queue=N]`;
     /// also returns a `host:port` description (no password) for logs.
     pub(super) fn parse(url: &str) -> Result<(Backend, String), BrokerError> {
         let Some(rest) = url.strip_prefix("redis-cluster://") else {
@@ -66,7 +68,7 @@ impl Backend {
             let target = client.get_connection_info().addr.to_string();
             return Ok((Backend::Single(client), target));
         };
-        let bad = |why: &str| BrokerError::Config(format!("redis-cluster URL: {why} (expected redis-cluster://HOST:PORT[,HOST:PORT...][?replicas=N])"));
+        let bad = |why: &str| BrokerError::Config(format!("redis-cluster URL: {why} (expected redis-cluster://HOST:PORT[,HOST:PORT...][?replicas=N&push_queue=N])"));
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (auth, hosts) = match rest.rsplit_once('@') {
             Some((auth, hosts)) => (Some(auth), hosts),
@@ -76,10 +78,11 @@ impl Backend {
             None => (None, None),
             Some((user, pass)) => ((!user.is_empty()).then(|| user.to_string()), (!pass.is_empty()).then(|| pass.to_string())),
         };
-        let mut replicas = 1;
+        let (mut replicas, mut push_queue) = (1, PUSH_QUEUE);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("replicas", n)) => replicas = n.parse().map_err(|_| bad("replicas must be a number"))?,
+                Some(("push_queue", n)) => push_queue = n.parse().ok().filter(|n| (1..=1 << 20).contains(n)).ok_or_else(|| bad("push_queue must be 1 to 1048576"))?,
                 _ => return Err(bad(&format!("unknown option {pair:?}"))),
             }
         }
@@ -92,7 +95,7 @@ impl Backend {
             nodes.push(format!("redis://{host}"));
         }
         let target = format!("cluster {hosts}");
-        let spec = ClusterSpec { nodes, username, password, replicas };
+        let spec = ClusterSpec { nodes, username, password, replicas, push_queue };
         // Check the URLs now, not at the first connection.
         spec.builder().build().map_err(|e| bad(&e.to_string()))?;
         Ok((Backend::Cluster(spec), target))
@@ -153,7 +156,7 @@ impl Backend {
                 Ok(Sub::Single { sink, stream })
             }
             Backend::Cluster(spec) => {
-                let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+                let (tx, rx) = mpsc::channel(spec.push_queue);
                 let mut con = self.connect(connect_timeout, response_timeout).await?;
                 let map = super::cluster::SlotMap::fetch(&mut con).await?;
                 let shards = Shards {
@@ -443,12 +446,15 @@ mod tests {
         let (b, target) = Backend::parse("redis-cluster://127.0.0.1:7000,127.0.0.1:7001").unwrap();
         let Backend::Cluster(spec) = &b else { panic!("not a cluster") };
         assert_eq!(spec.nodes, ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]);
-        assert_eq!((spec.replicas, target.as_str()), (1, "cluster 127.0.0.1:7000,127.0.0.1:7001"));
+        assert_eq!((spec.replicas, spec.push_queue, target.as_str()), (1, PUSH_QUEUE, "cluster 127.0.0.1:7000,127.0.0.1:7001"));
         let (b, target) = Backend::parse("redis-cluster://:s3cret@h:1?replicas=0").unwrap();
         let Backend::Cluster(spec) = &b else { panic!("not a cluster") };
         assert_eq!((spec.password.as_deref(), spec.username.as_deref(), spec.replicas), (Some("s3cret"), None, 0));
         assert!(!target.contains("s3cret"));
-        for bad in ["redis-cluster://", "redis-cluster://h", "redis-cluster://h:x", "redis-cluster://h:1?replicas=x", "redis-cluster://h:1?x=1"] {
+        let (b2, _) = Backend::parse("redis-cluster://h:1?push_queue=16&replicas=2").unwrap();
+        let Backend::Cluster(spec) = &b2 else { panic!("not a cluster") };
+        assert_eq!((spec.replicas, spec.push_queue), (2, 16));
+        for bad in ["redis-cluster://", "redis-cluster://h", "redis-cluster://h:x", "redis-cluster://h:1?replicas=x", "redis-cluster://h:1?x=1", "redis-cluster://h:1?push_queue=0"] {
             assert!(matches!(Backend::parse(bad), Err(BrokerError::Config(_))), "{bad}");
         }
         // The same topic, one slot for every key and the shard channel.
