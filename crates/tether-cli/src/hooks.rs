@@ -389,3 +389,31 @@ impl Hooks for HttpHooks {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::{ServeArgs, Settings};
+
+    #[test]
+    fn the_example_config_resolves_and_bad_ones_say_why() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/auth-backend/hooks.toml");
+        let s = Settings::resolve(ServeArgs { config: Some(example.into()), ..Default::default() }).unwrap();
+        let h = s.hooks.expect("hooks on");
+        assert_eq!((h.url.uri.to_string().as_str(), h.connect, h.rpc, h.timeout), ("http://127.0.0.1:9000/hooks", Some(super::FailureMode::Closed), true, std::time::Duration::from_secs(2)));
+        assert_eq!(h.url.join("/connect").uri.to_string(), "http://127.0.0.1:9000/hooks/connect");
+        assert!(s.namespaces.iter().any(|n| n.prefix == "private:" && n.subscribe_hook && !n.publish_hook));
+        let dir = std::env::temp_dir().join(format!("tether-hooks-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tether.toml");
+        for (bad, why) in [
+            ("[namespaces.\"p:\"]\nsubscribe-hook = true\n", "--hook-url"),
+            ("[hooks]\nurl = \"ftp://x/\"\n", "http:// or https://"),
+            ("[hooks]\nurl = \"http://x/\"\nconnect = \"maybe\"\n", "unknown variant"),
+            ("[hooks]\nurl = \"http://x/\"\ntimeout = \"0s\"\n", "more than 0"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = Settings::resolve(ServeArgs { config: Some(path.clone()), ..Default::default() }).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{bad}: {err:#}");
+        }
+    }
+}
