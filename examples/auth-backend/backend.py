@@ -70,6 +70,8 @@ def main():
     ap.add_argument("--api", default="http://127.0.0.1:8080")
     ap.add_argument("--api-key", default="")
     ap.add_argument("--mode", choices=["ok", "slow", "fail"], default="ok")
+    ap.add_argument("--tls-cert", help="serve https:// with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="... and this key (PEM)")
     args = ap.parse_args()
 
     def out(obj):
@@ -171,6 +173,11 @@ def main():
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     out({"listening": server.server_address[1]})
     server.serve_forever()
 

@@ -10,6 +10,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
+import { createServer } from "node:http";
 import WebSocket from "ws";
 import * as Y from "yjs";
 import { WebsocketProvider } from "y-websocket";
@@ -109,5 +110,63 @@ test("subscribe without publish reads and shows presence; its edit is refused wi
   } finally {
     writer.close();
     reader.close();
+  }
+});
+
+test("the connect hook's grants count as a JWT's: yjs:NAME to read, 403 without it, 401 when the hook says so", async () => {
+  // A backend answering the connect hook (POST /hooks/connect) by token.
+  const grants = {
+    reader: { subscribe: ["yjs:notes"] },
+    writer: { subscribe: ["yjs:*"], publish: ["yjs:*"] },
+    other: { subscribe: ["yjs:other", "/yjs/notes"], publish: ["yjs:notes"] },
+  };
+  const asked = [];
+  const backend = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => (body += d));
+    req.on("end", () => {
+      const call = JSON.parse(body);
+      asked.push(call.room);
+      const g = grants[call.token];
+      res.setHeader("content-type", "application/json");
+      res.end(JSON.stringify(g ? { allow: true, user: call.token, publish: [], presence: [], ...g } : { allow: false, status: 401, reason: "log in first" }));
+    });
+  });
+  await new Promise((r) => backend.listen(0, "127.0.0.1", r));
+  const hooked = await freePort();
+  const s = await startServer(hooked, ["--hook-url", `http://127.0.0.1:${backend.address().port}/hooks`, "--hook-secret", "s", "--hook-connect", "closed", "--yjs-dir", "none"]);
+  try {
+    const url = `ws://127.0.0.1:${hooked}/yjs`;
+    const status = (query) => new Promise((resolve) => {
+      const ws = new WebSocket(`${url}/notes${query}`);
+      ws.on("unexpected-response", (_req, res) => resolve(res.statusCode));
+      ws.on("open", () => { ws.close(); resolve(101); });
+      ws.on("error", () => {});
+    });
+    assert.equal(await status(""), 401);
+    assert.equal(await status("?token=other"), 403);
+    assert.equal(await status("?token=reader"), 101);
+    assert.ok(asked.every((room) => room === "/yjs/notes"), `the hook was asked about the document: ${asked}`);
+    // The reader reads, and its edit is refused; the writer's edit reaches it.
+    const doc = (token) => {
+      const d = new Y.Doc();
+      const provider = new WebsocketProvider(url, "notes", d, { WebSocketPolyfill: WebSocket, disableBc: true, params: { token } });
+      return { d, provider, text: d.getText("t"), close: () => { provider.destroy(); d.destroy(); } };
+    };
+    const writer = doc("writer");
+    const reader = doc("reader");
+    try {
+      writer.text.insert(0, "by the writer");
+      await until(() => reader.text.toString() === "by the writer", "the reader has the writer's text");
+      const closed = new Promise((resolve) => reader.provider.on("connection-close", (e) => e && resolve(e)));
+      reader.text.insert(0, "x");
+      assert.equal((await closed).code, 1008);
+    } finally {
+      writer.close();
+      reader.close();
+    }
+  } finally {
+    await stopServer(s);
+    backend.close();
   }
 });

@@ -25,8 +25,9 @@ impl std::fmt::Debug for BackendUrl {
 }
 
 impl BackendUrl {
-    /// `http://HOST[:PORT]/PATH` or `https://...`; `what` names the flag in errors.
-    pub fn parse(url: &str, what: &str) -> anyhow::Result<BackendUrl> {
+    /// `http://HOST[:PORT]/PATH` or `https://...`; `what` names the flag in
+    /// errors; `ca` (PEM) is trusted too for https:// (`--backend-ca`).
+    pub fn parse(url: &str, what: &str, ca: Option<&[u8]>) -> anyhow::Result<BackendUrl> {
         let uri: http::Uri = url.parse().with_context(|| format!("{what} {url:?} is not a URL"))?;
         let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
             anyhow::bail!("{what} {url:?} has no host (http://HOST[:PORT]/PATH or https://...)")
@@ -34,7 +35,7 @@ impl BackendUrl {
         let tls = match uri.scheme_str() {
             Some("http") => None,
             Some("https") => {
-                let opts = tether::tls::TlsOptions { native_roots: true, ..Default::default() };
+                let opts = tether::tls::TlsOptions { native_roots: true, ca_pem: ca.map(<[u8]>::to_vec), ..Default::default() };
                 let config = tether::tls::client_config(&opts).map_err(|e| anyhow::anyhow!("{what}: TLS: {e}"))?;
                 let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
                     .with_context(|| format!("{what}: {host:?} is not a TLS server name"))?;
@@ -52,6 +53,11 @@ impl BackendUrl {
         parts.path_and_query = format!("{path}{suffix}").parse().ok();
         BackendUrl { uri: http::Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone()), tls: self.tls.clone() }
     }
+}
+
+/// The extra CA of `--backend-ca`, read.
+pub fn read_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    path.map(|p| std::fs::read(p).with_context(|| format!("cannot read --backend-ca {}", p.display()))).transpose()
 }
 
 /// `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>").

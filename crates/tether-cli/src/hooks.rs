@@ -75,6 +75,10 @@ pub struct HookArgs {
     /// Answer `rpc` requests through the backend's /rpc hook [default: off]
     #[arg(long, env = "TETHER_HOOK_RPC")]
     pub hook_rpc: bool,
+    /// Also trust this CA certificate (PEM) for https:// hooks and webhooks
+    /// [default: the bundled webpki roots and the system's]
+    #[arg(long, env = "TETHER_BACKEND_CA")]
+    pub backend_ca: Option<std::path::PathBuf>,
 }
 
 /// The `[hooks]` table of the config file.
@@ -126,7 +130,7 @@ impl HookSettings {
             bail!("--hook-timeout must be more than 0");
         }
         Ok(Some(HookSettings {
-            url: BackendUrl::parse(&url, "--hook-url")?,
+            url: BackendUrl::parse(&url, "--hook-url", backend_http::read_ca(args.backend_ca.as_deref())?.as_deref())?,
             secret: args.hook_secret.or(file.secret).filter(|s| !s.is_empty()),
             timeout,
             max_in_flight: args.hook_max_in_flight.or(file.max_in_flight).unwrap_or(256).max(1),
@@ -383,5 +387,33 @@ impl Hooks for HttpHooks {
                 Err(e) => failed(Failed("unavailable", format!("not a {hook} answer: {e}"))),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::{ServeArgs, Settings};
+
+    #[test]
+    fn the_example_config_resolves_and_bad_ones_say_why() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/auth-backend/hooks.toml");
+        let s = Settings::resolve(ServeArgs { config: Some(example.into()), ..Default::default() }).unwrap();
+        let h = s.hooks.expect("hooks on");
+        assert_eq!((h.url.uri.to_string().as_str(), h.connect, h.rpc, h.timeout), ("http://127.0.0.1:9000/hooks", Some(super::FailureMode::Closed), true, std::time::Duration::from_secs(2)));
+        assert_eq!(h.url.join("/connect").uri.to_string(), "http://127.0.0.1:9000/hooks/connect");
+        assert!(s.namespaces.iter().any(|n| n.prefix == "private:" && n.subscribe_hook && !n.publish_hook));
+        let dir = std::env::temp_dir().join(format!("tether-hooks-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tether.toml");
+        for (bad, why) in [
+            ("[namespaces.\"p:\"]\nsubscribe-hook = true\n", "--hook-url"),
+            ("[hooks]\nurl = \"ftp://x/\"\n", "http:// or https://"),
+            ("[hooks]\nurl = \"http://x/\"\nconnect = \"maybe\"\n", "unknown variant"),
+            ("[hooks]\nurl = \"http://x/\"\ntimeout = \"0s\"\n", "more than 0"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = Settings::resolve(ServeArgs { config: Some(path.clone()), ..Default::default() }).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{bad}: {err:#}");
+        }
     }
 }

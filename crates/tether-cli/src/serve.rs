@@ -34,6 +34,9 @@ const TETHER_MJS: &str = include_str!("../web/tether.mjs");
 #[path = "serve_http.rs"]
 mod http;
 
+#[path = "serve_hooks.rs"]
+mod connect_hook;
+
 struct App {
     hub: Arc<Hub>,
     settings: Settings,
@@ -430,49 +433,6 @@ impl App {
         .await;
     }
 
-    /// What to ask the connect hook about an admitted upgrade, if it is on
-    /// (not for /yjs/ documents and system rooms, which have their own rules).
-    fn connect_request(&self, req: &UpgradeRequest<'_>, cookie: Option<&str>, identity: Identity) -> Option<crate::hooks::ConnectRequest> {
-        let hooks = self.hooks.as_ref().filter(|h| h.connect_on())?;
-        if req.path.starts_with(tether_yjs::PATH_PREFIX) || tether_hub::system::may_subscribe_system(req.path) {
-            return None;
-        }
-        let _ = hooks;
-        let ip = admission::client_ip(req.peer.ip(), req.client_ip, self.behind_proxy(req.peer), &self.settings.trusted_proxies);
-        Some(crate::hooks::ConnectRequest {
-            room: req.path.to_string(),
-            client_ip: ip.to_string(),
-            origin: req.origin.map(str::to_string),
-            token: crate::auth::presented_token(req.authorization, req.query).map(str::to_string),
-            cookie: cookie.map(str::to_string),
-            identity,
-        })
-    }
-
-    /// Ask the connect hook: the identity the connection gets, or the refusal.
-    async fn connect_hook(&self, ask: crate::hooks::ConnectRequest, path: &str) -> Result<Identity, (StatusCode, String)> {
-        let Some(hooks) = &self.hooks else { return Ok(ask.identity) };
-        let refused = |status: u16, message: String| {
-            tether_hub::Metrics::add(&self.hub.metrics().handshake_failures, 1);
-            tether_hub::Metrics::add(&self.hub.metrics().refused.auth, 1);
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), message)
-        };
-        match hooks.connect(ask).await {
-            crate::hooks::Admission::Refuse(status, message) => {
-                self.hub.metrics().count_auth("refused", "connect_hook");
-                Err(refused(status, message))
-            }
-            crate::hooks::Admission::Admit(Identity::Granted(grants)) if path != "/" && !grants.may_subscribe(path) => {
-                self.hub.metrics().count_auth("refused", "room");
-                Err(refused(403, "the backend does not allow this room (URL path)".into()))
-            }
-            crate::hooks::Admission::Admit(identity) => {
-                self.hub.metrics().count_auth("allowed", "connect_hook");
-                Ok(identity)
-            }
-        }
-    }
-
     /// Whether `peer` is a trusted proxy whose client-address header counts.
     fn behind_proxy(&self, peer: SocketAddr) -> bool {
         self.settings.client_ip_header.is_some() && self.settings.trusted_proxies.contains(&peer.ip())
@@ -597,13 +557,19 @@ impl App {
     }
 }
 
-/// What a connection admitted to Yjs document `name` may do: with a JWT,
-/// edit only with the publish grant `yjs:NAME` (reading was checked at the
-/// handshake).
-fn yjs_access(identity: &Identity, name: &str) -> tether_yjs::Access {
+/// What a connection to Yjs document `name` may do, from its final
+/// identity (a JWT's, or the connect hook's): with grants, reading needs
+/// `subscribe` of `yjs:NAME` (else 403) and editing `publish` (else
+/// read-only); an identity still waiting for an `auth` message is refused
+/// (401: y-websocket cannot send one).
+fn yjs_access(identity: &Identity, name: &str) -> Result<tether_yjs::Access, (StatusCode, &'static str)> {
+    let topic = format!("yjs:{name}");
     match identity {
-        Identity::Granted(grants) if !grants.may_publish(&format!("yjs:{name}")) => tether_yjs::Access::ReadOnly,
-        _ => tether_yjs::Access::ReadWrite,
+        Identity::Anonymous => Ok(tether_yjs::Access::ReadWrite),
+        Identity::AwaitingAuth => Err((StatusCode::UNAUTHORIZED, "a Yjs document needs a token at the handshake (?token= or Authorization: Bearer)")),
+        Identity::Granted(grants) if !grants.may_subscribe(&topic) => Err((StatusCode::FORBIDDEN, "the token does not allow this Yjs document (subscribe grant yjs:NAME)")),
+        Identity::Granted(grants) if grants.may_publish(&topic) => Ok(tether_yjs::Access::ReadWrite),
+        Identity::Granted(_) => Ok(tether_yjs::Access::ReadOnly),
     }
 }
 
@@ -651,7 +617,7 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                     slot.ip = Some(guard);
                 }
                 match path.strip_prefix(tether_yjs::PATH_PREFIX) {
-                    Some(name) => *access = yjs_access(&found, name),
+                    Some(name) => *access = yjs_access(&found, name).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?,
                     None => *session = Some(hook_app.hub.open_session(json, ConnInfo::with_identity(path.clone(), found))),
                 }
                 *room = path;
@@ -805,6 +771,11 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
         },
         None => identity,
     };
+    let access = match parts.uri.path().strip_prefix(tether_yjs::PATH_PREFIX).map(|name| yjs_access(&identity, name)) {
+        Some(Err((status, message))) => return refuse(status, message),
+        Some(Ok(access)) => access,
+        None => tether_yjs::Access::ReadWrite,
+    };
     // The upgraded socket outlives this HTTP connection: it takes a
     // WebSocket slot, and the address count along.
     let Ok(permit) = app.ws_slots.clone().try_acquire_owned() else {
@@ -841,7 +812,7 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
         let _held = (slot, ip_guard, open);
         match room.strip_prefix(tether_yjs::PATH_PREFIX) {
-            Some(name) => yjs.run_connection_with(ws, name, yjs_access(&identity, name)).await,
+            Some(name) => yjs.run_connection_with(ws, name, access).await,
             None => hub.run_connection(ws, ConnInfo::with_identity(room, identity)).await,
         }
     })

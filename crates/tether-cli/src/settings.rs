@@ -493,7 +493,8 @@ impl Settings {
                 (None, _) => None,
                 (Some(_), None) => bail!("--webhook-url needs --webhook-secret (the key of the signatures)"),
                 (Some(url), Some(secret)) => {
-                    let url = crate::backend_http::BackendUrl::parse(&url, "--webhook-url")?;
+                    let ca = crate::backend_http::read_ca(args.hooks.backend_ca.as_deref())?;
+                    let url = crate::backend_http::BackendUrl::parse(&url, "--webhook-url", ca.as_deref())?;
                     Some(crate::webhook::WebhookSettings {
                         url,
                         secret,

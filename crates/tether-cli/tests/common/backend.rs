@@ -16,10 +16,16 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(secret: &str, mode: &str) -> Backend {
+        Self::start_with(secret, mode, &[])
+    }
+
+    /// With more arguments (`--tls-cert`, `--tls-key`).
+    pub fn start_with(secret: &str, mode: &str, extra: &[&str]) -> Backend {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/auth-backend/backend.py");
         let python = std::env::var("TETHER_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut child = Command::new(python)
             .args([script, "--port", "0", "--webhook-secret", secret, "--mode", mode])
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start backend.py");
