@@ -107,7 +107,7 @@ declare namespace TetherClient {
   }
 
   /** What the HTTP transport POSTs with (the global fetch qualifies). */
-  type FetchFunction = (url: string, init: { method: "POST"; body: string; headers: Record<string, string>; cache: "no-store"; signal?: any }) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
+  type FetchFunction = (url: string, init: { method: "POST"; body: string; headers: Record<string, string>; cache: "no-store"; signal?: any; keepalive?: boolean }) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
 
   interface Options extends BackoffOptions, Partial<HeartbeatOptions> {
     /** Subprotocols to offer; json adds "tether.v1". */

@@ -242,8 +242,18 @@
     return true;
   };
 
-  /** Ends the session's stream here (the server ends the session after its heartbeat). */
+  /** Ends the session: the server is told (`&close=1`, as a close frame
+   * would), so the room hears the leave at once. */
   HttpSocket.prototype.close = function (code, reason) {
+    if (!this._done && this.key !== null) {
+      var done = function () {};
+      try {
+        // keepalive: the request outlives a page that is being closed.
+        this._fetch.call(globalThis, withParams(this.url, { session: this.key, close: "1" }), {
+          method: "POST", body: "", headers: { "Content-Type": "text/plain;charset=UTF-8" }, cache: "no-store", keepalive: true
+        }).then(done, done);
+      } catch (e) { /* best effort: the session expires by itself */ }
+    }
     this._finish(code || 1000, reason || "", true);
   };
 

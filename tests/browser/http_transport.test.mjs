@@ -86,6 +86,20 @@ test("no WebSocket in the page: two chat pages talk over the HTTP transport, and
     assert.equal((await transportOf(p)).transport, "http");
     assert.deepEqual(p.logs.filter((l) => l.startsWith("pageerror")), []);
   }
+  // close() tells the server (POST &close=1), which ends the session at once.
+  const closed = await a.evaluate(async () => {
+    const socket = window.chat.ws;
+    const fetch = socket._fetch;
+    let answer = null;
+    socket._fetch = function (url, init) {
+      const p = fetch.call(this, url, init);
+      if (String(url).includes("close=1")) answer = p.then((r) => r.status);
+      return p;
+    };
+    window.chat.close();
+    return answer && (await answer);
+  });
+  assert.equal(closed, 200);
   await a.close();
   await b.close();
 });

@@ -36,6 +36,8 @@ enum Wire {
     Post { id: u64, from: String, key: String, seq: u64, messages: Vec<String> },
     /// Attach a stream here, resuming after `after`; `Answer`, then `Chunk`s.
     Attach { id: u64, from: String, key: String, after: u64 },
+    /// End a session held here (the client closed); answer with `Answer`.
+    Close { id: u64, from: String, key: String },
     /// The client of a relayed stream went away.
     Detach { id: u64, from: String },
     /// The HTTP status (and body) of a `Post` or an `Attach`.
@@ -179,6 +181,17 @@ impl Relay {
         answer
     }
 
+    /// End session `key` on the node holding it: its status and body.
+    pub async fn close(&self, key: &str) -> Result<(u16, String), Refused> {
+        let node = tether_hub::http::node_of(key).unwrap_or_default().to_string();
+        let (tx, rx) = oneshot::channel();
+        let id = self.reserve(Waiter::Post(tx)).ok_or_else(Self::busy)?;
+        let wire = Wire::Close { id, from: self.node.clone(), key: key.to_string() };
+        let answer = self.ask(&node, id, wire, rx).await;
+        lock(&self.waiting).remove(&id);
+        answer
+    }
+
     /// Resume session `key`'s stream (after event `after`) from the node
     /// holding it: its chunks, ending when that stream does.
     pub async fn stream(self: &Arc<Self>, key: &str, after: u64) -> Result<impl futures_util::Stream<Item = String> + Send + 'static, Refused> {
@@ -206,6 +219,13 @@ impl Relay {
                 let (status, body) = match self.http.post(&key, seq, messages) {
                     Ok(Posted::Applied) => (200, "{\"ok\":true}".to_string()),
                     Ok(Posted::Duplicate) => (200, "{\"ok\":true,\"duplicate\":true}".to_string()),
+                    Err(e) => (status_of(&e), e.to_string()),
+                };
+                let _ = self.publish(&from, &Wire::Answer { id, status, body }).await;
+            }
+            Wire::Close { id, from, key } => {
+                let (status, body) = match self.http.close(&key) {
+                    Ok(()) => (200, "{\"ok\":true}".to_string()),
                     Err(e) => (status_of(&e), e.to_string()),
                 };
                 let _ = self.publish(&from, &Wire::Answer { id, status, body }).await;
@@ -328,7 +348,7 @@ async fn listen(relay: std::sync::Weak<Relay>, client: redis::Client, channel: S
                         let Ok(text) = msg.get_payload::<String>() else { continue };
                         match serde_json::from_str::<Wire>(&text) {
                             // Each in its own task: a slow publish does not hold up the channel.
-                            Ok(wire @ (Wire::Post { .. } | Wire::Attach { .. })) => drop(tokio::spawn(async move { relay.on_wire(wire).await })),
+                            Ok(wire @ (Wire::Post { .. } | Wire::Attach { .. } | Wire::Close { .. })) => drop(tokio::spawn(async move { relay.on_wire(wire).await })),
                             // In order: chunks of a stream must not overtake each other.
                             Ok(wire) => relay.on_wire(wire).await,
                             Err(e) => tracing::warn!(error = %e, "HTTP transport relay: ignored a malformed message"),

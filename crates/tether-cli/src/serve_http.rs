@@ -2,7 +2,8 @@
 //! "HTTP transport"): `GET <room>` with `Accept: text/event-stream` opens
 //! (or, with `Last-Event-ID` / `?last_event_id=`, resumes) a session whose
 //! events come as Server-Sent Events; `POST <room>?session=KEY&seq=N` with a
-//! JSON array of messages feeds it. `?topic=NAME` makes a read-only feed of
+//! JSON array of messages feeds it (`&close=1` instead ends the session).
+//! `?topic=NAME` makes a read-only feed of
 //! one topic for `EventSource` and `curl -N`. The same admission (origin,
 //! token, connection slots, per-address limits) as a WebSocket upgrade.
 
@@ -177,6 +178,22 @@ async fn post(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let Some(key) = param(query, "session") else {
         return refuse(StatusCode::BAD_REQUEST, "POST needs ?session=KEY (from the stream's session event) and &seq=N");
     };
+    // `&close=1`: the client is done; the session ends now (its leave is
+    // announced at once) instead of when the heartbeat gives up on it.
+    if param(query, "close").is_some() {
+        if !app.http.contains(&key) {
+            if let Some(relay) = app.relay.as_ref().filter(|r| r.elsewhere(&key)) {
+                return match relay.close(&key).await {
+                    Ok((200, body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                    Ok((status, body)) | Err(crate::relay::Refused(status, body)) => refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body.trim()),
+                };
+            }
+        }
+        return match app.http.close(&key) {
+            Ok(()) => ([(header::CONTENT_TYPE, "application/json")], "{\"ok\":true}").into_response(),
+            Err(e) => error_response(&e),
+        };
+    }
     let Some(seq) = param(query, "seq").and_then(|s| s.parse::<u64>().ok()).filter(|&s| s > 0) else {
         return refuse(StatusCode::BAD_REQUEST, "POST needs &seq=N, a number from 1, one more for each batch");
     };

@@ -183,12 +183,27 @@ async fn http_sessions_route_between_nodes_behind_round_robin() {
         }
     }
 
-    // The node holding the session dies: its key routes nowhere, 404 (the
-    // client opens a new session), from either node.
+    // The client closes: sent to the node that does not hold the session,
+    // the close is routed to the one that does, and the WebSocket client
+    // hears the leave at once (not after the heartbeat gives up on it).
     let holder_is_b = {
         let (_, body) = common::http_get(b.port, "/metrics").await;
         body.lines().any(|l| l.starts_with("tether_connections_by_transport{transport=\"http\"} 1"))
     };
+    let other = if holder_is_b { a.port } else { b.port };
+    drop(sse);
+    let (status, body) = post(other, &format!("/mixed?session={key}&close=1"), String::new()).await;
+    assert_eq!((status, body.as_str()), (200, "{\"ok\":true}"));
+    let session = key.split('.').next().unwrap().to_string();
+    loop {
+        let env = tokio::time::timeout(Duration::from_secs(10), ws_inbox.recv()).await.expect("ws: no leave in 10 s").unwrap();
+        if env["type"] == "presence" && env["event"] == "leave" && env["session"] == session.as_str() {
+            break;
+        }
+    }
+
+    // The node holding the session dies: its key routes nowhere, 404 (the
+    // client opens a new session), from either node.
     if holder_is_b {
         b.signal("KILL");
         b.wait_exit(Duration::from_secs(5));

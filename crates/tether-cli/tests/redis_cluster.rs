@@ -39,7 +39,10 @@ impl Cluster {
     fn start() -> Option<Cluster> {
         let server = require_program("redis-server")?;
         let cli = require_program("redis-cli")?;
-        let dir = std::env::temp_dir().join(format!("tether-redis-cluster-{}", std::process::id()));
+        // One directory per cluster: the tests of this file run at once.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tether-redis-cluster-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut ports = BTreeSet::new();
         while ports.len() < 6 {
@@ -354,7 +357,15 @@ async fn cluster_delivers_once_in_order_through_failover_and_resume() {
     // 2. Kill the master of t0's shard mid-stream; its replica takes over.
     let seed = *cluster.nodes.keys().next().unwrap();
     let slot = tether_hub::slots::topic_slot(&topic(0));
-    let victim = cluster.master_of(seed, slot).expect("t0 has a master");
+    // (redis-cli can come back empty on a busy machine: ask again.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let victim = loop {
+        if let Some(port) = cluster.master_of(seed, slot) {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "no master for t0's slot {slot}: {}", cluster.redis(seed, &["cluster", "nodes"]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut killed = false;
     publish_round(&mut publisher, 2, || {
         cluster.kill(victim);
