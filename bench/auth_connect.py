@@ -11,6 +11,8 @@ the tokens are minted here (HS256 with hmac, RS256 with `openssl dgst`).
 """
 import argparse, base64, hashlib, hmac, json, os, socket, subprocess, sys, tempfile, time
 
+from run import free_port
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "crates", "tether-cli", "tests", "fixtures", "jwt")
 
 
@@ -25,14 +27,6 @@ def mint(alg, claims, secret=None, key_file=None):
     else:
         sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key_file], input=body.encode(), capture_output=True, check=True).stdout
     return f"{body}.{b64(sig)}"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start(bin_path, args):

@@ -5,6 +5,8 @@ export default TetherClient;
 export { TetherClient };
 export type Options = TetherClient.Options;
 export type State = TetherClient.State;
+export type Transport = TetherClient.Transport;
+export type TransportEvent = TetherClient.TransportEvent;
 export type Envelope = TetherClient.Envelope;
 export type EventMap = TetherClient.EventMap;
 export type Json = TetherClient.Json;

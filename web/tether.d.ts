@@ -9,9 +9,11 @@ declare class TetherClient {
   constructor(url: string, options?: TetherClient.Options);
 
   readonly url: string;
-  readonly options: Required<Omit<TetherClient.Options, "WebSocket" | "token">> & Pick<TetherClient.Options, "WebSocket" | "token">;
+  readonly options: Required<Omit<TetherClient.Options, TetherClient.Constructors | "token">> & Pick<TetherClient.Options, TetherClient.Constructors | "token">;
   /** The connection's state; every change is also a "state" event. */
   readonly state: TetherClient.State;
+  /** The transport of the current (or last) attempt; every change is also a "transport" event. */
+  readonly transport: TetherClient.Transport | null;
   /** tether.v1: this connection's session, from the welcome envelope. */
   readonly session: string | null;
   /** Topics kept across reconnects (subscribe adds, unsubscribe removes). */
@@ -33,6 +35,10 @@ declare class TetherClient {
   publish(topic: string, content: TetherClient.Json, options?: TetherClient.PublishOptions): Promise<TetherClient.Ack>;
   /** tether.v1: send a chat message to this connection's room. */
   chat(content: TetherClient.Json): Promise<TetherClient.Ack>;
+  /** tether.v1: call `method` on the application's backend (the server's RPC
+   * hook). Resolves with the backend's answer; rejects with an Error whose
+   * `code` is the backend's error code, `timeout` or `unavailable`. */
+  rpc<T extends TetherClient.Json = TetherClient.Json>(method: string, data?: TetherClient.Json): Promise<T>;
   /** tether.v1: fetch a new token (options.token must be a function) and send
    * it in a `refresh` request. Done by itself `refreshAhead` ms before the
    * token's exp and when the server warns (`token_expiring`). */
@@ -56,7 +62,7 @@ declare class TetherClient {
   static heartbeatNextWake(state: TetherClient.HeartbeatState): number;
   /** RFC 7396 MergePatch: `patch` applied to `target` (which it may modify); returns the result. */
   static mergePatch(target: TetherClient.Json | undefined, patch: TetherClient.Json): TetherClient.Json;
-  static readonly DEFAULTS: Readonly<Required<Omit<TetherClient.Options, "WebSocket" | "token">>> & { readonly WebSocket: null; readonly token: null };
+  static readonly DEFAULTS: Readonly<Required<Omit<TetherClient.Options, TetherClient.Constructors | "token">>> & { readonly WebSocket: null; readonly EventSource: null; readonly fetch: null; readonly token: null };
   /** The `exp` claim of a JWT (Unix seconds), or null if it has none or is not a JWT. */
   static tokenExpiry(token: string): number | null;
 }
@@ -65,6 +71,12 @@ declare namespace TetherClient {
   type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
   type State = "connecting" | "open" | "reconnecting" | "closed";
+
+  /** "websocket", or "http": Server-Sent Events down, POSTed batches up (docs/protocol.md, "HTTP transport"). */
+  type Transport = "websocket" | "http";
+
+  /** The options that take a constructor or function (null by default: the global one). */
+  type Constructors = "WebSocket" | "EventSource" | "fetch";
 
   interface BackoffOptions {
     /** First reconnect delay, ms (500). */
@@ -89,6 +101,14 @@ declare namespace TetherClient {
     new (url: string, protocols?: string | string[]): any;
   }
 
+  /** Anything with the browser EventSource's constructor and events. */
+  interface EventSourceConstructor {
+    new (url: string): any;
+  }
+
+  /** What the HTTP transport POSTs with (the global fetch qualifies). */
+  type FetchFunction = (url: string, init: { method: "POST"; body: string; headers: Record<string, string>; cache: "no-store"; signal?: any; keepalive?: boolean }) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
+
   interface Options extends BackoffOptions, Partial<HeartbeatOptions> {
     /** Subprotocols to offer; json adds "tether.v1". */
     protocols?: string[];
@@ -108,6 +128,18 @@ declare namespace TetherClient {
     ackTimeout?: number;
     /** The WebSocket constructor; default: globalThis.WebSocket. */
     WebSocket?: WebSocketConstructor | null;
+    /** "auto" (default): WebSocket first, switching to HTTP at once when WebSocket is
+     * missing, the upgrade fails or no welcome comes within welcomeTimeout, and staying
+     * on a transport once it has worked. Or always "websocket", or always "http". */
+    transport?: "auto" | Transport;
+    /** auto: a WebSocket that never worked and has no welcome (json; open in plain mode) this long switches to HTTP, ms (4000). */
+    welcomeTimeout?: number;
+    /** HTTP transport: a broken stream not resumed this long opens a new session, ms (15000). */
+    resumeTimeout?: number;
+    /** HTTP transport: the EventSource constructor; default: globalThis.EventSource. */
+    EventSource?: EventSourceConstructor | null;
+    /** HTTP transport: the fetch function for POSTs; default: globalThis.fetch. */
+    fetch?: FetchFunction | null;
     /** tether.v1: a JWT, or a function that fetches one (called for every
      * connection and refresh), sent in a first `auth` message. */
     token?: TokenSource | null;
@@ -145,6 +177,15 @@ declare namespace TetherClient {
     /** The negotiated subprotocol ("tether.v1" or ""). */
     protocol: string;
     attempt: number;
+    transport: Transport;
+  }
+
+  interface TransportEvent {
+    transport: Transport;
+    /** null for the first attempt. */
+    previous: Transport | null;
+    /** Why: "websocket_first", "no_websocket", "websocket_failed", "no_welcome", "worked" or "option". */
+    reason: "websocket_first" | "no_websocket" | "websocket_failed" | "no_welcome" | "worked" | "option";
   }
 
   interface CloseEvent {
@@ -225,6 +266,8 @@ declare namespace TetherClient {
     topic: string;
     event: "join" | "leave";
     session: string;
+    /** The session's user (a token's sub), when it is authenticated. */
+    user?: string;
     count: number;
   }
 
@@ -244,6 +287,8 @@ declare namespace TetherClient {
     error: unknown;
     reconnecting: ReconnectingEvent;
     state: State;
+    /** The transport changed (auto switching, or back to WebSocket after a backoff while none has worked). */
+    transport: TransportEvent;
     giveup: GiveupEvent;
     /** An `auth` or `refresh` was accepted. */
     authenticated: Authenticated;

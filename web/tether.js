@@ -27,6 +27,15 @@
  *
  * Event order per connection: (reconnecting) -> open -> message* -> close
  * [-> error before close when the connection failed].
+ *
+ * Two transports behind the same API and events: WebSocket, and for
+ * networks whose proxies strip `Upgrade` the HTTP transport (Server-Sent
+ * Events down, POSTed batches up; docs/protocol.md, "HTTP transport").
+ * With transport "auto" (the default) the client tries WebSocket first and
+ * switches to HTTP at once when `WebSocket` is missing, when the upgrade
+ * fails or when no welcome arrives within welcomeTimeout; once a transport
+ * has worked it stays on it. `client.transport` says which one is in use,
+ * and a "transport" event tells each change.
  */
 (function (global) {
   "use strict";
@@ -48,7 +57,12 @@
     ackTimeout: 10000,        // reject an ack promise after this long
     token: null,              // tether.v1: a JWT, or a function returning one (or a Promise of one), sent in a first auth message
     refreshAhead: 30000,      // with a token function: fetch a new token and refresh this long before the token's exp, ms
-    WebSocket: null           // a WebSocket constructor (e.g. the ws package in Node); default: the global one
+    WebSocket: null,          // a WebSocket constructor (e.g. the ws package in Node); default: the global one
+    transport: "auto",        // "auto" (WebSocket first, the HTTP transport when that fails), "websocket" or "http"
+    welcomeTimeout: 4000,     // auto: a WebSocket that never worked and has no welcome (json) or open (plain) this long: switch to HTTP
+    resumeTimeout: 15000,     // HTTP transport: a broken stream not resumed this long: open a new session
+    EventSource: null,        // HTTP transport: an EventSource constructor; default: the global one
+    fetch: null               // HTTP transport: a fetch function; default: the global one
   };
 
   // The tether.v1 rules, shared with the hub and the Rust client
@@ -135,6 +149,194 @@
 
   var clock = (typeof performance !== "undefined" && performance.now) ? function () { return performance.now(); } : Date.now;
 
+  // The HTTP transport (docs/protocol.md, "HTTP transport"): a session's
+  // events arrive as Server-Sent Events; what the client sends goes in
+  // POSTed batches, one POST in flight, each with the next sequence number
+  // (a retry is applied once). HttpSocket looks like a WebSocket to the
+  // client (readyState, send, close, on* handlers), plus onstall/onresume
+  // while EventSource resumes a broken stream by itself (Last-Event-ID) and
+  // onping for the server's envelope-level pings.
+
+  /** The http(s) URL of a ws(s) one, and the other way round. */
+  function httpUrl(url) { return String(url).replace(/^ws(s?):\/\//i, "http$1://"); }
+  function wsUrl(url) { return String(url).replace(/^http(s?):\/\//i, "ws$1://"); }
+
+  function withParams(url, params) {
+    var u = new URL(url, typeof location !== "undefined" ? location.href : undefined);
+    Object.keys(params).forEach(function (k) { u.searchParams.set(k, params[k]); });
+    return u.toString();
+  }
+
+  /** The server's bounds on one POST: 64 messages (413 beyond), and a body of
+   * at most --max-message-size (1 MiB by default); batches stay well below. */
+  var POST_MESSAGES = 64;
+  var POST_BYTES = 64 * 1024;
+  /** Failed POSTs in a row before the session is given up. */
+  var POST_RETRIES = 8;
+
+  function HttpSocket(url, protocols, options) {
+    var self = this;
+    var ES = options.EventSource || globalThis.EventSource;
+    this._fetch = options.fetch || globalThis.fetch;
+    if (!ES || !this._fetch) throw new Error("no EventSource or fetch for the HTTP transport: pass options.EventSource and options.fetch");
+    this.url = httpUrl(url);
+    this.protocol = protocols.indexOf("tether.v1") >= 0 ? "tether.v1" : "";
+    this.readyState = 0;
+    this.key = null;
+    this.onopen = this.onmessage = this.onerror = this.onclose = null;
+    this.onstall = this.onresume = this.onping = null;
+    this._limit = options.queueLimit;
+    this._seq = 0;
+    this._outbox = [];
+    this._inflight = null;
+    this._failures = 0;
+    this._stalled = false;
+    this._done = false;
+    this._timers = {};
+    var es = this._es = new ES(withParams(this.url, this.protocol ? { protocol: "tether.v1" } : {}));
+    es.addEventListener("session", function (ev) {
+      self.key = ev.data;
+      self.readyState = 1;
+      if (self.onopen) self.onopen({});
+    });
+    // The stream (re)attached: after a resume, sending goes on.
+    es.addEventListener("open", function () {
+      if (!self._stalled || self._done) return;
+      self._stalled = false;
+      clearTimeout(self._timers.resume);
+      self.readyState = 1;
+      if (self.onresume) self.onresume();
+      self._flush();
+    });
+    es.onmessage = function (ev) { if (!self._done && self.onmessage) self.onmessage({ data: ev.data }); };
+    es.addEventListener("ping", function (ev) { if (!self._done && self.onping) self.onping(ev.data); });
+    es.addEventListener("close", function (ev) {
+      var c = {};
+      try { c = JSON.parse(ev.data); } catch (e) { /* a close all the same */ }
+      self._finish(typeof c.code === "number" ? c.code : 1006, typeof c.reason === "string" ? c.reason : "", true);
+    });
+    es.onerror = function () {
+      if (self._done) return;
+      // Never opened, or an HTTP error (EventSource gives up by itself on
+      // one: 404 for a session this server does not know, 403, 503...).
+      if (self.readyState === 0 && !self._stalled || es.readyState === 2) return self._fail("the event stream failed");
+      // A network error: EventSource reconnects with Last-Event-ID.
+      if (self._stalled) return;
+      self._stalled = true;
+      self.readyState = 0;
+      if (self.onstall) self.onstall();
+      self._timers.resume = setTimeout(function () { self._fail("the event stream was not resumed within " + options.resumeTimeout + " ms"); }, options.resumeTimeout);
+    };
+  }
+
+  /** Queue text for the next POST; false if the queue is full (or closed). */
+  HttpSocket.prototype.send = function (data) {
+    if (this._done) return false;
+    if (typeof data !== "string") {
+      this._error("the HTTP transport sends text only (a " + Object.prototype.toString.call(data) + " was not sent)");
+      return false;
+    }
+    if (this._outbox.length >= this._limit) return false;
+    this._outbox.push(data);
+    this._flush();
+    return true;
+  };
+
+  /** Ends the session: the server is told (`&close=1`, as a close frame
+   * would), so the room hears the leave at once. */
+  HttpSocket.prototype.close = function (code, reason) {
+    if (!this._done && this.key !== null) {
+      var done = function () {};
+      try {
+        // keepalive: the request outlives a page that is being closed.
+        this._fetch.call(globalThis, withParams(this.url, { session: this.key, close: "1" }), {
+          method: "POST", body: "", headers: { "Content-Type": "text/plain;charset=UTF-8" }, cache: "no-store", keepalive: true
+        }).then(done, done);
+      } catch (e) { /* best effort: the session expires by itself */ }
+    }
+    this._finish(code || 1000, reason || "", true);
+  };
+
+  /** POST the next batch, unless one is in flight. */
+  HttpSocket.prototype._flush = function () {
+    if (this._done || this._inflight || this.key === null || !this._outbox.length) return;
+    var n = 0;
+    var bytes = 2;
+    while (n < this._outbox.length && n < POST_MESSAGES) {
+      var size = this._outbox[n].length * 2 + 3; // an upper bound on its JSON string
+      if (n > 0 && bytes + size > POST_BYTES) break;
+      bytes += size;
+      n += 1;
+    }
+    this._inflight = { seq: ++this._seq, body: JSON.stringify(this._outbox.splice(0, n)) };
+    this._post();
+  };
+
+  HttpSocket.prototype._post = function () {
+    var self = this;
+    var batch = this._inflight;
+    var abort = typeof AbortController !== "undefined" ? new AbortController() : null;
+    this._abort = abort;
+    var url = withParams(this.url, { session: this.key, seq: String(batch.seq) });
+    // text/plain keeps a cross-origin POST a simple request (no preflight).
+    this._fetch.call(globalThis, url, {
+      method: "POST",
+      body: batch.body,
+      headers: { "Content-Type": "text/plain;charset=UTF-8" },
+      cache: "no-store",
+      signal: abort ? abort.signal : undefined
+    }).then(function (res) {
+      if (self._done) return;
+      if (res.ok) {
+        self._inflight = null;
+        self._failures = 0;
+        return self._flush();
+      }
+      if (res.status >= 500 || res.status === 429) return self._retry();
+      return res.text().then(function (text) {
+        // 404: the session is gone (expired, or the server restarted): the
+        // client opens a new one. 413: a message too large, as a 1009 close.
+        var code = res.status === 404 ? 1006 : res.status === 413 ? 1009 : res.status === 409 ? 1002 : 1008;
+        self._fail("POST answered " + res.status + ": " + text.trim(), code, text.trim());
+      });
+    }, function () {
+      if (!self._done) self._retry();
+    });
+  };
+
+  /** No answer: the same batch again (the server applies a sequence number once). */
+  HttpSocket.prototype._retry = function () {
+    var self = this;
+    this._failures += 1;
+    if (this._failures > POST_RETRIES) return this._fail("POST failed " + POST_RETRIES + " times in a row");
+    this._timers.retry = setTimeout(function () { self._post(); }, Math.min(4000, 125 * Math.pow(2, this._failures)));
+  };
+
+  HttpSocket.prototype._error = function (message) {
+    if (this.onerror) this.onerror(new Error("HTTP transport: " + message));
+  };
+
+  HttpSocket.prototype._fail = function (message, code, reason) {
+    if (this._done) return;
+    this._error(message);
+    this._finish(code || 1006, reason || "", false);
+  };
+
+  HttpSocket.prototype._finish = function (code, reason, wasClean) {
+    var self = this;
+    if (this._done) return;
+    this._done = true;
+    this.readyState = 3;
+    this._es.close();
+    clearTimeout(this._timers.resume);
+    clearTimeout(this._timers.retry);
+    if (this._abort) this._abort.abort();
+    // As a WebSocket's, the close event comes after the call that caused it.
+    setTimeout(function () {
+      if (self.onclose) self.onclose({ code: code, reason: reason, wasClean: wasClean });
+    }, 0);
+  };
+
   function TetherClient(url, options) {
     this.url = url;
     this.options = Object.assign({}, DEFAULTS, options || {});
@@ -156,6 +358,9 @@
     this.timers = {};
     this.heartbeat = null;
     this.state = "connecting";
+    this.transport = null;   // "websocket" or "http": the transport of the current attempt
+    this._worked = null;     // the transport that has worked (auto stays on it)
+    this._fallback = null;   // why the next attempt uses HTTP at once
     this._connect();
   }
 
@@ -263,13 +468,59 @@
     });
   };
 
+  /** Whether auto may switch to the HTTP transport here. */
+  TetherClient.prototype._canSwitch = function () {
+    var o = this.options;
+    return o.transport === "auto" && !!(o.EventSource || globalThis.EventSource) && !!(o.fetch || globalThis.fetch);
+  };
+
+  /** The transport of the next attempt (and a "transport" event if it changes). */
+  TetherClient.prototype._chooseTransport = function () {
+    var o = this.options;
+    var kind = "websocket";
+    var reason = "websocket_first";
+    if (o.transport === "websocket" || o.transport === "http") {
+      kind = o.transport;
+      reason = "option";
+    } else if (this._worked) {
+      kind = this._worked;
+      reason = "worked";
+    } else if (!(o.WebSocket || globalThis.WebSocket) && this._canSwitch()) {
+      kind = "http";
+      reason = "no_websocket";
+    } else if (this._fallback) {
+      kind = "http";
+      reason = this._fallback;
+    }
+    this._fallback = null;
+    if (this.transport !== kind) {
+      var previous = this.transport;
+      this.transport = kind;
+      this._emit("transport", { transport: kind, previous: previous, reason: reason });
+    }
+    return kind;
+  };
+
+  /** Send what was queued while down. */
+  TetherClient.prototype._flushQueue = function () {
+    var ws = this.ws;
+    var queued = this.queue;
+    this.queue = [];
+    queued.forEach(function (data) { ws.send(data); });
+  };
+
   TetherClient.prototype._open = function () {
     var self = this;
+    var kind = this._chooseTransport();
     var ws;
     try {
-      var Ctor = this.options.WebSocket || globalThis.WebSocket;
-      if (!Ctor) throw new Error("no WebSocket: pass options.WebSocket (e.g. require(\"ws\")) or set globalThis.WebSocket");
-      ws = new Ctor(this.url, this.options.protocols);
+      if (kind === "http") {
+        ws = new HttpSocket(this.url, this.options.protocols, this.options);
+      } else {
+        var Ctor = this.options.WebSocket || globalThis.WebSocket;
+        if (!Ctor) throw new Error("no WebSocket: pass options.WebSocket (e.g. require(\"ws\")) or set globalThis.WebSocket");
+        ws = new Ctor(wsUrl(this.url), this.options.protocols);
+      }
     } catch (e) {
       this._emit("error", e);
       this._scheduleReconnect();
@@ -277,11 +528,27 @@
     }
     this.ws = ws;
     var failed = false;
+    var ended = false;
+    // auto: a WebSocket that never worked switches to HTTP at once when it
+    // fails or has no welcome (json; open in plain mode) within welcomeTimeout.
+    var mayFall = kind === "websocket" && !this._worked && this._canSwitch();
+    if (mayFall) {
+      clearTimeout(this.timers.welcome);
+      this.timers.welcome = setTimeout(function () {
+        if (self.ws !== ws || self._worked || ended) return;
+        self._fallback = "no_welcome";
+        // Do not wait for a closing handshake a middlebox may never answer.
+        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        try { ws.close(4000, "no welcome"); } catch (e) { /* already closing */ }
+        closed({ wasClean: false, code: 1006, reason: "no welcome within " + self.options.welcomeTimeout + " ms" });
+      }, this.options.welcomeTimeout);
+    }
     ws.onopen = function () {
       self._setState("open");
       clearTimeout(self.timers.stable);
       self.timers.stable = setTimeout(function () { self.attempt = 0; }, self.options.stableAfter);
-      self._emit("open", { protocol: ws.protocol, attempt: self.attempt });
+      if (!self.options.json) self._worked = kind;
+      self._emit("open", { protocol: ws.protocol, attempt: self.attempt, transport: kind });
       // The token first: the server handles messages in order, so what
       // follows is already authenticated.
       if (self._token !== undefined && self._token !== null) {
@@ -298,17 +565,29 @@
       if (self.options.json) {
         self.topics.forEach(function (topic) { self._request(self._subscribeEnvelope(topic, true), true); });
       }
-      var queued = self.queue;
-      self.queue = [];
-      queued.forEach(function (data) { ws.send(data); });
+      self._flushQueue();
       self._startHeartbeat();
     };
+    if (kind === "http") {
+      // The stream broke and EventSource resumes it (Last-Event-ID): sends
+      // wait in the queue meanwhile. Server pings count as traffic.
+      ws.onstall = function () { self._setState("reconnecting"); };
+      ws.onresume = function () {
+        self._setState("open");
+        self._flushQueue();
+      };
+      ws.onping = function () { self._sawTraffic(); };
+    }
     ws.onmessage = function (ev) {
       self._sawTraffic();
       var data = ev.data;
       if (self.options.json && typeof data === "string") {
         var msg;
         try { msg = JSON.parse(data); } catch (e) { self._emit("error", e); return; }
+        if (msg.type === "welcome") {
+          self._worked = kind;
+          clearTimeout(self.timers.welcome);
+        }
         if (msg.type === "message" && !self._applyDelta(msg)) return;
         self._handleEnvelope(msg);
         if (msg.type === "ack" && msg.id !== undefined && msg.id !== null && String(msg.id).indexOf("hb-") === 0) return;
@@ -321,21 +600,31 @@
       failed = true;
       self._emit("error", ev);
     };
-    ws.onclose = function (ev) {
+    function closed(ev) {
+      if (ended) return;
+      ended = true;
       self._stopHeartbeat();
       clearTimeout(self.timers.stable);
       clearTimeout(self.timers.refresh);
-      if (self.ws === ws) self.ws = null;
+      if (self.ws === ws) {
+        self.ws = null;
+        clearTimeout(self.timers.welcome);
+      }
       self._emit("close", { wasClean: ev.wasClean, code: ev.code, reason: ev.reason, failed: failed });
       self._failPending(new Error("connection closed (" + ev.code + ")"));
       if (self.closedByUser || !self.options.reconnect) {
         self._setState("closed");
+      } else if (mayFall && !self._worked) {
+        // The upgrade failed (refused, stripped, or no welcome): HTTP now, not after a backoff.
+        if (!self._fallback) self._fallback = "websocket_failed";
+        self._connect();
       } else {
         // A draining server's hint replaces the backoff: its clients
         // arrive at the other nodes spread over its drain window.
         self._scheduleReconnect(reconnectHint(ev.code, ev.reason));
       }
-    };
+    }
+    ws.onclose = closed;
   };
 
   TetherClient.prototype._scheduleReconnect = function (hint) {
@@ -400,7 +689,7 @@
       // The server closes at close_at unless a new token comes first.
       this.refresh().catch(function (e) { self._emit("error", e); });
     }
-    if ((msg.type === "ack" || msg.type === "error" || msg.type === "authenticated") && msg.id !== undefined && msg.id !== null) {
+    if ((msg.type === "ack" || msg.type === "error" || msg.type === "authenticated" || msg.type === "rpc_result") && msg.id !== undefined && msg.id !== null) {
       var p = this.pending.get(msg.id);
       if (p) {
         this.pending.delete(msg.id);
@@ -462,8 +751,8 @@
    * returns false when the queue is full and queueFull is "reject". */
   TetherClient.prototype.send = function (data) {
     if (this.ws && this.ws.readyState === 1) {
-      this.ws.send(data);
-      return true;
+      // The HTTP transport says false when its own bound is reached.
+      return this.ws.send(data) !== false;
     }
     if (this.closedByUser) return false;
     if (this.queue.length >= this.options.queueLimit) {
@@ -539,6 +828,14 @@
   /** tether.v1: send a chat message to this connection's room. */
   TetherClient.prototype.chat = function (content) {
     return this._request({ type: "chat", content: content });
+  };
+
+  /** tether.v1: call a method of the application's backend (the server's
+   * RPC hook, tether serve --hook-rpc). Resolves with the backend's answer
+   * (its data); rejects with an Error whose code is the backend's error
+   * code, "timeout" or "unavailable". */
+  TetherClient.prototype.rpc = function (method, data) {
+    return this._request({ type: "rpc", method: method, data: data === undefined ? null : data }).then(function (msg) { return msg.data; });
   };
 
   /** Close for good (no reconnect). */

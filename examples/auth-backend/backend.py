@@ -13,8 +13,21 @@ It
     hmac + base64: {"sub": NAME, "exp": now + 1 h}, signed with --token-secret);
   - publishes through tether's server API at POST /say?topic=T (body: any JSON).
 
---mode slow answers webhooks only after 30 s, --mode fail answers 500: to
-see tether's failure modes (retries with backoff, then dropped and counted).
+  - answers tether's hooks (tether serve --hook-url http://127.0.0.1:9000/hooks
+    --hook-secret s --hook-connect closed --hook-rpc, and namespaces with
+    subscribe-hook / publish-hook), checking their signature like the webhooks':
+      POST /hooks/connect   token "user:NAME" admits NAME, allowed chat:*, private:* (the subscribe hook decides)
+                            and rpc; token "banned" is refused 403, no token 401
+                            (with JWTs on, a verified user is admitted as its token says)
+      POST /hooks/subscribe private:NAME only for NAME
+      POST /hooks/publish   refuses content with "spam", masks "darn" (rewrite)
+      POST /hooks/rpc       add {a, b} -> {sum}; whoami -> {user}; sleep {s} answers
+                            after s seconds; anything else -> error not_found
+    Each hook call is printed as one JSON line {"hook": ..., "valid": ...}.
+
+--mode slow answers webhooks and hooks only after 30 s, --mode fail answers
+500: to see tether's failure modes (webhooks: retries with backoff, then
+dropped and counted; hooks: the hook's failure mode).
 """
 import argparse
 import base64
@@ -57,6 +70,8 @@ def main():
     ap.add_argument("--api", default="http://127.0.0.1:8080")
     ap.add_argument("--api-key", default="")
     ap.add_argument("--mode", choices=["ok", "slow", "fail"], default="ok")
+    ap.add_argument("--tls-cert", help="serve https:// with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="... and this key (PEM)")
     args = ap.parse_args()
 
     def out(obj):
@@ -83,9 +98,60 @@ def main():
                 return self.answer(200, {"token": token})
             self.answer(404, {"error": "not found"})
 
+        def hook(self, name, body):
+            ok = valid_signature(args.webhook_secret, self.headers.get("X-Tether-Timestamp", ""), body,
+                                 self.headers.get("X-Tether-Signature", ""))
+            call = json.loads(body)
+            out({"hook": name, "call": call, "valid": ok})
+            if args.mode == "slow":
+                time.sleep(30)
+            if args.mode == "fail":
+                return self.answer(500, {"error": "failing on purpose"})
+            if not ok:
+                return self.answer(401, {"error": "bad signature"})
+            user = call.get("user")
+            if name == "connect":
+                token = call.get("token") or ""
+                if user:
+                    return self.answer(200, {"allow": True})
+                if token == "banned":
+                    return self.answer(200, {"allow": False, "status": 403, "reason": "this account is banned"})
+                if not token.startswith("user:"):
+                    return self.answer(200, {"allow": False, "status": 401, "reason": "log in first"})
+                who = token[len("user:"):]
+                return self.answer(200, {"allow": True, "user": who,
+                                         "subscribe": ["/", "chat:*", "private:*"],
+                                         "publish": ["chat:*", f"private:{who}"], "presence": ["chat:*"]})
+            if name == "subscribe":
+                topic = call["topic"]
+                if topic == f"private:{user}":
+                    return self.answer(200, {"allow": True})
+                return self.answer(200, {"allow": False, "reason": f"{topic} is not yours"})
+            if name == "publish":
+                content = call.get("content")
+                text = content if isinstance(content, str) else json.dumps(content)
+                if "spam" in text:
+                    return self.answer(200, {"allow": False, "reason": "no spam here"})
+                if isinstance(content, str) and "darn" in content:
+                    return self.answer(200, {"allow": True, "content": content.replace("darn", "d**n")})
+                return self.answer(200, {"allow": True})
+            if name == "rpc":
+                method, data = call.get("method"), call.get("data") or {}
+                if method == "add":
+                    return self.answer(200, {"data": {"sum": data.get("a", 0) + data.get("b", 0)}})
+                if method == "whoami":
+                    return self.answer(200, {"data": {"user": user, "session": call.get("session")}})
+                if method == "sleep":
+                    time.sleep(float(data.get("s", 1)))
+                    return self.answer(200, {"data": "slept"})
+                return self.answer(200, {"error": {"code": "not_found", "message": f"no method {method!r}"}})
+            self.answer(404, {"error": "no such hook"})
+
         def do_POST(self):
             url = urllib.parse.urlparse(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if url.path.startswith("/hooks/"):
+                return self.hook(url.path[len("/hooks/"):], body)
             if url.path == "/webhook":
                 if args.mode == "slow":
                     time.sleep(30)
@@ -107,6 +173,11 @@ def main():
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     out({"listening": server.server_address[1]})
     server.serve_forever()
 

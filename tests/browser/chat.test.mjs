@@ -83,6 +83,9 @@ test("two pages chat, and reconnect by themselves after the server restarts", as
   }
   await say(b, "after the restart");
   await sees(a, "after the restart");
+  // WebSocket worked before the restart: the pages stayed on it (no switch
+  // to the HTTP transport while the server was down).
+  for (const p of [a, b]) assert.equal(await p.evaluate(() => window.chat.transport), "websocket");
   await a.screenshot({ path: `${SHOTS}/chat-after-restart.png` });
   assert.deepEqual(a.logs.filter((l) => l.startsWith("pageerror")), []);
   await a.close();

@@ -50,6 +50,16 @@ async function logged(page, pattern, ms = 10000) {
   assert.fail(`no line matching ${pattern} within ${ms} ms; got:\n${page.lines.join("\n")}`);
 }
 
+test("http-fallback.js: alice on HTTP and bob on WebSocket share a room; an EventSource reads a topic feed", async () => {
+  const page = await runSample("http-fallback.js");
+  await logged(page, /^alice open over http$/);
+  await logged(page, /^bob open over websocket$/);
+  await logged(page, /^bob got: hello from the HTTP side$/);
+  await logged(page, /^feed got: \{"symbol":"TTR","price":42\}$/);
+  assert.deepEqual(page.lines.filter((l) => l.startsWith("pageerror")), []);
+  await page.close();
+});
+
 test("broadcast.js: bob sees alice's message, prefixed with her session", async () => {
   const page = await runSample("broadcast.js");
   await logged(page, /^bob got: \[\S+\] hello, room$/);

@@ -72,7 +72,7 @@ test("ticker: every symbol shows, through deltas, and the index links each demo"
   const { base } = await start(["demo", "ticker", "--symbols", "12", "--rate", "200", ...UNLIMITED]);
   const index = await open(`${base}/`);
   const links = await index.$$eval("nav.demos a", (as) => as.map((a) => a.getAttribute("href")));
-  assert.deepEqual(links, ["/ticker.html", "/dashboard.html", "/multiplayer.html"]);
+  assert.deepEqual(links, ["/ticker.html", "/dashboard.html", "/multiplayer.html", "/editor.html"]);
   await index.close();
   const page = await open(`${base}/ticker.html`);
   await until(() => page.evaluate(() => Object.keys(window.ticker.quotes()).length === 12 && window.ticker.updates() > 100), "12 symbols and 100 updates");

@@ -109,7 +109,17 @@ test("reconnects after the server restarts, re-subscribes, and flushes queued se
 });
 
 test("deploy/grafana-dashboard.json charts exactly the metrics that /metrics exposes", async () => {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  // A server with every optional part that adds figures turned on (the
+  // backend hooks and the webhooks; nothing is called for /metrics).
+  const full = await freePort();
+  const backend = `http://127.0.0.1:${await freePort()}`;
+  const child = await startServer(full, ["--hook-url", backend, "--webhook-url", backend, "--webhook-secret", "s"]);
+  let text;
+  try {
+    text = await (await fetch(`http://127.0.0.1:${full}/metrics`)).text();
+  } finally {
+    await stopServer(child);
+  }
   const exposed = new Set([...text.matchAll(/^# TYPE (tether_\w+) /gm)].map((m) => m[1]));
   const dashboard = readFileSync(new URL("../../deploy/grafana-dashboard.json", import.meta.url), "utf8");
   JSON.parse(dashboard);

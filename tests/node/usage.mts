@@ -2,7 +2,7 @@
 // tether-client as an ES module, with the ws package as the WebSocket.
 import WebSocket from "ws";
 import TetherClient, { backoffDelay, heartbeatAction, heartbeatStart, heartbeatNextWake, heartbeatAnswer, DEFAULTS, mergePatch, tokenExpiry } from "tether-client";
-import type { Envelope, Options, State, SubscribeOptions, PublishOptions } from "tether-client";
+import type { Envelope, Options, State, SubscribeOptions, PublishOptions, Transport, TransportEvent } from "tether-client";
 
 const options: Options = { json: true, minDelay: 100, maxDelay: 2000, queueFull: "drop-oldest", WebSocket };
 const client = new TetherClient("ws://127.0.0.1:8080/lobby", options);
@@ -26,6 +26,8 @@ async function main(): Promise<void> {
   const sub = await client.subscribe("news");
   const pub = await client.publish("news", { headline: "hi", tags: ["a", 1, null] });
   await client.chat("hello");
+  const sum = await client.rpc<{ sum: number }>("add", { a: 1, b: 2 });
+  void sum.sum;
   const live: SubscribeOptions = { delta: true, resume: true };
   await client.subscribe("prices", live);
   const keyed: PublishOptions = { key: "TTR" };
@@ -59,3 +61,12 @@ const exp: number | null = tokenExpiry("a.b.c");
 console.log(exp);
 // @ts-expect-error a token is a string or a function returning one
 new TetherClient("ws://x/", { token: 42 });
+
+// Transports: auto (WebSocket first, HTTP when that fails), or one of them.
+const http = new TetherClient("http://127.0.0.1:8080/lobby", { json: true, transport: "http", resumeTimeout: 5_000, fetch: globalThis.fetch });
+http.on("transport", ({ transport, previous, reason }: TransportEvent) => console.log(transport, previous ?? "none", reason));
+http.on("open", ({ transport }) => console.log(transport === "http"));
+const now: Transport | null = http.transport;
+console.log(now, new TetherClient("ws://x/", { welcomeTimeout: 2_000 }).transport);
+// @ts-expect-error transport is "auto", "websocket" or "http"
+new TetherClient("ws://x/", { transport: "long-polling" });

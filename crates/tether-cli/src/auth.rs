@@ -73,6 +73,30 @@ pub struct NamespaceFile {
     publish: Option<String>,
     presence: Option<bool>,
     latest_on_subscribe: Option<bool>,
+    /// Ask the backend's subscribe hook (src/hooks.rs).
+    subscribe_hook: Option<bool>,
+    /// Ask the backend's publish hook.
+    publish_hook: Option<bool>,
+    /// Most messages kept per topic [default: --history-size].
+    history_size: Option<usize>,
+    /// Age after which messages are not replayed [default: --history-ttl].
+    history_ttl: Option<String>,
+}
+
+/// The history of the namespaces that set their own `history-size` or `history-ttl`.
+pub fn history_prefixes(file: Option<&std::collections::BTreeMap<String, NamespaceFile>>, defaults: &tether_hub::HistoryConfig) -> anyhow::Result<Vec<tether_hub::HistoryRetention>> {
+    let mut list = Vec::new();
+    for (prefix, n) in file.into_iter().flatten() {
+        if n.history_size.is_none() && n.history_ttl.is_none() {
+            continue;
+        }
+        let max_age = match &n.history_ttl {
+            None => defaults.max_age,
+            Some(s) => crate::settings::parse_duration(s).map_err(|e| anyhow::anyhow!("config file, [namespaces.{prefix:?}] history-ttl: {e}"))?,
+        };
+        list.push(tether_hub::HistoryRetention { prefix: prefix.clone(), max_messages: n.history_size.unwrap_or(defaults.max_messages), max_age });
+    }
+    Ok(list)
 }
 
 /// The namespaces of the config file.
@@ -90,7 +114,7 @@ pub fn namespaces(file: Option<std::collections::BTreeMap<String, NamespaceFile>
             Some(other) => anyhow::bail!("config file, [namespaces.{prefix:?}] publish = {other:?}: expected \"token\", \"subscribers\" or \"server\""),
         };
         let d = Namespace::new(prefix.clone());
-        list.push(Namespace { publish, presence: n.presence.unwrap_or(d.presence), latest_on_subscribe: n.latest_on_subscribe.unwrap_or(d.latest_on_subscribe), ..d });
+        list.push(Namespace { publish, presence: n.presence.unwrap_or(d.presence), latest_on_subscribe: n.latest_on_subscribe.unwrap_or(d.latest_on_subscribe), subscribe_hook: n.subscribe_hook.unwrap_or(false), publish_hook: n.publish_hook.unwrap_or(false), ..d });
     }
     Ok(list)
 }

@@ -12,12 +12,15 @@ mod demo;
 mod echo;
 mod front;
 mod live;
+mod relay;
 mod logging;
 mod serve;
 mod serve_loop;
 mod settings;
 mod shutdown;
 mod webhook;
+mod backend_http;
+mod hooks;
 mod yjs;
 
 use clap::{CommandFactory, Parser, Subcommand};

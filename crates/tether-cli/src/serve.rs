@@ -34,6 +34,9 @@ const TETHER_MJS: &str = include_str!("../web/tether.mjs");
 #[path = "serve_http.rs"]
 mod http;
 
+#[path = "serve_hooks.rs"]
+mod connect_hook;
+
 struct App {
     hub: Arc<Hub>,
     settings: Settings,
@@ -64,6 +67,11 @@ struct App {
     jwt: Option<Arc<tether_hub::jwt::JwtVerifier>>,
     /// The sessions of the HTTP fallback transport (SSE + POST).
     http: Arc<tether_hub::http::HttpSessions>,
+    /// With `--broker redis://`: HTTP-transport requests for sessions of
+    /// other nodes go there (src/relay.rs).
+    relay: Option<Arc<crate::relay::Relay>>,
+    /// The backend's hooks (src/hooks.rs), if configured.
+    hooks: Option<Arc<crate::hooks::HttpHooks>>,
 }
 
 /// What a connection holds while it is open: its slot and, unless its
@@ -113,8 +121,8 @@ type Loops = crate::driver::Driver<crate::serve_loop::HubService<Slot>>;
 async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Option<OnHub>) -> anyhow::Result<ExitCode> {
     let broker: Arc<dyn tether_hub::Broker> = match settings.broker.as_str() {
         "memory" => Arc::new(MemoryBroker::with_history(settings.history.clone())),
-        url if url.starts_with("redis://") => Arc::new(tether_hub::RedisBroker::new(url, settings.history.clone())?),
-        other => anyhow::bail!("unknown broker {other:?} (supported: memory, redis://HOST:PORT)"),
+        url if url.starts_with("redis://") || url.starts_with("redis-cluster://") => Arc::new(tether_hub::RedisBroker::new(url, settings.history.clone())?),
+        other => anyhow::bail!("unknown broker {other:?} (supported: memory, redis://HOST:PORT, redis-cluster://HOST:PORT[,HOST:PORT...])"),
     };
     let tls = match &settings.tls {
         None => None,
@@ -149,9 +157,18 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         hub.set_authenticator(verifier.clone());
         tracing::info!(?verifier, "JWT connection tokens on");
     }
+    // The API's idempotency keys need one Redis; on a cluster they stay per node.
     let redis_url = settings.broker.starts_with("redis://").then_some(settings.broker.as_str());
+    if settings.broker.starts_with("redis-cluster://") {
+        tracing::info!("server API idempotency keys are kept per node (not shared) with redis-cluster://");
+    }
     let api = crate::api::Api::new(hub.clone(), settings.api.clone(), redis_url)?;
     let webhooks = settings.webhook.clone().map(|w| crate::webhook::start(&hub, w));
+    let hooks = settings.hooks.clone().map(crate::hooks::HttpHooks::new);
+    if let Some(h) = &hooks {
+        hub.set_hooks(h.clone());
+        tracing::info!(url = ?settings.hooks.as_ref().map(|h| &h.url), "backend hooks on");
+    }
     let loops = match driver.driver {
         crate::driver::DriverKind::Loop => {
             let service = Arc::new(crate::serve_loop::HubService::new(hub.clone()));
@@ -171,11 +188,21 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, tls = tls.is_some(), broker = hub.broker().name(), heartbeat = ?settings.heartbeat_interval, "tether serve ready");
 
-    let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
-        Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
-        None => None,
+    let yjs = if let Some(url) = redis_url {
+        // Several nodes: documents kept in Redis and changes relayed
+        // through it (tether_yjs::RedisShare), not in --yjs-dir.
+        let share = tether_yjs::RedisShare::open(url).context("Yjs documents on Redis")?;
+        let yjs = tether_yjs::Yjs::with_relay(settings.yjs.config.clone(), Some(share.clone()), Some(share.clone()));
+        share.listen(&yjs);
+        yjs
+    } else {
+        let yjs_store: Option<Arc<dyn tether_yjs::Store>> = match &settings.yjs.dir {
+            Some(dir) => Some(Arc::new(tether_yjs::DirStore::open(dir).with_context(|| format!("cannot use --yjs-dir {}", dir.display()))?)),
+            None => None,
+        };
+        tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store)
     };
-    let yjs = tether_yjs::Yjs::new(settings.yjs.config.clone(), yjs_store);
+    let http = tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default());
     let app = Arc::new(App {
         hub: hub.clone(),
         settings: settings.clone(),
@@ -191,7 +218,9 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
         webhooks,
         drain: crate::admin::DrainState::default(),
         jwt,
-        http: tether_hub::http::HttpSessions::new(hub.clone(), tether_hub::http::HttpConfig::default()),
+        relay: redis_url.map(|url| crate::relay::Relay::start(url, http.clone(), settings.http_timeout)).transpose()?,
+        http,
+        hooks,
     });
     // One handler: a WebSocket upgrade on any path (including "/") joins the
     // room named by the path; everything else is a plain HTTP route.
@@ -474,15 +503,31 @@ impl App {
                 }
                 (false, Some(verifier)) => match crate::auth::identify(verifier, crate::auth::presented_token(req.authorization, req.query), req.json) {
                     Ok(found) => {
+                        let document = req.path.strip_prefix(tether_yjs::PATH_PREFIX);
                         if let Identity::Granted(grants) = &found {
-                            // A room (URL path) other than "/" must be allowed.
-                            if req.path != "/" && !grants.may_subscribe(req.path) {
+                            // A room (URL path) other than "/" must be
+                            // allowed; a Yjs document needs the subscribe
+                            // grant `yjs:NAME` (writing needs publish, see `yjs_access`).
+                            let allowed = match document {
+                                Some(name) => grants.may_subscribe(&format!("yjs:{name}")),
+                                None => req.path == "/" || grants.may_subscribe(req.path),
+                            };
+                            if !allowed {
                                 metrics.count_auth("refused", "room");
                                 tracing::info!(client = %ip, user = %grants.user, room = ?req.path, "refused upgrade: the token does not allow this room");
-                                return Err((StatusCode::FORBIDDEN, "the token does not allow this room (URL path)"));
+                                return Err((StatusCode::FORBIDDEN, match document {
+                                    Some(_) => "the token does not allow this Yjs document (subscribe grant yjs:NAME)",
+                                    None => "the token does not allow this room (URL path)",
+                                }));
                             }
                             metrics.count_auth("allowed", "jwt");
                             tracing::debug!(client = %ip, user = %grants.user, "admitted with a JWT");
+                        } else if document.is_some() {
+                            // y-websocket cannot send a tether.v1 auth message.
+                            count(&refused.auth);
+                            metrics.count_auth("refused", "missing_token");
+                            self.auth_failures.record(ip);
+                            return Err((StatusCode::UNAUTHORIZED, "a Yjs document needs a token at the handshake (?token= or Authorization: Bearer)"));
                         } else {
                             metrics.count_auth("deferred", "auth_message");
                         }
@@ -512,17 +557,43 @@ impl App {
     }
 }
 
+/// What a connection to Yjs document `name` may do, from its final
+/// identity (a JWT's, or the connect hook's): with grants, reading needs
+/// `subscribe` of `yjs:NAME` (else 403) and editing `publish` (else
+/// read-only); an identity still waiting for an `auth` message is refused
+/// (401: y-websocket cannot send one).
+fn yjs_access(identity: &Identity, name: &str) -> Result<tether_yjs::Access, (StatusCode, &'static str)> {
+    let topic = format!("yjs:{name}");
+    match identity {
+        Identity::Anonymous => Ok(tether_yjs::Access::ReadWrite),
+        Identity::AwaitingAuth => Err((StatusCode::UNAUTHORIZED, "a Yjs document needs a token at the handshake (?token= or Authorization: Bearer)")),
+        Identity::Granted(grants) if !grants.may_subscribe(&topic) => Err((StatusCode::FORBIDDEN, "the token does not allow this Yjs document (subscribe grant yjs:NAME)")),
+        Identity::Granted(grants) if grants.may_publish(&topic) => Ok(tether_yjs::Access::ReadWrite),
+        Identity::Granted(_) => Ok(tether_yjs::Access::ReadOnly),
+    }
+}
+
 /// The lean WebSocket path: handshake straight on the stream.
 fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve_loop::MaybeTcp + Unpin + Send + 'static>(stream: Prefixed<S>, app: Arc<App>, peer: SocketAddr, mut slot: Slot) -> impl std::future::Future<Output = ()> + Send {
     async move {
     let mut room = String::new();
-    let mut identity = Identity::Anonymous;
+    // Who the client is, as the callback found it: its session is opened
+    // before the 101 is written (on the event loop, which writes the 101
+    // itself, or here on the tokio driver): by the time the client can
+    // send (or a peer can count on it being there), it is in its room.
+    let mut session = None;
+    let mut access = tether_yjs::Access::ReadWrite;
     // Scoped so the config and the handshake state are gone before the
     // connection runs: this task lives as long as the client stays.
     let accepted = {
         let config = socket_config(&app.settings);
         let header = app.settings.client_ip_header.clone();
-        Box::pin(tether::accept_deferred(stream, &config, |req| {
+        let session = &mut session;
+        let access = &mut access;
+        let room = &mut room;
+        let slot = &mut slot;
+        let hook_app = app.clone();
+        Box::pin(tether::accept_deferred_async(stream, &config, |req| {
             let upgrade = UpgradeRequest {
                 peer,
                 path: req.path(),
@@ -532,59 +603,73 @@ fn lean_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::serve
                 client_ip: header.as_deref().and_then(|h| req.header_str(h)),
                 json: req.protocols().contains(&tether_hub::PROTOCOL_V1),
             };
-            let (guard, found) = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?;
-            if let Some(guard) = guard {
-                slot.ip = Some(guard);
-            }
-            identity = found;
-            room = req.path().to_string();
+            let admitted = app.admit(&upgrade).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg));
             let protocol = req.protocols().contains(&tether_hub::PROTOCOL_V1).then(|| tether_hub::PROTOCOL_V1.to_string());
-            Ok(tether::Accept { protocol, headers: Vec::new() })
+            let path = req.path().to_string();
+            let json = upgrade.json;
+            let ask = admitted.as_ref().ok().and_then(|(_, found)| hook_app.connect_request(&upgrade, req.header_str("cookie"), found.clone()));
+            async move {
+                let (guard, found) = admitted?;
+                let found = match ask {
+                    Some(ask) => hook_app.connect_hook(ask, &path).await.map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?,
+                    None => found,
+                };
+                if let Some(guard) = guard {
+                    slot.ip = Some(guard);
+                }
+                match path.strip_prefix(tether_yjs::PATH_PREFIX) {
+                    Some(name) => *access = yjs_access(&found, name).map_err(|(status, msg)| tether::Reject::new(status.as_u16(), msg))?,
+                    None => *session = Some((json, found)),
+                }
+                *room = path;
+                Ok(tether::Accept { protocol, headers: Vec::new() })
+            }
         }))
         .await
     };
     match accepted {
-        Ok(accepted) => {
+        Ok(accepted) if room.starts_with(tether_yjs::PATH_PREFIX) => {
             slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
-            let yjs = room.starts_with(tether_yjs::PATH_PREFIX);
+            let ws = match accepted.finish().await {
+                Ok(ws) => ws,
+                Err(e) => return handshake_failed(&app, e),
+            };
+            let name = &room[tether_yjs::PATH_PREFIX.len()..];
+            app.yjs.run_connection_with(ws, name, access).await;
+            drop(slot);
+        }
+        Ok(accepted) => {
+            let Some((json, identity)) = session else { return };
+            slot.transport = Some(TransportGuard::new(app.hub.metrics(), Transport::WebSocket));
             let info = ConnInfo::with_identity(room, identity);
             let (accepted, info, slot) = match &app.loops {
-                // The loop writes the 101, after the session joined its room.
-                Some(loops) if !yjs => match crate::serve_loop::hand_off(&app.hub, loops, accepted, info, slot) {
+                // The loop opens the session and writes the 101 after it.
+                Some(loops) => match crate::serve_loop::hand_off(&app.hub, loops, accepted, info, slot) {
                     Ok(()) => return,
                     Err(back) => back,
                 },
-                _ => (accepted, info, slot),
+                None => (accepted, info, slot),
             };
-            let failed = |e: tether::Error| {
-                tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
-                tracing::debug!(error = %e, "WebSocket handshake failed");
-            };
-            if yjs {
-                match accepted.finish().await {
-                    Ok(ws) => app.yjs.run_connection(ws, &info.room[tether_yjs::PATH_PREFIX.len()..]).await,
-                    Err(e) => failed(e),
-                }
-            } else {
-                // As on the loop, the session is in its room before the 101 goes out.
-                let session = app.hub.open_session(accepted.protocol() == Some(tether_hub::PROTOCOL_V1), info);
-                match accepted.finish().await {
-                    Ok(ws) => app.hub.run_session(ws, session).await,
-                    Err(e) => {
-                        failed(e);
-                        let _ = app.hub.end_session(session, tether_hub::End::Closed);
-                    }
+            let session = app.hub.open_session(json, info);
+            match accepted.finish().await {
+                Ok(ws) => app.hub.run_session(ws, session).await,
+                Err(e) => {
+                    // The 101 could not be written: the session opened for it ends.
+                    app.hub.end_session(session, tether_hub::End::Closed);
+                    handshake_failed(&app, e);
                 }
             }
             drop(slot);
         }
         Err(tether::Error::Rejected { status }) => tracing::debug!(status, "WebSocket upgrade refused"),
-        Err(e) => {
-            tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
-            tracing::debug!(error = %e, "WebSocket handshake failed");
-        }
+        Err(e) => handshake_failed(&app, e),
     }
     }
+}
+
+fn handshake_failed(app: &App, e: tether::Error) {
+    tether_hub::Metrics::add(&app.hub.metrics().handshake_failures, 1);
+    tracing::debug!(error = %e, "WebSocket handshake failed");
 }
 
 async fn dispatch(State(app): State<Arc<App>>, axum::Extension(ctx): axum::Extension<ConnCtx>, req: Request) -> Response {
@@ -661,6 +746,9 @@ async fn metrics(app: Arc<App>) -> impl IntoResponse {
     if let Some(w) = &app.webhooks {
         text.push_str(&w.render());
     }
+    if let Some(h) = &app.hooks {
+        text.push_str(&h.metrics.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -684,6 +772,18 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let (ip_guard, identity) = match app.admit(&upgrade) {
         Ok(found) => found,
         Err((status, message)) => return refuse(status, message),
+    };
+    let identity = match app.connect_request(&upgrade, header("cookie"), identity.clone()) {
+        Some(ask) => match app.connect_hook(ask, parts.uri.path()).await {
+            Ok(found) => found,
+            Err((status, message)) => return refuse(status, &message),
+        },
+        None => identity,
+    };
+    let access = match parts.uri.path().strip_prefix(tether_yjs::PATH_PREFIX).map(|name| yjs_access(&identity, name)) {
+        Some(Err((status, message))) => return refuse(status, message),
+        Some(Ok(access)) => access,
+        None => tether_yjs::Access::ReadWrite,
     };
     // The upgraded socket outlives this HTTP connection: it takes a
     // WebSocket slot, and the address count along.
@@ -721,7 +821,7 @@ async fn websocket(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     upgrade.protocols([tether_hub::PROTOCOL_V1]).config(config).on_upgrade(move |ws| async move {
         let _held = (slot, ip_guard, open);
         match room.strip_prefix(tether_yjs::PATH_PREFIX) {
-            Some(name) => yjs.run_connection(ws, name).await,
+            Some(name) => yjs.run_connection_with(ws, name, access).await,
             None => hub.run_connection(ws, ConnInfo::with_identity(room, identity)).await,
         }
     })

@@ -2,7 +2,8 @@
 //! "HTTP transport"): `GET <room>` with `Accept: text/event-stream` opens
 //! (or, with `Last-Event-ID` / `?last_event_id=`, resumes) a session whose
 //! events come as Server-Sent Events; `POST <room>?session=KEY&seq=N` with a
-//! JSON array of messages feeds it. `?topic=NAME` makes a read-only feed of
+//! JSON array of messages feeds it (`&close=1` instead ends the session).
+//! `?topic=NAME` makes a read-only feed of
 //! one topic for `EventSource` and `curl -N`. The same admission (origin,
 //! token, connection slots, per-address limits) as a WebSocket upgrade.
 
@@ -10,6 +11,7 @@ use super::{refuse, App, ConnCtx, Slot, UpgradeRequest};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use std::sync::Arc;
 use tether_hub::http::{parse_event_id, HttpError, Posted};
 use tether_hub::ConnInfo;
@@ -81,15 +83,32 @@ pub(super) async fn serve(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response
     let path = parts.uri.path();
     let query = parts.uri.query();
     let json = param(query, "topic").is_some() || param(query, "protocol").is_some_and(|p| p == tether_hub::PROTOCOL_V1);
-    let admitted = app.admit(&upgrade_request(&app, &ctx, path, query, &parts.headers, json));
-    let (ip_guard, identity) = match admitted {
+    let upgrade = upgrade_request(&app, &ctx, path, query, &parts.headers, json);
+    let (ip_guard, identity) = match app.admit(&upgrade) {
         Ok(guard) => guard,
         Err((status, message)) => return refuse(status, message),
+    };
+    // The connect hook decides a new stream as it does a WebSocket.
+    let cookie = parts.headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    let identity = match app.connect_request(&upgrade, cookie, identity.clone()) {
+        Some(ask) if parts.headers.get("last-event-id").is_none() => match app.connect_hook(ask, path).await {
+            Ok(found) => found,
+            Err((status, message)) => return refuse(status, &message),
+        },
+        _ => identity,
     };
     // Resume: the header EventSource sends when it reconnects by itself,
     // or the parameter a fresh EventSource (or a page) can set.
     let last = parts.headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| param(query, "last_event_id").map(|c| c.into_owned()));
     let stream = match last.as_deref().and_then(parse_event_id) {
+        // Another node holds the session: its stream comes through Redis.
+        Some((key, after)) if !app.http.contains(key) && app.relay.as_ref().is_some_and(|r| r.elsewhere(key)) => {
+            let Some(relay) = app.relay.clone() else { return refuse(StatusCode::NOT_FOUND, "unknown session") };
+            return match relay.stream(key, after).await {
+                Ok(chunks) => sse_response(chunks.map(bytes_of)),
+                Err(crate::relay::Refused(status, body)) => refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body.trim()),
+            };
+        }
         Some((key, after)) => match app.http.resume(key, after) {
             Ok(stream) => stream,
             // Unknown here: the client opens a new session (after a
@@ -123,8 +142,14 @@ pub(super) async fn serve(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response
     };
     let body = futures_util::stream::unfold(stream, |mut stream| async move {
         let chunk = stream.next_chunk().await?;
-        Some((Ok::<_, std::convert::Infallible>(bytes_of(chunk)), stream))
+        Some((bytes_of(chunk), stream))
     });
+    sse_response(body)
+}
+
+/// A `text/event-stream` response of `chunks`, proxy-safe.
+fn sse_response(chunks: impl futures_util::Stream<Item = axum::body::Bytes> + Send + 'static) -> Response {
+    let body = chunks.map(Ok::<_, std::convert::Infallible>);
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
@@ -153,6 +178,22 @@ async fn post(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
     let Some(key) = param(query, "session") else {
         return refuse(StatusCode::BAD_REQUEST, "POST needs ?session=KEY (from the stream's session event) and &seq=N");
     };
+    // `&close=1`: the client is done; the session ends now (its leave is
+    // announced at once) instead of when the heartbeat gives up on it.
+    if param(query, "close").is_some() {
+        if !app.http.contains(&key) {
+            if let Some(relay) = app.relay.as_ref().filter(|r| r.elsewhere(&key)) {
+                return match relay.close(&key).await {
+                    Ok((200, body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                    Ok((status, body)) | Err(crate::relay::Refused(status, body)) => refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body.trim()),
+                };
+            }
+        }
+        return match app.http.close(&key) {
+            Ok(()) => ([(header::CONTENT_TYPE, "application/json")], "{\"ok\":true}").into_response(),
+            Err(e) => error_response(&e),
+        };
+    }
     let Some(seq) = param(query, "seq").and_then(|s| s.parse::<u64>().ok()).filter(|&s| s > 0) else {
         return refuse(StatusCode::BAD_REQUEST, "POST needs &seq=N, a number from 1, one more for each batch");
     };
@@ -166,6 +207,15 @@ async fn post(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response {
         Ok(m) => m,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("the body must be a JSON array of strings: {e}")),
     };
+    if !app.http.contains(&key) {
+        if let Some(relay) = app.relay.as_ref().filter(|r| r.elsewhere(&key)) {
+            // Another node holds the session: applied there, through Redis.
+            return match relay.post(&key, seq, messages).await {
+                Ok((200, body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                Ok((status, body)) | Err(crate::relay::Refused(status, body)) => refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body.trim()),
+            };
+        }
+    }
     match app.http.post(&key, seq, messages) {
         Ok(Posted::Applied) => ([(header::CONTENT_TYPE, "application/json")], "{\"ok\":true}").into_response(),
         Ok(Posted::Duplicate) => ([(header::CONTENT_TYPE, "application/json")], "{\"ok\":true,\"duplicate\":true}").into_response(),

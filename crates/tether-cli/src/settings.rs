@@ -167,8 +167,10 @@ pub struct ServeArgs {
     /// How long shutdown waits for clients to answer the 1001 close [default: 5s]
     #[arg(long, env = "TETHER_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
     pub shutdown_timeout: Option<Duration>,
-    /// Message broker: `memory` (one process) or `redis://HOST:PORT` (several
-    /// nodes sharing topics, history and presence) [default: memory]
+    /// Message broker: `memory` (one process), `redis://HOST:PORT` (several
+    /// nodes sharing topics, history and presence through one Redis) or
+    /// `redis-cluster://HOST:PORT[,HOST:PORT...]` (the same over a Redis 7
+    /// Cluster, topics spread over its shards) [default: memory]
     #[arg(long, env = "TETHER_BROKER")]
     pub broker: Option<String>,
     #[command(flatten)]
@@ -264,7 +266,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_API_TIMEOUT", value_parser = parse_duration)]
     pub api_timeout: Option<Duration>,
     /// POST lifecycle events (topic occupied/vacated, presence join/leave)
-    /// to this http:// URL, signed with --webhook-secret [default: none]
+    /// to this http:// or https:// URL, signed with --webhook-secret [default: none]
     #[arg(long, env = "TETHER_WEBHOOK_URL", requires = "webhook_secret")]
     pub webhook_url: Option<String>,
     /// The HMAC-SHA256 key of the webhooks' X-Tether-Signature
@@ -282,6 +284,8 @@ pub struct ServeArgs {
     pub yjs: crate::yjs::YjsArgs,
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+    #[command(flatten)]
+    pub hooks: crate::hooks::HookArgs,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -331,6 +335,9 @@ struct FileConfig {
     /// The `[yjs]` table.
     #[serde(default)]
     yjs: crate::yjs::YjsFile,
+    /// The `[live]` table (src/live.rs).
+    #[serde(default)]
+    live: crate::live::LiveFile,
     /// JWT connection tokens (src/auth.rs).
     jwt: Option<crate::auth::AuthFile>,
     /// Topic prefixes with their own rules (src/auth.rs).
@@ -344,6 +351,8 @@ struct FileConfig {
     webhook_secret: Option<String>,
     webhook_queue: Option<usize>,
     webhook_timeout: Option<String>,
+    /// Hooks into the backend (src/hooks.rs).
+    hooks: Option<crate::hooks::HooksFile>,
 }
 
 /// The settings `tether serve` runs with.
@@ -382,7 +391,7 @@ pub struct Settings {
     pub api: crate::api::ApiSettings,
     /// Lifecycle webhooks (`--webhook-*`), if on.
     pub webhook: Option<crate::webhook::WebhookSettings>,
-    /// Conflation, `$sys:stats` and `$room:` ticks (flags and variables only).
+    /// Conflation, `$sys:stats` and `$room:` ticks (flags, variables, `[live]`).
     pub live: crate::live::LiveArgs,
     /// The Yjs endpoint.
     pub yjs: crate::yjs::YjsSettings,
@@ -390,6 +399,8 @@ pub struct Settings {
     pub auth: crate::auth::AuthSettings,
     /// `[namespaces."PREFIX"]` of the config file.
     pub namespaces: Vec<tether_hub::namespace::Namespace>,
+    /// Hooks into the backend (`--hook-*`, `[hooks]`), if on.
+    pub hooks: Option<crate::hooks::HookSettings>,
 }
 
 impl Settings {
@@ -446,6 +457,8 @@ impl Settings {
                     max_topics: args.history_topics.or(file.history_topics).unwrap_or(d.max_topics),
                     max_bytes: args.history_max_bytes.or(file.history_max_bytes).unwrap_or(d.max_bytes),
                     max_topic_bytes: args.history_topic_max_bytes.or(file.history_topic_max_bytes).unwrap_or(d.max_topic_bytes),
+                    // [namespaces."PREFIX"] history-size / history-ttl (below).
+                    prefixes: Vec::new(),
                 }
             },
             write_stall_timeout: dur(args.write_stall_timeout, file.write_stall_timeout, "write-stall-timeout", Duration::from_secs(90))?,
@@ -480,10 +493,8 @@ impl Settings {
                 (None, _) => None,
                 (Some(_), None) => bail!("--webhook-url needs --webhook-secret (the key of the signatures)"),
                 (Some(url), Some(secret)) => {
-                    let url: http::Uri = url.parse().with_context(|| format!("--webhook-url {url:?} is not a URL"))?;
-                    if url.scheme_str() != Some("http") || url.host().is_none() {
-                        bail!("--webhook-url must be http://HOST[:PORT]/PATH (put TLS in front with a local proxy)");
-                    }
+                    let ca = crate::backend_http::read_ca(args.hooks.backend_ca.as_deref())?;
+                    let url = crate::backend_http::BackendUrl::parse(&url, "--webhook-url", ca.as_deref())?;
                     Some(crate::webhook::WebhookSettings {
                         url,
                         secret,
@@ -492,11 +503,15 @@ impl Settings {
                     })
                 }
             },
-            live: args.live,
+            live: args.live.resolve(file.live)?,
             yjs: args.yjs.resolve(file.yjs)?,
             auth: crate::auth::AuthSettings::resolve(args.auth, file.jwt.unwrap_or_default())?,
-            namespaces: crate::auth::namespaces(file.namespaces)?,
+            namespaces: crate::auth::namespaces(file.namespaces.clone())?,
+            hooks: None,
         };
+        let mut settings = settings;
+        settings.history.prefixes = crate::auth::history_prefixes(file.namespaces.as_ref(), &settings.history)?;
+        settings.hooks = crate::hooks::HookSettings::resolve(args.hooks, file.hooks.unwrap_or_default(), &settings.namespaces)?;
         if settings.api.timeout.is_zero() || settings.api.idempotency_window.is_zero() {
             bail!("--api-timeout and --api-idempotency-window must be greater than zero");
         }

@@ -1,7 +1,7 @@
 //! Lifecycle webhooks: `tether serve --webhook-url http://backend/hook
 //! --webhook-secret S` POSTs the hub's lifecycle events (topic occupied
 //! and vacated, presence join and leave) to the application's backend,
-//! signed with HMAC-SHA256, retried with backoff.
+//! signed with HMAC-SHA256, retried with backoff; http:// or https://.
 //!
 //! - **Never in the way.** The hub hands each event to a bounded queue
 //!   (`--webhook-queue`, default 10 000) without waiting; when it is full
@@ -17,7 +17,6 @@
 //!   the backend recomputes it and should refuse timestamps far from its clock.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,7 +31,7 @@ const ATTEMPTS: u32 = 5;
 /// Webhook settings (`--webhook-*`).
 #[derive(Clone, Debug)]
 pub struct WebhookSettings {
-    pub url: http::Uri,
+    pub url: crate::backend_http::BackendUrl,
     pub secret: String,
     pub queue: usize,
     pub timeout: Duration,
@@ -75,15 +74,18 @@ fn now_ms() -> u64 {
 
 impl EventSink for Sink {
     fn event(&self, event: LifecycleEvent) {
-        let (name, topic, session) = match event {
-            LifecycleEvent::Occupied { topic } => ("topic_occupied", topic, None),
-            LifecycleEvent::Vacated { topic } => ("topic_vacated", topic, None),
-            LifecycleEvent::Join { topic, session } => ("presence_join", topic, Some(session)),
-            LifecycleEvent::Leave { topic, session } => ("presence_leave", topic, Some(session)),
+        let (name, topic, session, user) = match event {
+            LifecycleEvent::Occupied { topic } => ("topic_occupied", topic, None, None),
+            LifecycleEvent::Vacated { topic } => ("topic_vacated", topic, None, None),
+            LifecycleEvent::Join { topic, session, user } => ("presence_join", topic, Some(session), user),
+            LifecycleEvent::Leave { topic, session, user } => ("presence_leave", topic, Some(session), user),
         };
         let mut v = serde_json::json!({ "event": name, "topic": &*topic, "node": tether_hub::node_id(), "ts": now_ms() });
         if let Some(s) = session {
             v["session"] = serde_json::Value::String(s);
+        }
+        if let Some(u) = user {
+            v["user"] = serde_json::Value::String(u.to_string());
         }
         if self.tx.try_send(v).is_err() {
             self.metrics.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -98,18 +100,6 @@ pub fn start(hub: &tether_hub::Hub, settings: WebhookSettings) -> Arc<WebhookMet
     hub.set_event_sink(Arc::new(Sink { tx, metrics: metrics.clone() }));
     tokio::spawn(run(rx, settings, metrics.clone()));
     metrics
-}
-
-/// `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>").
-pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let mut ctx = ring::hmac::Context::with_key(&key);
-    ctx.update(timestamp.to_string().as_bytes());
-    ctx.update(b".");
-    ctx.update(body);
-    let tag = ctx.sign();
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
 }
 
 async fn run(mut rx: mpsc::Receiver<serde_json::Value>, settings: WebhookSettings, metrics: Arc<WebhookMetrics>) {
@@ -157,25 +147,8 @@ fn rand_unit() -> f64 {
 }
 
 async fn send(settings: &WebhookSettings, body: &str) -> anyhow::Result<()> {
-    let authority = settings.url.authority().ok_or_else(|| anyhow::anyhow!("webhook URL has no host"))?;
-    let port = authority.port_u16().unwrap_or(80);
-    let tcp = tokio::net::TcpStream::connect((authority.host(), port)).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let path = settings.url.path_and_query().map_or("/", |p| p.as_str());
-    let request = http::Request::post(path)
-        .header(http::header::HOST, authority.as_str())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header("x-tether-timestamp", timestamp.to_string())
-        .header("x-tether-signature", signature(&settings.secret, timestamp, body.as_bytes()))
-        .body(Full::new(Bytes::from(body.to_string())))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
     // Read (and drop) at most a little of the answer.
-    let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
+    let (status, _) = crate::backend_http::post(&settings.url, Some(&settings.secret), Bytes::from(body.to_string()), 64 << 10).await?;
     anyhow::ensure!(status.is_success(), "backend answered {status}");
     Ok(())
 }

@@ -15,7 +15,8 @@ pub struct YjsArgs {
     /// Directory where Yjs documents are kept between runs (`none`: in
     /// memory only) [default: $STATE_DIRECTORY/yjs under systemd, else
     /// $XDG_DATA_HOME/tether/yjs or ~/.local/share/tether/yjs; created on
-    /// the first document stored]
+    /// the first document stored; with --broker redis, documents are kept
+    /// in Redis instead, shared by every node]
     #[arg(long, env = "TETHER_YJS_DIR", value_name = "DIR")]
     pub yjs_dir: Option<String>,
     /// Largest Yjs document (1008 for an update past it) [default: 16MiB]

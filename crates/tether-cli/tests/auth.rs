@@ -222,3 +222,113 @@ async fn a_rotated_jwks_file_takes_effect_without_a_restart() {
     connect(&server, "/", Some(&k1)).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_sends_a_token_from_its_function_and_refreshes_it_before_it_expires() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use tether::reconnect::{Event, ReconnectOptions, TokenSource};
+    let server = Server::start(&["--jwt-secret", SECRET, "--token-expiry-warning", "2s", "--token-expiry-grace", "1s", "--heartbeat-interval", "300ms"]);
+    let calls = Arc::new(AtomicU32::new(0));
+    let first_exp = now() + 3;
+    let counted = calls.clone();
+    let token = TokenSource::fetch(move || {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(hs256(&claims("ruby", if n == 0 { first_exp } else { now() + 600 }, &["chat:*"]), SECRET)) }
+    });
+    // No header: the token goes in the first message, as a browser's.
+    let options = ReconnectOptions { json: true, token: Some(token), refresh_ahead: Duration::from_secs(1), ..ReconnectOptions::default() };
+    let mut client = tether::ReconnectingClient::new(ClientBuilder::new(server.url("/")), options);
+    let sender = client.sender();
+    let (tx, mut authenticated) = tokio::sync::mpsc::unbounded_channel();
+    let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = client.next_event().await {
+            match event {
+                Event::Message(Message::Text(t)) if t.contains("\"authenticated\"") => {
+                    let _ = tx.send(serde_json::from_str::<Value>(&t).unwrap());
+                }
+                Event::Close { .. } | Event::Reconnecting { .. } => {
+                    let _ = lost_tx.send(());
+                }
+                _ => {}
+            }
+        }
+    });
+    let first = timeout(Duration::from_secs(20), authenticated.recv()).await.unwrap().unwrap();
+    assert_eq!((first["user"].as_str(), first["id"].as_str(), first["expires_at"].as_u64()), (Some("ruby"), Some("auth"), Some(first_exp)), "{first}");
+    assert_eq!(sender.subscribe("chat:lobby").await.unwrap().topic.as_deref(), Some("chat:lobby"), "the grants of the token are in force");
+    let renewed = timeout(Duration::from_secs(20), authenticated.recv()).await.unwrap().unwrap();
+    assert_eq!(renewed["id"], "refresh", "{renewed}");
+    assert!(renewed["expires_at"].as_u64().unwrap() > first_exp + 60, "{renewed}");
+    // Past the first token's close_at (exp + 1 s of grace), the same connection answers.
+    while now() <= first_exp + 2 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sender.publish("chat:lobby", json!("still here")).await.unwrap();
+    assert!(lost.try_recv().is_err(), "the connection was never lost");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one token per connection, one per refresh");
+    let (_, metrics) = common::http_get(server.port, "/metrics").await;
+    assert!(!metrics.contains(r#"result="closed",reason="expired""#), "no connection was closed for an expired token");
+}
+
+/// The next presence event.
+async fn next_presence(ws: &mut Ws) -> Value {
+    loop {
+        match timeout(Duration::from_secs(20), ws.recv()).await.expect("a message within 20 s") {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "presence" {
+                    return v;
+                }
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected an envelope, got {other:?}"),
+        }
+    }
+}
+
+async fn api_presence(port: u16, topic: &str) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({ "topic": topic }).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!("POST /api/presence HTTP/1.1\r\nHost: localhost\r\nX-API-Key: k\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    tcp.write_all(format!("{head}{body}").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+async fn presence_names_the_user(broker: &str) {
+    let server = Server::start(&["--jwt-secret", SECRET, "--broker", broker, "--api-key", "k"]);
+    let caps = ["chat:*"];
+    let mut ann = connect(&server, "/", Some(&hs256(&claims("ann", now() + 600, &caps), SECRET))).await.unwrap();
+    let mut bob = connect(&server, "/", Some(&hs256(&claims("bob", now() + 600, &caps), SECRET))).await.unwrap();
+    send(&mut ann, json!({"type":"subscribe","topic":"chat:p","id":1})).await;
+    assert_eq!(next(&mut ann).await["type"], "ack");
+    send(&mut bob, json!({"type":"subscribe","topic":"chat:p","id":2})).await;
+    assert_eq!(next(&mut bob).await["type"], "ack");
+    let join = loop {
+        let v = next_presence(&mut ann).await;
+        if v["event"] == "join" && v["user"] == "bob" {
+            break v;
+        }
+        assert_eq!(v["user"], "ann", "only ann's own join comes before: {v}");
+    };
+    assert!(join["session"].as_str().unwrap().contains('-'), "the session too: {join}");
+    let listed = api_presence(server.port, "chat:p").await;
+    let mut users: Vec<&str> = listed["sessions"].as_array().unwrap().iter().map(|s| s["user"].as_str().unwrap()).collect();
+    users.sort();
+    assert_eq!(users, ["ann", "bob"], "{listed} ({broker})");
+    send(&mut bob, json!({"type":"unsubscribe","topic":"chat:p","id":3})).await;
+    let leave = next_presence(&mut ann).await;
+    assert_eq!((leave["event"].as_str(), leave["user"].as_str()), (Some("leave"), Some("bob")), "{leave} ({broker})");
+}
+
+#[tokio::test]
+async fn presence_events_and_the_api_name_the_user() {
+    presence_names_the_user("memory").await;
+    if let Some(redis) = common::Redis::start() {
+        presence_names_the_user(&redis.url()).await;
+    }
+}

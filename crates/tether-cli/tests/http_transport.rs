@@ -97,3 +97,35 @@ async fn a_topic_feed_without_sdk() {
     refused.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
 }
+
+/// The next envelope of `inbox` that satisfies `pred`, within 10 s.
+async fn next_where(inbox: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    loop {
+        let v = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await.expect("nothing within 10 s").expect("closed");
+        if pred(&v) {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_close_post_ends_the_session_at_once() {
+    // The default 30 s heartbeat: without the close, the session would
+    // linger (and its leave come) 30 to 60 s after its stream went away.
+    let server = Server::start(&[]);
+    let port = server.port;
+    let (_writer, mut inbox) = common::v1_split(&server.url("/bye"), "watcher").await;
+    let mut stream = sse(port, "/bye?protocol=tether.v1", "").await;
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\"welcome\"").await;
+    let key = seen.lines().skip_while(|l| *l != "event: session").nth(1).unwrap().strip_prefix("data: ").unwrap().to_string();
+    let session = key.split('.').next().unwrap().to_string();
+    next_where(&mut inbox, |v| v["type"] == "presence" && v["event"] == "join" && v["session"] == session.as_str()).await;
+    drop(stream);
+    let (status, body) = post(port, &format!("/bye?session={key}&close=1"), "").await;
+    assert_eq!((status, body.as_str()), (200, "{\"ok\":true}"));
+    let leave = next_where(&mut inbox, |v| v["type"] == "presence" && v["event"] == "leave").await;
+    assert_eq!(leave["session"], session.as_str());
+    // Nothing more is taken for it.
+    assert_eq!(post(port, &format!("/bye?session={key}&seq=1"), "[]").await.0, 404);
+}

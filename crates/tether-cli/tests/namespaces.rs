@@ -147,3 +147,51 @@ async fn presence_off_and_the_latest_value_on_subscribe() {
     let live = next_not_presence(&mut c).await;
     assert_eq!(live["content"], 3, "then live, and never the older 1: {live}");
 }
+
+/// Messages a fresh subscriber resuming from the start (`since` 0) is
+/// replayed, by sequence number.
+async fn replayed(ws: &mut Ws, topic: &str) -> Vec<u64> {
+    send(ws, json!({"type":"subscribe","topic":topic,"since":0,"id":format!("s-{topic}")})).await;
+    until_ack(ws).await.iter().filter(|v| v["type"] == "message").map(|v| v["seq"].as_u64().unwrap()).collect()
+}
+
+async fn history_per_namespace(broker: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-ns-history-{}-{}", std::process::id(), broker.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tether.toml");
+    let config = format!("[jwt]\nsecret = \"{SECRET}\"\n\n[namespaces.\"prices:short:\"]\nhistory-size = 2\n\n[namespaces.\"prices:brief:\"]\nhistory-ttl = \"1ms\"\n");
+    std::fs::write(&path, config).unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap(), "--broker", broker, "--history-size", "4"]);
+    // Until the broker is connected, publishes are refused.
+    while common::http_get(server.port, "/health").await.0 != 200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut a = connect(&server, "a").await;
+    for topic in ["prices:short:x", "prices:brief:x", "prices:x"] {
+        for n in 1..=6 {
+            let id = format!("{topic}-{n}");
+            send(&mut a, json!({"type":"publish","topic":topic,"content":n,"id":id})).await;
+            let answer = loop {
+                let v = next(&mut a).await;
+                if v["id"] == id {
+                    break v;
+                }
+            };
+            assert_eq!(answer["type"], "ack", "{answer}");
+        }
+    }
+    // Older than prices:brief:'s 1 ms for sure.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut b = connect(&server, "b").await;
+    assert_eq!(replayed(&mut b, "prices:short:x").await, [5, 6], "its namespace keeps 2 ({broker})");
+    assert_eq!(replayed(&mut b, "prices:x").await, [3, 4, 5, 6], "the server-wide --history-size 4 ({broker})");
+    assert_eq!(replayed(&mut b, "prices:brief:x").await, Vec::<u64>::new(), "its namespace keeps 1 ms ({broker})");
+}
+
+#[tokio::test]
+async fn history_size_and_age_per_namespace() {
+    history_per_namespace("memory").await;
+    if let Some(redis) = common::Redis::start() {
+        history_per_namespace(&redis.url()).await;
+    }
+}

@@ -7,66 +7,10 @@
 
 mod common;
 
+use common::backend::Backend;
 use common::Server;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
-
-struct Backend {
-    child: Child,
-    port: u16,
-    lines: mpsc::Receiver<Value>,
-}
-
-impl Backend {
-    fn start(secret: &str, mode: &str) -> Backend {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/auth-backend/backend.py");
-        let python = std::env::var("TETHER_PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut child = Command::new(python)
-            .args([script, "--port", "0", "--webhook-secret", secret, "--mode", mode])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start backend.py");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(serde_json::from_str::<Value>(&line).unwrap()).is_err() {
-                    return;
-                }
-            }
-        });
-        let first = lines.recv_timeout(Duration::from_secs(20)).expect("backend started");
-        let port = first["listening"].as_u64().unwrap() as u16;
-        Backend { child, port, lines }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/webhook", self.port)
-    }
-
-    /// Webhook events received, until `done` says enough (at most 20 s).
-    fn until(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let mut got = Vec::new();
-        while !done(&got) {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
-                Ok(v) => got.push(v),
-                Err(_) => panic!("backend got only {got:?}"),
-            }
-        }
-        got
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn client(url: &str) -> (tether::split::WsWriter<tether::MaybeTlsStream>, tokio::sync::mpsc::UnboundedReceiver<Value>) {
     let (mut w, mut r) = common::v1_split(url, "client").await;
@@ -152,4 +96,34 @@ async fn a_slow_backend_costs_dropped_events_not_stuck_clients() {
     let (mut w2, mut r2) = client(&server.url("/other")).await;
     w2.send(json!({"type": "subscribe", "topic": "x", "id": "x"}).to_string()).await.unwrap();
     ack(&mut r2, "x").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_and_hooks_go_over_https_to_a_backend_with_its_own_ca() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("tether-https-backend-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let backend = Backend::start_with("hook-secret", "ok", &["--tls-cert", cert, "--tls-key", key]);
+    let webhook = format!("https://localhost:{}/webhook", backend.port);
+    let hooks = format!("https://localhost:{}/hooks", backend.port);
+    // Without the CA the backend's certificate is not trusted: the connect hook fails closed.
+    let untrusted = Server::start(&["--hook-url", &hooks, "--hook-secret", "hook-secret", "--hook-connect", "closed"]);
+    let refused = tether::ClientBuilder::new(untrusted.url("/?token=user:alice")).protocol("tether.v1").connect().await.err().and_then(|e| e.http_status());
+    assert_eq!(refused, Some(503));
+    let server = Server::start(&[
+        "--backend-ca", cert, "--webhook-url", &webhook, "--webhook-secret", "hook-secret",
+        "--hook-url", &hooks, "--hook-secret", "hook-secret", "--hook-connect", "closed",
+    ]);
+    // The connect hook (over https) admits alice; the webhooks (over https) report her.
+    let (mut w, mut r) = client(&server.url("/?token=user:alice")).await;
+    w.send(json!({"type": "subscribe", "topic": "chat:x", "id": "s"}).to_string()).await.unwrap();
+    ack(&mut r, "s").await;
+    let got = backend.until(|got| events_for(got, "chat:x").contains(&"presence_join"));
+    let join = got.iter().find(|v| v["webhook"]["event"] == "presence_join" && v["webhook"]["topic"] == "chat:x").unwrap();
+    assert_eq!((join["valid"].as_bool(), join["webhook"]["user"].as_str()), (Some(true), Some("alice")), "{join}");
+    assert!(got.iter().any(|v| v["hook"] == "connect" && v["valid"] == true), "{got:?}");
 }

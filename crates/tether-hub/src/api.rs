@@ -171,6 +171,10 @@ impl Waiters {
         }
     }
 
+    pub(crate) fn user_of(&self, conn: u64) -> Option<Arc<str>> {
+        lock(&self.users).get(&conn).cloned()
+    }
+
     fn connections_of(&self, user: &str) -> Vec<u64> {
         lock(&self.users).iter().filter(|(_, u)| &***u == user).map(|(c, _)| *c).collect()
     }
@@ -236,7 +240,8 @@ impl Hub {
         }
     }
 
-    /// The sessions subscribed to `topic` on this node.
+    /// The sessions subscribed to `topic` on this node, as presence member
+    /// names (`<session>` or `<session>@<user>`, [`crate::presence::split_member`]).
     pub fn local_sessions(&self, topic: &str) -> Vec<String> {
         self.local_subscribers(topic)
     }

@@ -142,11 +142,47 @@ pub struct HistoryConfig {
     /// is delivered but not kept. Bounds what any one topic costs Redis
     /// and what one replay reads, whatever the message sizes. Default 4 MiB.
     pub max_topic_bytes: usize,
+    /// Topic prefixes (namespaces) with their own `max_messages` and
+    /// `max_age`; the longest matching prefix wins, other topics use the
+    /// values above. The byte bounds apply to every topic. Default none.
+    pub prefixes: Vec<HistoryRetention>,
+}
+
+/// The history kept by the topics of one prefix (see [`HistoryConfig::prefixes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRetention {
+    /// The topic prefix, e.g. `chat:`.
+    pub prefix: String,
+    /// Most messages kept per topic; 0 keeps none.
+    pub max_messages: usize,
+    /// Messages older than this are not replayed.
+    pub max_age: Duration,
+}
+
+impl HistoryConfig {
+    /// `(max_messages, max_age)` of `topic`: its prefix's, or the defaults.
+    pub fn retention(&self, topic: &str) -> (usize, Duration) {
+        self.prefixes
+            .iter()
+            .filter(|p| topic.starts_with(&p.prefix))
+            .max_by_key(|p| p.prefix.len())
+            .map_or((self.max_messages, self.max_age), |p| (p.max_messages, p.max_age))
+    }
+
+    /// The longest `max_age` of any topic.
+    pub fn longest_age(&self) -> Duration {
+        self.prefixes.iter().map(|p| p.max_age).fold(self.max_age, Duration::max)
+    }
+
+    /// Whether some topic keeps history.
+    pub fn keeps_any(&self) -> bool {
+        self.max_messages > 0 || self.prefixes.iter().any(|p| p.max_messages > 0)
+    }
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        HistoryConfig { max_messages: 1000, max_age: Duration::from_secs(300), max_topics: 10_000, max_bytes: 64 << 20, max_topic_bytes: 4 << 20 }
+        HistoryConfig { max_messages: 1000, max_age: Duration::from_secs(300), max_topics: 10_000, max_bytes: 64 << 20, max_topic_bytes: 4 << 20, prefixes: Vec::new() }
     }
 }
 
@@ -155,7 +191,8 @@ impl Default for HistoryConfig {
 pub struct PresenceChange {
     /// The topic.
     pub topic: Arc<str>,
-    /// The session that joined or left.
+    /// The session that joined or left, as a member name: `<session>` or,
+    /// authenticated, `<session>@<user>` ([`crate::presence::split_member`]).
     pub session: Arc<str>,
     /// `true` for a join, `false` for a leave.
     pub joined: bool,

@@ -20,16 +20,18 @@ impl Hub {
     /// a plain `fn` returning an `async move` block stores the socket once
     /// (an `async fn` argument is stored twice, rust-lang/rust#62958), setup
     /// temporaries live in a synchronous helper, and the closing path is boxed.
+    ///
+    /// The session is opened (the room joined, the welcome queued) when this
+    /// is called, not when the future is first polled.
     pub fn run_connection<'a, S: AsyncRead + AsyncWrite + Unpin + 'a>(self: &'a Arc<Self>, ws: WebSocket<S>, info: ConnInfo) -> impl std::future::Future<Output = ()> + 'a {
         let session = self.open_session(ws.protocol() == Some(crate::PROTOCOL_V1), info);
         self.run_session(ws, session)
     }
 
-    /// Run `session` (from [`Hub::open_session`]) on `ws` until it ends.
-    /// For a server that opens the session before the handshake's 101 is
-    /// written (see `tether::accept_deferred`): the client is in its room
-    /// by the time it knows it is connected. If the 101 cannot be written,
-    /// end the session with [`Hub::end_session`] instead.
+    /// Run a session opened with [`Hub::open_session`] on its WebSocket until
+    /// it ends. A server that opens the session before it writes the 101
+    /// (so the client is in its room by the time it can send) runs it here;
+    /// [`Hub::run_connection`] does both for everyone else.
     pub fn run_session<'a, S: AsyncRead + AsyncWrite + Unpin + 'a>(self: &'a Arc<Self>, mut ws: WebSocket<S>, mut session: Session) -> impl std::future::Future<Output = ()> + 'a {
         async move {
             let end = poll_fn(|cx| loop {
@@ -41,6 +43,11 @@ impl Hub {
                     return Poll::Ready(end);
                 }
                 if session.reading_paused() {
+                    // Paused with nothing to write: waiting for the
+                    // backend's hooks, whose answers wake this task.
+                    if ws.pending_len() == 0 {
+                        return Poll::Pending;
+                    }
                     match ws.poll_write_pending(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(_)) => return Poll::Ready(End::Closed),

@@ -30,6 +30,8 @@ pub enum LifecycleEvent {
         topic: Arc<str>,
         /// The session.
         session: String,
+        /// Its user, if authenticated.
+        user: Option<Arc<str>>,
     },
     /// A session of this node left the topic (unsubscribed or disconnected).
     Leave {
@@ -37,6 +39,8 @@ pub enum LifecycleEvent {
         topic: Arc<str>,
         /// The session.
         session: String,
+        /// Its user, if authenticated.
+        user: Option<Arc<str>>,
     },
 }
 

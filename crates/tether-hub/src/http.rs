@@ -360,6 +360,26 @@ impl HttpSessions {
     }
 }
 
+impl HttpSessions {
+    /// End session `key` as a client's close frame would (its leave is
+    /// announced at once, not after the heartbeat gives up on it). Closing
+    /// a session that is ending already is not an error.
+    pub fn close(&self, key: &str) -> Result<(), HttpError> {
+        let shared = lock(&self.sessions).get(key).cloned().ok_or(HttpError::UnknownSession)?;
+        let mut st = lock(&shared.state);
+        if st.end.is_none() && st.closed.is_none() {
+            st.end = Some(End::Closed);
+            // Wake the driver: it ends the session.
+            if let Some(s) = &st.session {
+                s.wake();
+            }
+        }
+        drop(st);
+        shared.notify.notify_one();
+        Ok(())
+    }
+}
+
 /// The task of one HTTP session: pump the hub's frames into the ring,
 /// answer heartbeats while a stream is attached, end the session.
 async fn drive(sessions: Arc<HttpSessions>, shared: Arc<Shared>, guard: Guard) {

@@ -101,6 +101,10 @@ pub struct Hub {
     pub(crate) namespaces: std::sync::OnceLock<crate::namespace::Namespaces>,
     /// Longest reconnect hint of a drain, in ms (src/drain.rs).
     pub(crate) drain_hint_ms: std::sync::atomic::AtomicU32,
+    /// The backend's hooks (src/hooks.rs), if any.
+    pub(crate) hooks: std::sync::OnceLock<Arc<dyn crate::hooks::Hooks>>,
+    /// Where hook calls run (any driver's thread may start one).
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 struct Sink(Weak<Hub>);
@@ -143,7 +147,8 @@ impl DeliverySink for Sink {
     }
     fn presence(&self, topic: &str, joined: bool, session: &str, count: u64) {
         if let Some(hub) = self.0.upgrade() {
-            let frame = EncodedFrame::text(&envelope::presence(topic, if joined { "join" } else { "leave" }, session, count as usize));
+            let (session, user) = crate::presence::split_member(session);
+            let frame = EncodedFrame::text(&envelope::presence_of(topic, if joined { "join" } else { "leave" }, session, user, count as usize));
             if let Some(subs) = hub.topic(topic) {
                 for sub in lock(&subs).values().filter(|s| s.conn.json && s.presence) {
                     hub.notify(&sub.conn, frame.clone());
@@ -181,6 +186,8 @@ impl Hub {
             authenticator: std::sync::OnceLock::new(),
             namespaces: std::sync::OnceLock::new(),
             drain_hint_ms: std::sync::atomic::AtomicU32::new(0),
+            hooks: std::sync::OnceLock::new(),
+            runtime: tokio::runtime::Handle::current(),
         });
         hub.broker.start(Arc::new(Sink(Arc::downgrade(&hub))));
         let weak = Arc::downgrade(&hub);
@@ -194,6 +201,12 @@ impl Hub {
     /// `refresh` envelopes. Once per hub: `false` if one was already set.
     pub fn set_authenticator(&self, authenticator: Arc<dyn crate::auth::Authenticator>) -> bool {
         self.authenticator.set(authenticator).is_ok()
+    }
+
+    /// Install the backend's hooks (subscribe and publish in namespaces
+    /// that ask for them, `rpc`). Once per hub: `false` if already set.
+    pub fn set_hooks(&self, hooks: Arc<dyn crate::hooks::Hooks>) -> bool {
+        self.hooks.set(hooks).is_ok()
     }
 
     pub(crate) fn authenticator(&self) -> Option<&Arc<dyn crate::auth::Authenticator>> {
@@ -256,7 +269,7 @@ impl Hub {
 
     /// The sessions subscribed to `topic` on this node.
     pub(crate) fn local_subscribers(&self, topic: &str) -> Vec<String> {
-        self.topic(topic).map_or_else(Vec::new, |subs| lock(&subs).values().map(|s| s.conn.session()).collect())
+        self.topic(topic).map_or_else(Vec::new, |subs| lock(&subs).values().map(|s| self.presence_member(&s.conn)).collect())
     }
 
     /// Topics with local subscribers and their local subscriber counts.
@@ -316,6 +329,7 @@ impl Hub {
             None if self.latest_on_subscribe(topic) => Some(Resume { since: 0, epoch: Some(crate::namespace::LATEST.into()) }),
             other => other,
         };
+        let user = self.user_of(conn.id);
         let occupied = {
             let mut topics = lock(&self.topics);
             let occupied = !topics.contains_key(topic);
@@ -324,7 +338,7 @@ impl Hub {
             subs.delta_subs += usize::from(delta);
             subs.insert(conn.id, sub);
             if !self.shares_presence {
-                let frame = EncodedFrame::text(&envelope::presence(topic, "join", &conn.session(), subs.len()));
+                let frame = EncodedFrame::text(&envelope::presence_of(topic, "join", &conn.session(), user.as_deref(), subs.len()));
                 for sub in subs.values().filter(|s| s.conn.json && s.presence) {
                     self.notify(&sub.conn, frame.clone());
                 }
@@ -334,7 +348,7 @@ impl Hub {
         if occupied {
             self.emit(|| crate::events::LifecycleEvent::Occupied { topic: topic.clone() });
         }
-        self.emit(|| crate::events::LifecycleEvent::Join { topic: topic.clone(), session: conn.session() });
+        self.emit(|| crate::events::LifecycleEvent::Join { topic: topic.clone(), session: conn.session(), user: user.clone() });
         if resuming {
             Metrics::add(&self.metrics.resumes, 1);
         }
@@ -346,6 +360,7 @@ impl Hub {
     }
 
     pub(crate) fn unsubscribe(&self, conn: &Arc<ConnShared>, topic: &Arc<str>) -> bool {
+        let user = self.user_of(conn.id);
         let (announced, count) = {
             let mut topics = lock(&self.topics);
             let Some(entry) = topics.get(topic).cloned() else { return false };
@@ -362,14 +377,14 @@ impl Hub {
             if count == 0 {
                 topics.remove(topic);
             } else if !self.shares_presence {
-                let frame = EncodedFrame::text(&envelope::presence(topic, "leave", &conn.session(), count));
+                let frame = EncodedFrame::text(&envelope::presence_of(topic, "leave", &conn.session(), user.as_deref(), count));
                 for sub in subs.values().filter(|s| s.conn.json && s.presence) {
                     self.notify(&sub.conn, frame.clone());
                 }
             }
             (sub.announced, count)
         };
-        self.emit(|| crate::events::LifecycleEvent::Leave { topic: topic.clone(), session: conn.session() });
+        self.emit(|| crate::events::LifecycleEvent::Leave { topic: topic.clone(), session: conn.session(), user: user.clone() });
         if count == 0 {
             self.emit(|| crate::events::LifecycleEvent::Vacated { topic: topic.clone() });
         }
@@ -377,7 +392,8 @@ impl Hub {
             self.rooms.left(topic, &conn.session());
         }
         if announced {
-            self.broker.presence(PresenceChange { topic: topic.clone(), session: Arc::from(&*conn.session()), joined: false, local_count: count });
+            let member = crate::presence::member(conn.session(), user.as_deref());
+            self.broker.presence(PresenceChange { topic: topic.clone(), session: Arc::from(member), joined: false, local_count: count });
         }
         self.broker.unsubscribe(topic);
         true
@@ -556,7 +572,7 @@ impl Hub {
             self.shares_presence.then_some((conn, count))
         };
         if let Some((conn, local_count)) = announce {
-            self.broker.presence(PresenceChange { topic: request.topic, session: Arc::from(&*conn.session()), joined: true, local_count });
+            self.broker.presence(PresenceChange { topic: request.topic, session: Arc::from(self.presence_member(&conn)), joined: true, local_count });
         }
     }
 

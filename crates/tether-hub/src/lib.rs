@@ -52,6 +52,7 @@ mod config;
 pub mod events;
 mod conn;
 mod drain;
+pub mod hooks;
 mod hub;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
@@ -62,6 +63,7 @@ mod limit;
 mod memory;
 mod metrics;
 pub mod namespace;
+pub mod presence;
 mod queue;
 pub mod room;
 pub mod slots;
@@ -72,7 +74,7 @@ pub mod system;
 mod redis_broker;
 
 pub use broker::{
-    node_id, Body, Broker, BrokerError, BrokerHealth, DeliverySink, History, HistoryConfig, Origin, PresenceChange, Publish, Published,
+    node_id, Body, Broker, BrokerError, BrokerHealth, DeliverySink, History, HistoryConfig, HistoryRetention, Origin, PresenceChange, Publish, Published,
     Resume, SubscribeRequest,
 };
 pub use memory::MemoryBroker;

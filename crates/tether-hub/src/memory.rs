@@ -6,7 +6,7 @@
 use crate::broker::{new_epoch, Broker, BrokerError, DeliverySink, History, HistoryConfig, Publish, Published, SubscribeRequest};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Bytes a kept message costs besides its payload (names, bookkeeping).
 const ENTRY_OVERHEAD: usize = 96;
@@ -150,10 +150,10 @@ impl Topic {
         Topic { epoch: Arc::from(new_epoch()), seq: 0, kept: VecDeque::new(), bytes: 0, tick, subscribers: 0 }
     }
 
-    fn expire(&mut self, now: Instant, config: &HistoryConfig) -> usize {
+    fn expire(&mut self, now: Instant, (max_messages, max_age): (usize, Duration)) -> usize {
         let mut freed = 0;
         while let Some((at, old)) = self.kept.front() {
-            if self.kept.len() <= config.max_messages && now.duration_since(*at) <= config.max_age {
+            if self.kept.len() <= max_messages && now.duration_since(*at) <= max_age {
                 break;
             }
             freed += old.body.len() + ENTRY_OVERHEAD;
@@ -185,12 +185,13 @@ impl Broker for MemoryBroker {
             key: msg.key,
         };
         let mut added = 0;
-        if self.config.max_messages > 0 {
+        let retention = self.config.retention(&published.topic);
+        if retention.0 > 0 {
             added = published.body.len() + ENTRY_OVERHEAD;
             topic.bytes += added;
             topic.kept.push_back((now, published.clone()));
         }
-        let freed = topic.expire(now, &self.config);
+        let freed = topic.expire(now, retention);
         topics.bytes = topics.bytes + added - freed;
         topics.enforce_budget(self.config.max_bytes);
         sink.deliver(&published);
@@ -203,8 +204,9 @@ impl Broker for MemoryBroker {
         let Some(sink) = self.sink.get() else { return };
         let now = Instant::now();
         let mut topics = self.lock();
+        let retention = self.config.retention(&request.topic);
         let topic = topics.follow(&request.topic);
-        let freed = topic.expire(now, &self.config);
+        let freed = topic.expire(now, retention);
         let mut history = History { epoch: topic.epoch.clone(), last_seq: topic.seq, messages: Vec::new() };
         if let Some(resume) = &request.resume {
             let same_epoch = resume.epoch.as_deref().map_or(true, |e| e == &*topic.epoch);
@@ -231,7 +233,6 @@ mod tests {
     use super::*;
     use crate::broker::{Body, BrokerError, Origin, Resume};
     use std::sync::Mutex as StdMutex;
-    use std::time::Duration;
 
     #[derive(Default)]
     struct Recorder {
@@ -363,5 +364,25 @@ mod tests {
         let h = resume(&b, &rec, "t", 0, None);
         assert_eq!((h.last_seq, h.messages.len()), (2, 0));
         assert_eq!(b.history_bytes(), 0);
+    }
+
+    #[test]
+    fn a_prefix_keeps_its_own_history() {
+        let config = HistoryConfig {
+            max_messages: 5,
+            prefixes: vec![crate::broker::HistoryRetention { prefix: "chat:".into(), max_messages: 2, max_age: Duration::from_secs(60) }, crate::broker::HistoryRetention { prefix: "chat:log:".into(), max_messages: 0, max_age: Duration::from_secs(60) }],
+            ..HistoryConfig::default()
+        };
+        assert_eq!(config.retention("chat:log:x").0, 0, "the longest prefix wins");
+        let (b, rec) = broker(config);
+        for topic in ["chat:a", "news", "chat:log:x"] {
+            for i in 0..8 {
+                publish(&b, topic, &format!("m{i}"));
+            }
+        }
+        let kept = |topic: &str| resume(&b, &rec, topic, 0, None).messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(kept("chat:a"), [7, 8]);
+        assert_eq!(kept("news"), [4, 5, 6, 7, 8]);
+        assert_eq!(kept("chat:log:x"), Vec::<u64>::new());
     }
 }

@@ -37,12 +37,16 @@ pub struct Namespace {
     /// Whether a new subscriber (not resuming) gets the newest kept message
     /// at once, before live ones.
     pub latest_on_subscribe: bool,
+    /// Subscriptions need the backend's yes (the hub's [`Hooks`](crate::hooks::Hooks)).
+    pub subscribe_hook: bool,
+    /// Client publishes need the backend's yes, which may rewrite the content.
+    pub publish_hook: bool,
 }
 
 impl Namespace {
     /// A namespace with the default rules.
     pub fn new(prefix: impl Into<String>) -> Namespace {
-        Namespace { prefix: prefix.into(), publish: PublishRule::Token, presence: true, latest_on_subscribe: false }
+        Namespace { prefix: prefix.into(), publish: PublishRule::Token, presence: true, latest_on_subscribe: false, subscribe_hook: false, publish_hook: false }
     }
 }
 
@@ -97,6 +101,16 @@ impl Hub {
                 _ => Ok(()),
             },
         }
+    }
+
+    /// Whether subscribing to `topic` asks the backend first.
+    pub(crate) fn subscribe_hooked(&self, topic: &str) -> bool {
+        self.hooks.get().is_some() && self.namespace(topic).is_some_and(|n| n.subscribe_hook)
+    }
+
+    /// Whether a client's publish to `topic` asks the backend first.
+    pub(crate) fn publish_hooked(&self, topic: &str) -> bool {
+        self.hooks.get().is_some() && self.namespace(topic).is_some_and(|n| n.publish_hook)
     }
 
     /// Whether subscribers of `topic` get presence events.

@@ -33,6 +33,8 @@ use tether::{CloseCode, Message};
 use tether_proto::EncodedFrame;
 
 mod auth;
+mod hooks;
+use hooks::{Action, HookQueue};
 
 /// What the HTTP layer knows about a connection.
 #[derive(Clone, Debug)]
@@ -79,7 +81,7 @@ struct IdOnly {
 }
 
 /// Most topics one connection may subscribe to (bounds memory per client).
-const MAX_SUBSCRIPTIONS: usize = 256;
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 256;
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -177,6 +179,8 @@ pub struct Session {
     /// so an idle client in its room holds no block for the list.
     topics: Topics,
     auth: AuthState,
+    /// Requests waiting for the backend's hooks.
+    hooks: HookQueue,
     limiter: Limiter,
     /// What the socket had queued when last looked at: less now means the
     /// peer is reading (write progress, for the write-stall check).
@@ -221,16 +225,17 @@ impl Hub {
             AuthState::Granted { grants, .. } => grants.may_subscribe(&room),
             AuthState::Awaiting { .. } => false,
         };
+        // Known before the room is joined: presence names the user.
+        if let Some(grants) = auth.grants() {
+            self.api.set_user(conn.id, Some(grants.user.clone()));
+        }
         let mut topics = Topics::new();
         if joins {
             self.subscribe_granted(&conn, &room, None, None, false, auth.grants());
             topics.push(room.clone());
         }
         tracing::debug!(session = %conn.session(), room = ?room, json, user = ?auth.grants().map(|g| &*g.user), "connected");
-        if let Some(grants) = auth.grants() {
-            self.api.set_user(conn.id, Some(grants.user.clone()));
-        }
-        Session { conn, room, topics, auth, limiter: Limiter::default(), last_pending: 0 }
+        Session { conn, room, topics, auth, hooks: HookQueue::default(), limiter: Limiter::default(), last_pending: 0 }
     }
 
     /// The session ended with `end`: leave every topic, count it, log it,
@@ -305,8 +310,10 @@ impl Session {
     /// Whether the client's unsent replies fill half the queue bounds: the
     /// driver stops reading it (TCP backpressure does the rest) until they
     /// drain. A client that does not read what it asked for is not read either.
+    /// So is one with [`MAX_PENDING_PER_CONNECTION`](crate::hooks::MAX_PENDING_PER_CONNECTION)
+    /// requests waiting for the backend's hooks.
     pub fn reading_paused(&self) -> bool {
-        self.conn.replies_over()
+        self.conn.replies_over() || self.hooks.full()
     }
 
     /// Wake the connection's driver (as a queued frame would).
@@ -339,6 +346,7 @@ impl Session {
         if !matches!(self.auth, AuthState::Anonymous) {
             self.check_expiry(hub, out)?;
         }
+        self.apply_hook_answers(hub);
         let conn = &self.conn;
         let flags = conn.flags.load(Ordering::Acquire);
         if flags & (flag::TERMINATE | flag::SLOW_CLOSE | flag::SHUTDOWN | flag::STALLED | flag::DRAIN) != 0 {
@@ -428,7 +436,7 @@ impl Session {
                 return Ok(());
             }
         }
-        match hub.handle(&self.conn, &self.room, &mut self.topics, self.auth.grants(), &mut self.limiter, msg) {
+        match hub.handle(&self.conn, &self.room, &mut self.topics, self.auth.grants(), &mut self.limiter, &mut self.hooks, msg) {
             ControlFlow::Continue(()) => Ok(()),
             ControlFlow::Break(()) => Err(End::RateLimited),
         }
@@ -437,7 +445,8 @@ impl Session {
 
 impl Hub {
     /// One message from the client. `Break` when its rate limit says close.
-    fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Topics, grants: Option<&Arc<Grants>>, limiter: &mut Limiter, msg: Message) -> ControlFlow<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn handle(&self, conn: &Arc<ConnShared>, room: &Arc<str>, topics: &mut Topics, grants: Option<&Arc<Grants>>, limiter: &mut Limiter, hooks: &mut HookQueue, msg: Message) -> ControlFlow<()> {
         match &msg {
             Message::Pong(payload) => {
                 // Only the answer to this round's ping counts (RFC 6455 §5.5.3).
@@ -502,6 +511,10 @@ impl Hub {
                 self.reply(conn, EncodedFrame::text(&format!("[tether] forbidden: {why}")));
                 return ControlFlow::Continue(());
             }
+            if self.publish_hooked(room) {
+                self.start_hook(conn, grants, hooks, Action::Publish { topic: room.clone(), body, id: None, key: None }, None);
+                return ControlFlow::Continue(());
+            }
             self.publish(conn, grants, room.clone(), body, None);
             return ControlFlow::Continue(());
         }
@@ -512,12 +525,19 @@ impl Hub {
         match parsed {
             Err(e) => self.reply_error(conn, e.code, &e.message, e.id.as_ref()),
             Ok(ClientMessage::Chat { content, id }) => {
-                if self.may_publish(conn, grants, topics, room, id.as_ref()) {
+                if !self.may_publish(conn, grants, topics, room, id.as_ref()) {
+                } else if self.publish_hooked(room) {
+                    self.start_hook(conn, grants, hooks, Action::Publish { topic: room.clone(), body: Body::Json(Arc::from(content)), id, key: None }, None);
+                } else {
                     self.publish(conn, grants, room.clone(), Body::Json(Arc::from(content)), id);
                 }
             }
             Ok(ClientMessage::Publish { topic, content, id, key }) => {
-                if self.may_publish(conn, grants, topics, &topic, id.as_ref()) {
+                if !self.may_publish(conn, grants, topics, &topic, id.as_ref()) {
+                } else if self.publish_hooked(&topic) {
+                    let action = Action::Publish { topic: Arc::from(topic), body: Body::Json(Arc::from(content)), id, key: key.map(Arc::from) };
+                    self.start_hook(conn, grants, hooks, action, None);
+                } else {
                     self.publish_keyed(conn, grants, Arc::from(topic), Body::Json(Arc::from(content)), id, key.map(Arc::from));
                 }
             }
@@ -546,10 +566,16 @@ impl Hub {
                     self.reply_error(conn, "too_many_subscriptions", &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), id.as_ref());
                     return ControlFlow::Continue(());
                 }
+                let resume = since.map(|since| Resume { since, epoch });
+                if self.subscribe_hooked(&topic) {
+                    // Subscribed (or refused) once the backend answers.
+                    self.start_hook(conn, grants, hooks, Action::Subscribe { topic, resume, id, delta }, None);
+                    return ControlFlow::Continue(());
+                }
                 topics.push(topic.clone());
                 // The ack (with the starting epoch and seq) comes once the
                 // broker has answered, after any replay.
-                self.subscribe_granted(conn, &topic, since.map(|since| Resume { since, epoch }), id, delta, grants);
+                self.subscribe_granted(conn, &topic, resume, id, delta, grants);
             }
             Ok(ClientMessage::Unsubscribe { topic, id }) => {
                 if let Some(pos) = topics.iter().position(|t| **t == *topic) {
@@ -565,6 +591,13 @@ impl Hub {
             Ok(ClientMessage::Ping { id }) => {
                 let id = id.unwrap_or(serde_json::Value::Null);
                 self.reply(conn, EncodedFrame::text(&envelope::ack(&id, None, None)));
+            }
+            Ok(ClientMessage::Rpc { method, data, id }) => {
+                if self.hooks.get().is_none() {
+                    self.reply_error(conn, "unavailable", "this server has no RPC hook (tether serve --hook-url with rpc on)", Some(&id));
+                } else {
+                    self.start_hook(conn, grants, hooks, Action::Rpc { id }, Some((Arc::from(method), Arc::from(data))));
+                }
             }
             // Handled by the session before it gets here.
             Ok(ClientMessage::Auth { id, .. } | ClientMessage::Refresh { id, .. }) => self.reply_error(conn, "invalid_field", "a token is expected", id.as_ref()),

@@ -4,6 +4,12 @@
 //!
 //!   cargo run -p tether-yjs --example yjs_server
 //!
+//! Several of them sharing documents through Redis (feature `redis`): each
+//! keeps them in Redis and relays every change to the others.
+//!
+//!   YJS_REDIS=redis://127.0.0.1:6379 YJS_LISTEN=127.0.0.1:1235 \
+//!     cargo run -p tether-yjs --features redis --example yjs_server
+//!
 //! and from Node (npm i yjs y-websocket ws):
 //!
 //! ```js
@@ -20,9 +26,19 @@ use tether_yjs::{DirStore, Yjs, YjsConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let yjs = Yjs::new(YjsConfig::default(), Some(Arc::new(DirStore::open("yjs-documents")?)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:1234").await?;
-    println!("y-websocket on ws://127.0.0.1:1234/yjs/<document>");
+    let yjs = match std::env::var("YJS_REDIS") {
+        #[cfg(feature = "redis")]
+        Ok(url) => {
+            let share = tether_yjs::RedisShare::open(&url)?;
+            let yjs = Yjs::with_relay(YjsConfig::default(), Some(share.clone()), Some(share.clone()));
+            share.listen(&yjs);
+            yjs
+        }
+        _ => Yjs::new(YjsConfig::default(), Some(Arc::new(DirStore::open("yjs-documents")?))),
+    };
+    let addr = std::env::var("YJS_LISTEN").unwrap_or_else(|_| "127.0.0.1:1234".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("y-websocket on ws://{addr}/yjs/<document>");
     loop {
         let (tcp, _) = listener.accept().await?;
         let yjs = yjs.clone();

@@ -2,7 +2,7 @@
 //! hands them to its document, and writes what the document sends it.
 
 use crate::doc::PeerShared;
-use crate::{Closing, Yjs};
+use crate::{Access, Closing, Yjs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tether::{CloseCode, EncodedFrame, Message, WebSocket};
@@ -15,7 +15,13 @@ const SIGN_OF_LIFE: [u8; 3] = [1, 1, 0];
 
 impl Yjs {
     /// Serve one WebSocket connection on document `name` until it closes.
-    pub async fn run_connection<S: AsyncRead + AsyncWrite + Unpin>(self: &Arc<Self>, mut ws: WebSocket<S>, name: &str) {
+    pub async fn run_connection<S: AsyncRead + AsyncWrite + Unpin>(self: &Arc<Self>, ws: WebSocket<S>, name: &str) {
+        self.run_connection_with(ws, name, Access::ReadWrite).await;
+    }
+
+    /// [`Yjs::run_connection`] with the rights the connection was granted
+    /// (checked by the caller at the handshake, e.g. from a token).
+    pub async fn run_connection_with<S: AsyncRead + AsyncWrite + Unpin>(self: &Arc<Self>, mut ws: WebSocket<S>, name: &str, access: Access) {
         if let Err(why) = crate::check_name(name) {
             let _ = ws.close(CloseCode::POLICY_VIOLATION, why).await;
             return;
@@ -35,7 +41,7 @@ impl Yjs {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(PeerShared::default());
         let greeting = doc.lock().join(conn, tx, shared.clone());
-        let closing = self.drive(&mut ws, &doc, conn, &shared, rx, greeting).await;
+        let closing = self.drive(&mut ws, &doc, conn, access, &shared, rx, greeting).await;
         self.close(&doc, conn);
         self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(closing) = closing {
@@ -49,11 +55,13 @@ impl Yjs {
 
     /// The connection's loop; returns why the server closes it (`None`:
     /// the client went).
+    #[allow(clippy::too_many_arguments)]
     async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         ws: &mut WebSocket<S>,
         doc: &crate::Document,
         conn: u64,
+        access: Access,
         shared: &PeerShared,
         mut rx: mpsc::UnboundedReceiver<EncodedFrame>,
         greeting: Vec<EncodedFrame>,
@@ -95,16 +103,18 @@ impl Yjs {
                             }
                             let reply = {
                                 let mut state = doc.lock();
-                                let handled = match state.handle(conn, &self.config, &data) {
+                                let handled = match state.handle(conn, &self.config, access, &data) {
                                     Ok(handled) => handled,
                                     Err(closing) => return Some(closing),
                                 };
                                 if !handled.updates.is_empty() {
                                     self.metrics.updates_total.fetch_add(handled.updates.len() as u64, Ordering::Relaxed);
-                                    self.persist(doc, &mut state, &handled.updates);
                                 }
                                 if handled.awareness.is_some() {
                                     self.metrics.awareness_total.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if !handled.updates.is_empty() || handled.awareness.is_some() {
+                                    self.persist(doc, &mut state, &handled.updates, handled.awareness.as_deref());
                                 }
                                 handled.reply
                             };

@@ -5,7 +5,7 @@
 //! kicked with 1013).
 
 use crate::protocol::{self, AwarenessEntry, ClientMessage};
-use crate::{Closing, YjsConfig};
+use crate::{Access, Closing, YjsConfig};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -78,6 +78,11 @@ impl DocState {
         DocState { ydoc, integrated, size: 0, peers: HashMap::new(), awareness: HashMap::new(), unsaved: 0, max_queued }
     }
 
+    /// Whether any client has an awareness state now.
+    pub fn has_awareness(&self) -> bool {
+        self.awareness.values().any(|a| a.state.is_some())
+    }
+
     /// Number of connections on this node.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
@@ -144,7 +149,7 @@ impl DocState {
         Some(msg)
     }
 
-    fn all_awareness(&self) -> bytes::Bytes {
+    pub fn all_awareness(&self) -> bytes::Bytes {
         protocol::encode_awareness(
             self.awareness
                 .iter()
@@ -170,7 +175,7 @@ impl DocState {
     }
 
     /// Handle one message from connection `conn`.
-    pub fn handle(&mut self, conn: u64, config: &YjsConfig, message: &[u8]) -> Result<Handled, Closing> {
+    pub fn handle(&mut self, conn: u64, config: &YjsConfig, access: Access, message: &[u8]) -> Result<Handled, Closing> {
         let mut handled = Handled { reply: None, updates: Vec::new(), awareness: None };
         let msg = protocol::decode(message).map_err(|e| Closing::new(CloseCode::INVALID_PAYLOAD, &format!("malformed y-websocket message: {e}")))?;
         match msg {
@@ -178,6 +183,13 @@ impl DocState {
                 let sv = StateVector::decode_v1(sv).map_err(|_| Closing::new(CloseCode::INVALID_PAYLOAD, "malformed state vector"))?;
                 let diff = self.ydoc.transact().encode_diff_v1(&sv);
                 handled.reply = Some(EncodedFrame::binary(&protocol::encode_sync(protocol::SYNC_STEP_2, &diff)));
+            }
+            // A read-only connection's step 2 (what it has that the server
+            // lacks: nothing, unless it edited offline) is not applied; an
+            // update (an edit) is refused.
+            ClientMessage::SyncStep2(_) if !access.may_write() => {}
+            ClientMessage::Update(_) if !access.may_write() => {
+                return Err(Closing::new(CloseCode::POLICY_VIOLATION, "read-only: the token does not allow writing to this document (publish grant yjs:NAME)"));
             }
             ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
                 if self.size + update.len() > config.max_document_bytes {
@@ -299,7 +311,7 @@ mod tests {
                 t.insert(&mut other.transact_mut(), 0, &"x".repeat(100));
             }
             let update = other.transact().encode_state_as_update_v1(&StateVector::default());
-            state.handle(2, &config, &protocol::encode_sync(protocol::SYNC_UPDATE, &update)).unwrap();
+            state.handle(2, &config, Access::ReadWrite, &protocol::encode_sync(protocol::SYNC_UPDATE, &update)).unwrap();
             if slow.kicked.get().is_some() {
                 kicked_after = Some(i);
                 break;

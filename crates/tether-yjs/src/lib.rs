@@ -10,7 +10,8 @@
 //! (presence, cursors) goes to every connection, the sender included, and
 //! a connection's awareness is cleared (a null state) when it goes.
 //! Documents are persisted through a [`Store`] ([`DirStore`]: a directory)
-//! and, with the `redis` feature, shared by several nodes (see `redis`).
+//! and, with the `redis` feature, shared by several nodes through Redis
+//! (`RedisShare`: the store and the [`Relay`] of every node).
 //!
 //! Every resource a client can grow has a bound in [`YjsConfig`]; going over
 //! one closes the connection with a close code and a reason that says which.
@@ -47,8 +48,16 @@
 mod conn;
 mod doc;
 pub mod protocol;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+mod redis;
+mod remote;
 mod store;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use crate::redis::RedisShare;
+pub use remote::Relay;
 pub use store::{DirStore, Store, StoreError};
 
 use doc::DocState;
@@ -84,6 +93,24 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
         return Err("document names are A-Z a-z 0-9 . _ ~ % - (not starting with '.')");
     }
     Ok(())
+}
+
+/// What a connection may do with its document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Access {
+    /// Read and edit (the default).
+    #[default]
+    ReadWrite,
+    /// Read, and show its presence (awareness): its sync step 2 is not
+    /// applied, and an update closes it with 1008.
+    ReadOnly,
+}
+
+impl Access {
+    /// Whether edits are accepted.
+    pub fn may_write(self) -> bool {
+        self == Access::ReadWrite
+    }
 }
 
 /// Messages per second with a burst (a token bucket).
@@ -198,7 +225,7 @@ pub struct YjsMetrics {
     pub awareness_total: AtomicU64,
     /// Connections closed for breaking a limit or the protocol.
     pub refused_total: AtomicU64,
-    /// Store failures (the document stays in memory).
+    /// Store failures (the document stays in memory), Redis included.
     pub store_errors_total: AtomicU64,
 }
 
@@ -218,6 +245,7 @@ impl Document {
 pub struct Yjs {
     config: YjsConfig,
     store: Option<Arc<dyn Store>>,
+    relay: Option<Arc<dyn Relay>>,
     docs: Mutex<HashMap<Arc<str>, Arc<Document>>>,
     next_conn: AtomicU64,
     metrics: YjsMetrics,
@@ -234,9 +262,19 @@ impl Yjs {
     /// An endpoint keeping documents in `store` (`None`: in memory only,
     /// gone when their last connection leaves).
     pub fn new(config: YjsConfig, store: Option<Arc<dyn Store>>) -> Arc<Yjs> {
+        Yjs::with_relay(config, store, None)
+    }
+
+    /// An endpoint that also hands every integrated update and awareness
+    /// change to `relay`, for the other nodes serving the same documents
+    /// (see `RedisShare`, feature `redis`). The store should then be shared
+    /// by those nodes too, so that a document opened on any node has its
+    /// whole state.
+    pub fn with_relay(config: YjsConfig, store: Option<Arc<dyn Store>>, relay: Option<Arc<dyn Relay>>) -> Arc<Yjs> {
         Arc::new(Yjs {
             config,
             store,
+            relay,
             docs: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             metrics: YjsMetrics::default(),
@@ -315,6 +353,10 @@ impl Yjs {
         }
         let doc = Arc::new(Document { name: name.into(), state: Mutex::new(state) });
         docs.insert(doc.name.clone(), doc.clone());
+        drop(docs);
+        if let Some(relay) = &self.relay {
+            relay.opened(name);
+        }
         Ok(doc)
     }
 
@@ -323,7 +365,9 @@ impl Yjs {
     fn close(&self, doc: &Arc<Document>, conn: u64) {
         let mut docs = self.docs.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = doc.lock();
-        state.leave(conn);
+        if let (Some(cleared), Some(relay)) = (state.leave(conn), &self.relay) {
+            relay.awareness(&doc.name, &cleared);
+        }
         if state.peer_count() > 0 {
             return;
         }
@@ -345,8 +389,21 @@ impl Yjs {
         }
     }
 
-    /// After a message was handled: persist what it integrated.
-    fn persist(&self, doc: &Document, state: &mut DocState, updates: &[Vec<u8>]) {
+    /// After a message was handled: persist what it integrated, then
+    /// relay it (and the accepted awareness) to the other nodes.
+    fn persist(&self, doc: &Document, state: &mut DocState, updates: &[Vec<u8>], awareness: Option<&[u8]>) {
+        self.store_updates(doc, state, updates);
+        if let Some(relay) = &self.relay {
+            for update in updates {
+                relay.update(&doc.name, update);
+            }
+            if let Some(awareness) = awareness {
+                relay.awareness(&doc.name, awareness);
+            }
+        }
+    }
+
+    fn store_updates(&self, doc: &Document, state: &mut DocState, updates: &[Vec<u8>]) {
         let Some(store) = &self.store else { return };
         if state.unsaved >= self.config.compact_after {
             return self.write_whole(&doc.name, state, store.as_ref());

@@ -22,6 +22,16 @@ pub enum StoreError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// A Redis command failed (`RedisShare`, feature `redis`).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[error("Yjs document store on Redis ({name}): {source}")]
+    Redis {
+        /// The document (empty when none).
+        name: String,
+        /// What went wrong.
+        source: ::redis::RedisError,
+    },
 }
 
 /// Keeps documents between runs. Called under the document's lock, one

@@ -45,6 +45,9 @@ pub enum Error {
     /// The message cannot be sent (e.g. a control payload over 125 bytes).
     #[error("cannot send: {0}")]
     Send(tether_proto::Error),
+    /// The reconnecting client's token function failed.
+    #[error("the connection token could not be fetched: {0}")]
+    Token(String),
 }
 
 impl From<tether_proto::Error> for Error {

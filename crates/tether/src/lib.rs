@@ -70,7 +70,7 @@ pub use client::{client_handshake, connect, ClientBuilder};
 pub use reconnect::ReconnectingClient;
 pub use config::Config;
 pub use error::{Error, Result};
-pub use server::{accept, accept_deferred, accept_with, Accept, Accepted, Reject};
+pub use server::{accept, accept_deferred, accept_deferred_async, accept_with, accept_with_async, Accept, Accepted, Reject};
 pub use socket::WebSocket;
 pub use stream::MaybeTlsStream;
 pub use tether_proto::handshake::{ClientRequest, ExtensionOffer, Request, Response};

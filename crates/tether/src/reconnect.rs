@@ -48,6 +48,8 @@
 
 mod shared;
 mod task;
+mod token;
+pub use token::{token_expiry, TokenResult, TokenSource};
 
 pub use crate::v1::Backoff;
 
@@ -121,6 +123,14 @@ pub struct ReconnectOptions {
     pub heartbeat_timeout: Duration,
     /// How long the envelope helpers wait for the server's `ack`. Default 10 s.
     pub ack_timeout: Duration,
+    /// A connection token (`tether.v1`), sent in each connection's first
+    /// message (`auth`); a [`TokenSource::Fetch`] is called for every
+    /// connection and refreshes the token before it expires. Default none.
+    pub token: Option<TokenSource>,
+    /// With a token function: fetch a new token and send a `refresh` this
+    /// long before the token's `exp` (and whenever the server warns).
+    /// Default 30 s, as web/tether.js.
+    pub refresh_ahead: Duration,
 }
 
 impl Default for ReconnectOptions {
@@ -136,6 +146,8 @@ impl Default for ReconnectOptions {
             heartbeat_interval: Some(Duration::from_secs(25)),
             heartbeat_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(10),
+            token: None,
+            refresh_ahead: Duration::from_secs(30),
         }
     }
 }
@@ -192,6 +204,8 @@ pub struct Ack {
     pub topic: Option<String>,
     /// For `publish` and `chat`: the sequence number the message got.
     pub seq: Option<u64>,
+    /// For `rpc`: the backend's answer (`rpc_result`'s `data`).
+    pub data: Option<Value>,
 }
 
 /// Why a [`ClientSender`] call failed.
@@ -357,6 +371,15 @@ impl ClientSender {
         self.shared.request(Request::Chat { content: &content.into() }).await
     }
 
+    /// `tether.v1`: call `method` on the application's backend (the
+    /// server's RPC hook) with `data` (any JSON); resolves with the
+    /// backend's answer, or [`ClientError::Refused`] with its error code
+    /// (`timeout` and `unavailable` when the backend cannot answer).
+    pub async fn rpc(&self, method: &str, data: impl Into<Value>) -> Result<Value, ClientError> {
+        let ack = self.shared.request(Request::Rpc { method, data: &data.into() }).await?;
+        Ok(ack.data.unwrap_or(Value::Null))
+    }
+
     /// The topics that are renewed after a reconnect.
     pub fn topics(&self) -> Vec<String> {
         self.shared.lock().topics.clone()
@@ -478,6 +501,11 @@ impl ReconnectingClient {
     /// See [`ClientSender::chat`].
     pub async fn chat(&self, content: impl Into<Value>) -> Result<Ack, ClientError> {
         self.sender.chat(content).await
+    }
+
+    /// See [`ClientSender::rpc`].
+    pub async fn rpc(&self, method: &str, data: impl Into<Value>) -> Result<Value, ClientError> {
+        self.sender.rpc(method, data).await
     }
 
     /// Whether a connection is open right now.

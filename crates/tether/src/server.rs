@@ -68,10 +68,34 @@ where
 ///
 /// Refusals (by the callback, or of an invalid request) are answered here,
 /// as [`accept_with`] does.
-pub async fn accept_deferred<S, F>(mut stream: S, config: &Config, callback: F) -> Result<Accepted<S>>
+pub async fn accept_deferred<S, F>(stream: S, config: &Config, callback: F) -> Result<Accepted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request) -> std::result::Result<Accept, Reject>,
+{
+    accept_deferred_async(stream, config, |request| std::future::ready(callback(request))).await
+}
+
+/// [`accept_with`], with a decision that may take time (asking another
+/// service whether to admit the client): `callback` reads the request and
+/// returns a future (which may not borrow it) that decides. The caller
+/// bounds its time; the handshake timeout covers reading the request only.
+pub async fn accept_with_async<S, F, Fut>(stream: S, config: &Config, callback: F) -> Result<WebSocket<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<Accept, Reject>>,
+{
+    accept_deferred_async(stream, config, callback).await?.finish().await
+}
+
+/// [`accept_deferred`] with a decision that may take time (as
+/// [`accept_with_async`]).
+pub async fn accept_deferred_async<S, F, Fut>(mut stream: S, config: &Config, callback: F) -> Result<Accepted<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<Accept, Reject>>,
 {
     let read = tokio::time::timeout(config.handshake_timeout, read_request(&mut stream, config.max_handshake_size)).await;
     let (request, buffered) = match read {
@@ -84,7 +108,7 @@ where
         Ok(Err(e)) => return Err(e),
         Ok(Ok(r)) => r,
     };
-    match callback(&request) {
+    match callback(&request).await {
         Ok(accept) => {
             let headers: Vec<(&str, &str)> = accept.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let negotiated = negotiate(&UpgradeOffer::from_request(&request), accept.protocol.as_deref(), config.deflate.as_ref(), &headers);

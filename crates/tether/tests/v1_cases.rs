@@ -88,6 +88,7 @@ fn kind(msg: &ClientMessage) -> &'static str {
         ClientMessage::Ping { .. } => "ping",
         ClientMessage::Auth { .. } => "auth",
         ClientMessage::Refresh { .. } => "refresh",
+        ClientMessage::Rpc { .. } => "rpc",
     }
 }
 
@@ -110,6 +111,7 @@ fn envelope_cases() {
                         | ClientMessage::Ping { id }
                         | ClientMessage::Auth { id, .. }
                         | ClientMessage::Refresh { id, .. } => id.clone(),
+                        ClientMessage::Rpc { id, .. } => Some(id.clone()),
                     };
                     assert_eq!(got.as_ref(), Some(id), "{text}: id");
                 }

@@ -156,6 +156,14 @@ fn valid_close_code(code: u16) -> bool {
 
 /// A topic the API may publish to or read: the client rules, and not one
 /// of the server's own (`$sys:`, `$room:`).
+/// One present session in `/api/presence`: its id, node and (authenticated) user.
+fn entry(member: &str, node: &str) -> Value {
+    match tether_hub::presence::split_member(member) {
+        (session, Some(user)) => json!({ "session": session, "user": user, "node": node }),
+        (session, None) => json!({ "session": session, "node": node }),
+    }
+}
+
 fn check_topic(topic: &str, field: &str) -> Result<(), Failure> {
     if let Err(why) = tether_hub::envelope::check_topic(topic) {
         return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_topic", format!("{field}: {why}")));
@@ -404,11 +412,11 @@ impl Api {
             return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_topic", format!("topic: {why}")));
         }
         let sessions: Vec<Value> = match self.store.presence(&req.topic).await? {
-            Some(who) => who.into_iter().map(|(session, node)| json!({ "session": session, "node": node })).collect(),
+            Some(who) => who.into_iter().map(|(member, node)| entry(&member, &node)).collect(),
             None => {
                 let mut local = self.hub.local_sessions(&req.topic);
                 local.sort();
-                local.into_iter().map(|session| json!({ "session": session, "node": tether_hub::node_id() })).collect()
+                local.into_iter().map(|member| entry(&member, tether_hub::node_id())).collect()
             }
         };
         Ok(json!({ "topic": req.topic, "count": sessions.len(), "sessions": sessions }))

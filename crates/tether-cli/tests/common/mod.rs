@@ -1,6 +1,8 @@
 //! Start the real `tether` binary on a free port for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod backend;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -220,10 +222,20 @@ impl Nginx {
 
     /// [`Nginx::start`] with these parameters on each `server` line.
     pub fn start_with(upstreams: &[u16], params: &str) -> Option<Nginx> {
+        Self::start_conf("nginx.conf", upstreams, params)
+    }
+
+    /// deploy/`name` (of the same shape as deploy/nginx.conf), with an
+    /// access log of `<method> <upstream address> <Last-Event-ID>` lines
+    /// (see [`Nginx::access_log`]).
+    pub fn start_conf(name: &str, upstreams: &[u16], params: &str) -> Option<Nginx> {
         let bin = require_program("nginx")?;
         let dir = temp_dir("nginx");
         let port = free_port();
-        let conf = Self::config(&dir, port, upstreams, params);
+        let mut conf = Self::config(name, &dir, port, upstreams, params);
+        if name != "nginx.conf" {
+            conf = conf.replace("    access_log off;", &format!("    log_format upstream '$request_method $upstream_addr $http_last_event_id';\n    access_log {}/access.log upstream;", dir.display()));
+        }
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let mut child = Command::new(bin)
             .arg("-p")
@@ -242,8 +254,8 @@ impl Nginx {
     }
 
     /// deploy/nginx.conf itself, with this test's ports and directory.
-    fn config(dir: &std::path::Path, port: u16, upstreams: &[u16], params: &str) -> String {
-        let deploy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx.conf")).unwrap();
+    fn config(name: &str, dir: &std::path::Path, port: u16, upstreams: &[u16], params: &str) -> String {
+        let deploy = std::fs::read_to_string(format!("{}/../../deploy/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let servers: String = upstreams.iter().map(|p| format!("        server 127.0.0.1:{p} {params};\n")).collect();
         let d = dir.display();
         let mut conf = String::new();
@@ -277,7 +289,7 @@ impl Nginx {
     /// the old worker keeps the connections it proxies until they end, as
     /// when a node is added in production.
     pub fn reload(&self, upstreams: &[u16], params: &str) {
-        std::fs::write(self.dir.join("nginx.conf"), Self::config(&self.dir, self.port, upstreams, params)).unwrap();
+        std::fs::write(self.dir.join("nginx.conf"), Self::config("nginx.conf", &self.dir, self.port, upstreams, params)).unwrap();
         let pid = self.child.id();
         let workers = || std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default().split_whitespace().map(str::to_owned).collect::<Vec<_>>();
         let before = workers();
@@ -292,6 +304,11 @@ impl Nginx {
 
     pub fn url(&self, path: &str) -> String {
         format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// The access log of [`Nginx::start_conf`] (empty for deploy/nginx.conf).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
 
     /// What nginx logged (for failure messages).

@@ -33,7 +33,16 @@
 //!   are coalesced per topic (a count of subscribes and unsubscribes, and at
 //!   most one waiting request per connection) with a wakeup for the reader.
 //!   Redis's address appears in logs only, never in `/health` or errors.
+//! - **Redis Cluster** (`redis-cluster://`, [`backend`]): the same scripts
+//!   and reader, keys under one hash tag per topic (`slots::topic_key`),
+//!   `SPUBLISH`/`SSUBSCRIBE` on the master serving the topic's slot,
+//!   publishes pipelined per master ([`cluster`]), failovers and slot moves
+//!   followed by reading the slot map again. Sharded Pub/Sub pushes go
+//!   through a bounded queue: when it is full they are dropped and every
+//!   topic is caught up from its stream (a gap filled, never a silent loss).
 
+mod backend;
+mod cluster;
 mod reader;
 mod scripts;
 mod writer;
@@ -93,7 +102,7 @@ type Awaiting = HashMap<(u64, Arc<str>), Vec<Publish>>;
 
 /// What the broker's tasks share.
 struct Shared {
-    client: redis::Client,
+    backend: backend::Backend,
     /// `host:port` (never the password), for logs only.
     target: String,
     /// This node's id in presence and heartbeat keys.
@@ -136,11 +145,13 @@ impl Shared {
     }
 
     fn seq_ttl_ms(&self) -> u64 {
-        SEQ_TTL.max(self.history.max_age).as_millis() as u64
+        SEQ_TTL.max(self.history.longest_age()).as_millis() as u64
     }
 
-    fn age_ms(&self) -> u64 {
-        self.history.max_age.as_millis().max(1) as u64
+    /// `(max_messages, max_age in ms)` of `topic` (its namespace's, or the defaults).
+    fn retention(&self, topic: &str) -> (usize, u64) {
+        let (messages, age) = self.history.retention(topic);
+        (messages, age.as_millis().max(1) as u64)
     }
 
     /// Return the bytes of a publish that left the queue.
@@ -176,9 +187,13 @@ impl Shared {
         }
     }
 
-    async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(RESPONSE_TIMEOUT);
-        self.client.get_multiplexed_async_connection_with_config(&config).await
+    async fn connect(&self) -> redis::RedisResult<backend::Con> {
+        self.backend.connect(CONNECT_TIMEOUT, RESPONSE_TIMEOUT).await
+    }
+
+    /// A key (or channel) of `topic` on this backend.
+    fn key(&self, topic: &str, suffix: &str) -> String {
+        self.backend.key(topic, suffix)
     }
 }
 
@@ -201,16 +216,18 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// A broker for `url` (`redis://[:password@]host:port[/db]`) keeping
-    /// `history` per topic. Connects when the hub starts it, and keeps
-    /// reconnecting: a node starts even while Redis is down.
+    /// A broker for `url` keeping `history` per topic: one Redis
+    /// (`redis://[:password@]host:port[/db]`) or a Redis Cluster
+    /// (`redis-cluster://[user:password@]HOST:PORT[,HOST:PORT...][?replicas=N]`,
+    /// any of its nodes as seeds; `replicas`: how many replicas a publish
+    /// waits for before its ack, default 1). Connects when the hub starts
+    /// it, and keeps reconnecting: a node starts even while Redis is down.
     pub fn new(url: &str, history: HistoryConfig) -> Result<RedisBroker, BrokerError> {
-        let client = redis::Client::open(url).map_err(|e| BrokerError::Config(format!("{url:?} is not a Redis URL: {e}")))?;
-        let target = client.get_connection_info().addr.to_string();
+        let (backend, target) = backend::Backend::parse(url)?;
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (presence_tx, presence_rx) = mpsc::channel(PRESENCE_QUEUE);
         let shared = Arc::new(Shared {
-            client,
+            backend,
             target,
             node: crate::broker::node_id().to_string(),
             history,
@@ -244,7 +261,11 @@ impl Broker for RedisBroker {
         let _ = self.shared.sink.set(sink);
         let Some((publish_rx, presence_rx)) = self.receivers.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         tracing::info!(redis = %self.shared.target, node = %self.shared.node, "redis broker starting");
-        tokio::spawn(writer::run(self.shared.clone(), publish_rx, presence_rx));
+        if self.shared.backend.is_cluster() {
+            tokio::spawn(cluster::run(self.shared.clone(), publish_rx, presence_rx));
+        } else {
+            tokio::spawn(writer::run(self.shared.clone(), publish_rx, presence_rx));
+        }
         tokio::spawn(reader::run(self.shared.clone()));
     }
 
@@ -316,7 +337,11 @@ impl Broker for RedisBroker {
     }
 
     fn name(&self) -> &'static str {
-        "redis"
+        if self.shared.backend.is_cluster() {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 
     fn health(&self) -> BrokerHealth {

@@ -129,16 +129,17 @@ return {epoch, seq, cutoff, entries}
 /// node's topic set, then announce it with the cluster-wide count (only if
 /// it changed something: applying a change twice announces it once).
 ///
-/// KEYS: who, node topics. ARGV: 'join' or 'leave', session, node, channel,
-/// topic, '1' if the node has no subscriber of the topic left.
+/// KEYS: who, node topics (on Redis Cluster only who: the node's topic set
+/// is in another slot and updated apart). ARGV: 'join' or 'leave', session,
+/// node, channel, topic, '1' if the node has no subscriber of the topic left.
 pub const PRESENCE: &str = r#"
 local changed
 if ARGV[1] == 'join' then
   changed = redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) == 1
-  redis.call('SADD', KEYS[2], ARGV[5])
+  if KEYS[2] then redis.call('SADD', KEYS[2], ARGV[5]) end
 else
   changed = redis.call('HDEL', KEYS[1], ARGV[2]) == 1
-  if ARGV[6] == '1' then redis.call('SREM', KEYS[2], ARGV[5]) end
+  if KEYS[2] and ARGV[6] == '1' then redis.call('SREM', KEYS[2], ARGV[5]) end
 end
 local count = redis.call('HLEN', KEYS[1])
 if changed then
@@ -151,7 +152,8 @@ return count
 /// (ARGV[4..]); sessions of this node that left meanwhile are announced as
 /// leaves, and sessions Redis lost (it restarted empty, or another node
 /// reaped this one during a partition) as joins.
-/// KEYS: who, node topics. ARGV: node, channel, topic, sessions...
+/// KEYS: who, node topics (only who on Redis Cluster). ARGV: node, channel,
+/// topic, sessions...
 pub const RESYNC: &str = r#"
 local mine = {}
 for i = 4, #ARGV do mine[ARGV[i]] = true end
@@ -167,7 +169,9 @@ for i = 4, #ARGV do
     redis.call('PUBLISH', ARGV[2], 'p\njoin\n' .. ARGV[i] .. '\n' .. redis.call('HLEN', KEYS[1]))
   end
 end
-if #ARGV >= 4 then redis.call('SADD', KEYS[2], ARGV[3]) else redis.call('SREM', KEYS[2], ARGV[3]) end
+if KEYS[2] then
+  if #ARGV >= 4 then redis.call('SADD', KEYS[2], ARGV[3]) else redis.call('SREM', KEYS[2], ARGV[3]) end
+end
 return redis.call('HLEN', KEYS[1])
 "#;
 
@@ -195,6 +199,23 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 return reaped
+"#;
+
+/// Redis Cluster's [`REAP`], one topic at a time (the topic's keys are in
+/// its own slot): remove the sessions of the dead node ARGV[1] from the
+/// topic's presence, announcing each as a leave. KEYS: who. ARGV: node,
+/// channel. Returns sessions removed.
+pub const REAP_TOPIC: &str = r#"
+local h = redis.call('HGETALL', KEYS[1])
+local removed = 0
+for i = 1, #h, 2 do
+  if h[i + 1] == ARGV[1] then
+    redis.call('HDEL', KEYS[1], h[i])
+    redis.call('PUBLISH', ARGV[2], 'p\nleave\n' .. h[i] .. '\n' .. redis.call('HLEN', KEYS[1]))
+    removed = removed + 1
+  end
+end
+return removed
 "#;
 
 /// The set of live nodes.

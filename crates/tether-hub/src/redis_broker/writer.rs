@@ -9,10 +9,11 @@
 //! by one batch at most, far less than the time other nodes wait before
 //! they reap this one.
 
-use super::scripts::{self, encode_body, key, node_key, node_topics, NODES};
+use super::backend::Con;
+use super::scripts::{self, encode_body, node_key, node_topics, NODES};
 use super::{publish_bytes, report_down, unreachable, Backoff, Shared, NODE_BEAT, NODE_TTL};
 use crate::broker::{new_epoch, BrokerError, PresenceChange, Publish};
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, RedisResult, Script};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,11 +26,23 @@ const BATCH: usize = 256;
 /// crossed it).
 const BATCH_BYTES: usize = 1 << 20;
 
-struct Scripts {
-    publish: Script,
+pub(super) struct Scripts {
+    pub(super) publish: Script,
     presence: Script,
     resync: Script,
     reap: Script,
+}
+
+impl Scripts {
+    pub(super) fn new(shared: &Shared) -> Scripts {
+        let b = &shared.backend;
+        Scripts {
+            publish: b.script(scripts::PUBLISH),
+            presence: b.script(scripts::PRESENCE),
+            resync: b.script(scripts::RESYNC),
+            reap: b.script(if b.is_cluster() { scripts::REAP_TOPIC } else { scripts::REAP }),
+        }
+    }
 }
 
 enum Stop {
@@ -46,12 +59,7 @@ impl From<RedisError> for Stop {
 }
 
 pub(super) async fn run(shared: Arc<Shared>, mut publishes: mpsc::Receiver<Publish>, mut presence: mpsc::Receiver<PresenceChange>) {
-    let scripts = Scripts {
-        publish: Script::new(scripts::PUBLISH),
-        presence: Script::new(scripts::PRESENCE),
-        resync: Script::new(scripts::RESYNC),
-        reap: Script::new(scripts::REAP),
-    };
+    let scripts = Scripts::new(&shared);
     let mut backoff = Backoff::new();
     let mut attempts = 0u32;
     let mut down_since: Option<Instant> = None;
@@ -141,28 +149,35 @@ async fn session(
     }
 }
 
+/// Add `p` to `pipe`: the publish script (`sha`), with `candidate` as the
+/// epoch if the topic has none. Shared by one Redis and Redis Cluster.
+pub(super) fn add_publish(pipe: &mut redis::Pipeline, shared: &Shared, sha: &str, candidate: &str, p: &Publish) {
+    let (kind, body) = encode_body(&p.body, p.key.as_deref());
+    let (max_messages, age_ms) = shared.retention(&p.topic);
+    pipe.cmd("EVALSHA")
+        .arg(sha)
+        .arg(2)
+        .arg(shared.key(&p.topic, "seq"))
+        .arg(shared.key(&p.topic, "log"))
+        .arg(candidate)
+        .arg(max_messages)
+        .arg(age_ms)
+        .arg(shared.seq_ttl_ms())
+        .arg(shared.key(&p.topic, "ch"))
+        .arg(&*p.sender)
+        .arg(p.timestamp_ms)
+        .arg(&*kind)
+        .arg(body)
+        .arg(shared.history.max_topic_bytes);
+}
+
 /// Publish a batch in one pipeline; ack or reject every message.
-async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut MultiplexedConnection, batch: &mut Vec<Publish>) -> RedisResult<()> {
+async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut Con, batch: &mut Vec<Publish>) -> RedisResult<()> {
     let candidate = new_epoch();
     let build = |msgs: &[Publish]| {
         let mut pipe = redis::pipe();
         for p in msgs {
-            let (kind, body) = encode_body(&p.body, p.key.as_deref());
-            pipe.cmd("EVALSHA")
-                .arg(sha)
-                .arg(2)
-                .arg(key(&p.topic, "seq"))
-                .arg(key(&p.topic, "log"))
-                .arg(&candidate)
-                .arg(shared.history.max_messages)
-                .arg(shared.age_ms())
-                .arg(shared.seq_ttl_ms())
-                .arg(key(&p.topic, "ch"))
-                .arg(&*p.sender)
-                .arg(p.timestamp_ms)
-                .arg(&*kind)
-                .arg(body)
-                .arg(shared.history.max_topic_bytes);
+            add_publish(&mut pipe, shared, sha, &candidate, p);
         }
         pipe
     };
@@ -202,49 +217,72 @@ async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut 
     Ok(())
 }
 
-/// Send one presence change (and any others already waiting).
-async fn announce(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection, change: PresenceChange) -> RedisResult<()> {
-    let _count: u64 = scripts
-        .presence
-        .key(key(&change.topic, "who"))
-        .key(node_topics(&shared.node))
+/// Send one presence change. On Redis Cluster the node's topic set is in
+/// another slot than the topic's keys: it is updated by a command of its
+/// own (before a join, after a leave, so a reaper never misses a session).
+pub(super) async fn announce(shared: &Shared, scripts: &Scripts, con: &mut Con, change: PresenceChange) -> RedisResult<()> {
+    let cluster = shared.backend.is_cluster();
+    let last = change.local_count == 0;
+    if cluster && change.joined {
+        redis::cmd("SADD").arg(node_topics(&shared.node)).arg(&*change.topic).exec_async(con).await?;
+    }
+    let mut call = scripts.presence.key(shared.key(&change.topic, "who"));
+    if !cluster {
+        call.key(node_topics(&shared.node));
+    }
+    let _count: u64 = call
         .arg(if change.joined { "join" } else { "leave" })
         .arg(&*change.session)
         .arg(&shared.node)
-        .arg(key(&change.topic, "ch"))
+        .arg(shared.key(&change.topic, "ch"))
         .arg(&*change.topic)
-        .arg(if change.local_count == 0 { "1" } else { "0" })
+        .arg(if last { "1" } else { "0" })
         .invoke_async(con)
         .await?;
+    if cluster && !change.joined && last {
+        redis::cmd("SREM").arg(node_topics(&shared.node)).arg(&*change.topic).exec_async(con).await?;
+    }
     Ok(())
 }
 
 /// Refresh this node's heartbeat key and remove the sessions of dead nodes.
-async fn beat(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection) -> RedisResult<()> {
-    redis::pipe()
-        .cmd("SET")
-        .arg(node_key(&shared.node))
-        .arg(1)
-        .arg("PX")
-        .arg(NODE_TTL.as_millis() as u64)
-        .ignore()
-        .cmd("SADD")
-        .arg(NODES)
-        .arg(&shared.node)
-        .ignore()
-        .exec_async(con)
-        .await?;
-    let reaped: u64 = scripts.reap.key(NODES).invoke_async(con).await?;
+pub(super) async fn beat(shared: &Shared, scripts: &Scripts, con: &mut Con) -> RedisResult<()> {
+    // Two commands, not a pipeline: on Redis Cluster the keys are in two slots.
+    redis::cmd("SET").arg(node_key(&shared.node)).arg(1).arg("PX").arg(NODE_TTL.as_millis() as u64).exec_async(con).await?;
+    redis::cmd("SADD").arg(NODES).arg(&shared.node).exec_async(con).await?;
+    let reaped: u64 = if shared.backend.is_cluster() { reap_cluster(shared, scripts, con).await? } else { scripts.reap.key(NODES).invoke_async(con).await? };
     if reaped > 0 {
         tracing::info!(reaped, "redis broker: removed the presence of nodes that stopped beating");
     }
     Ok(())
 }
 
+/// [`scripts::REAP`] on Redis Cluster, where one script cannot reach every
+/// topic's slot: per dead node, each of its topics in turn
+/// ([`scripts::REAP_TOPIC`]), then its topic set and its name.
+async fn reap_cluster(shared: &Shared, scripts: &Scripts, con: &mut Con) -> RedisResult<u64> {
+    let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(NODES).query_async(con).await?;
+    let mut reaped = 0;
+    for node in nodes {
+        let alive: bool = redis::cmd("EXISTS").arg(node_key(&node)).query_async(con).await?;
+        if alive {
+            continue;
+        }
+        let topics: Vec<String> = redis::cmd("SMEMBERS").arg(node_topics(&node)).query_async(con).await?;
+        for topic in &topics {
+            let _removed: u64 = scripts.reap.key(shared.key(topic, "who")).arg(&node).arg(shared.key(topic, "ch")).invoke_async(con).await?;
+        }
+        redis::cmd("DEL").arg(node_topics(&node)).exec_async(con).await?;
+        redis::cmd("SREM").arg(NODES).arg(&node).exec_async(con).await?;
+        reaped += 1;
+    }
+    Ok(reaped)
+}
+
 /// Presence changes overflowed the queue: send what is queued (in order),
 /// then make each overflowed topic's presence match this node's sessions.
 /// (The scripts are idempotent: a change applied by both is announced once.)
-async fn resync_overflowed(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection, presence: &mut mpsc::Receiver<PresenceChange>) -> RedisResult<()> {
+pub(super) async fn resync_overflowed(shared: &Shared, scripts: &Scripts, con: &mut Con, presence: &mut mpsc::Receiver<PresenceChange>) -> RedisResult<()> {
     while let Ok(change) = presence.try_recv() {
         announce(shared, scripts, con, change).await?;
     }
@@ -261,19 +299,29 @@ async fn resync_overflowed(shared: &Shared, scripts: &Scripts, con: &mut Multipl
 }
 
 /// Make `topic`'s presence in Redis match this node's `sessions`.
-async fn resync_topic(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection, topic: &str, sessions: &[Arc<str>]) -> RedisResult<()> {
-    let mut call = scripts.resync.key(key(topic, "who"));
-    call.key(node_topics(&shared.node)).arg(&shared.node).arg(key(topic, "ch")).arg(topic);
+async fn resync_topic(shared: &Shared, scripts: &Scripts, con: &mut Con, topic: &str, sessions: &[Arc<str>]) -> RedisResult<()> {
+    let cluster = shared.backend.is_cluster();
+    if cluster && !sessions.is_empty() {
+        redis::cmd("SADD").arg(node_topics(&shared.node)).arg(topic).exec_async(con).await?;
+    }
+    let mut call = scripts.resync.key(shared.key(topic, "who"));
+    if !cluster {
+        call.key(node_topics(&shared.node));
+    }
+    call.arg(&shared.node).arg(shared.key(topic, "ch")).arg(topic);
     for s in sessions {
         call.arg(&**s);
     }
     let _count: u64 = call.invoke_async(con).await?;
+    if cluster && sessions.is_empty() {
+        redis::cmd("SREM").arg(node_topics(&shared.node)).arg(topic).exec_async(con).await?;
+    }
     Ok(())
 }
 
 /// After a (re)connect: make Redis's presence match this node's sessions,
 /// for every topic this node has or had subscribers in.
-async fn resync_presence(shared: &Shared, scripts: &Scripts, con: &mut MultiplexedConnection) -> RedisResult<()> {
+pub(super) async fn resync_presence(shared: &Shared, scripts: &Scripts, con: &mut Con) -> RedisResult<()> {
     let local: Vec<(Arc<str>, Vec<Arc<str>>)> = {
         let local = shared.local.lock().unwrap_or_else(|p| p.into_inner());
         local.iter().map(|(t, s)| (t.clone(), s.iter().cloned().collect())).collect()

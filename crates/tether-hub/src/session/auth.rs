@@ -94,6 +94,7 @@ impl Session {
         }
         let first = matches!(self.auth, AuthState::Awaiting { .. });
         hub.reply(conn, EncodedFrame::text(&envelope::authenticated(&grants.user, grants.expires_at, id)));
+        hub.api.set_user(conn.id, Some(grants.user.clone()));
         if first && grants.may_subscribe(&self.room) {
             hub.subscribe_granted(conn, &self.room, None, None, false, Some(&grants));
             self.topics.push(self.room.clone());

@@ -162,7 +162,8 @@ impl Shared {
             return;
         }
         let (id, result) = match envelope::parse_answer(text) {
-            Some(Answer::Ack { id, topic, seq }) => (id, Ok(Ack { topic, seq })),
+            Some(Answer::Ack { id, topic, seq }) => (id, Ok(Ack { topic, seq, data: None })),
+            Some(Answer::RpcResult { id, data }) => (id, Ok(Ack { topic: None, seq: None, data: Some(data) })),
             Some(Answer::Error { id, code, message }) => (id, Err(ClientError::Refused { code, message })),
             None => return,
         };

@@ -57,16 +57,29 @@ impl Driver {
     async fn run(&mut self) {
         let mut close = self.shared.close.subscribe();
         loop {
-            let connected = tokio::select! {
-                biased;
-                _ = close_requested(&mut close) => return,
-                _ = self.events.closed() => return,
-                result = self.builder.connect() => result,
+            // A token (fetched anew for every connection) goes in the first message.
+            let token = match self.options.token.clone() {
+                None => Ok(None),
+                Some(source) => tokio::select! {
+                    biased;
+                    _ = close_requested(&mut close) => return,
+                    _ = self.events.closed() => return,
+                    fetched = source.get() => fetched.map(Some).map_err(|e| Error::Token(e.to_string())),
+                },
+            };
+            let connected = match token {
+                Err(e) => Err(e),
+                Ok(token) => tokio::select! {
+                    biased;
+                    _ = close_requested(&mut close) => return,
+                    _ = self.events.closed() => return,
+                    result = self.builder.connect() => result.map(|(ws, _)| (ws, token)),
+                },
             };
             let mut hint = None;
             match connected {
-                Ok((ws, _response)) => {
-                    let ended = self.connected(ws).await;
+                Ok((ws, token)) => {
+                    let ended = self.connected(ws, token).await;
                     self.shared.disconnected();
                     match ended {
                         Ended::Stop => return,
@@ -106,11 +119,19 @@ impl Driver {
     }
 
     /// Run one open connection until it ends.
-    async fn connected(&mut self, mut ws: Socket) -> Ended {
+    async fn connected(&mut self, mut ws: Socket, token: Option<String>) -> Ended {
         let protocol = ws.protocol().map(str::to_owned);
         if self.shared.json && protocol.as_deref() != Some(TETHER_V1) {
             tracing::warn!(?protocol, "the server did not select tether.v1: it may not understand the envelopes");
         }
+        // The token first: the server handles messages in order, so what
+        // follows is already authenticated.
+        if let (true, Some(t)) = (self.shared.json, &token) {
+            let _ = ws.start_send(Message::text(Request::Auth { token: t }.to_json(Some("auth"))));
+        }
+        let mut refresh_at = token.as_deref().and_then(|t| self.refresh_deadline(t));
+        let (token_tx, mut token_rx) = mpsc::channel::<super::TokenResult>(1);
+        let mut fetching = false;
         // tether.v1 subscriptions belong to a connection: renew them, ahead
         // of anything queued while disconnected.
         let topics = self.shared.lock().topics.clone();
@@ -174,6 +195,10 @@ impl Driver {
                                 if let (true, Message::Text(text)) = (self.shared.json, &msg) {
                                     self.shared.track(text);
                                     self.shared.resolve(text);
+                                    // The server closes at close_at unless a new token comes first.
+                                    if text.starts_with("{\"type\":\"token_expiring\"") && self.options.token.as_ref().is_some_and(|t| t.refreshes()) {
+                                        refresh_at = Some(Instant::now());
+                                    }
                                 }
                                 emit(&events, &mut permit, Event::Message(msg)).await;
                             }
@@ -224,12 +249,52 @@ impl Driver {
                         None => {}
                     }
                 }
+                _ = tokio::time::sleep_until(refresh_at.unwrap_or_else(Instant::now)), if refresh_at.is_some() && !fetching => {
+                    refresh_at = None;
+                    if let Some(source) = self.options.token.clone() {
+                        fetching = true;
+                        let tx = token_tx.clone();
+                        // Fetched aside: the connection keeps being served meanwhile.
+                        tokio::spawn(async move {
+                            let _ = tx.send(source.get().await).await;
+                        });
+                    }
+                }
+                Some(fetched) = token_rx.recv(), if fetching => {
+                    fetching = false;
+                    match fetched {
+                        Ok(t) => {
+                            let _ = ws.start_send(Message::text(Request::Refresh { token: &t }.to_json(Some("refresh"))));
+                            refresh_at = self.refresh_deadline(&t);
+                        }
+                        Err(e) => {
+                            emit(&events, &mut permit, Event::Error(Error::Token(e.to_string()))).await;
+                            // Try again soon: the server's grace period is running.
+                            refresh_at = Some(Instant::now() + std::time::Duration::from_secs(1));
+                        }
+                    }
+                }
                 _ = &mut stable, if !stable_reached => {
                     stable_reached = true;
                     self.attempt = 0;
                 }
             }
         }
+    }
+}
+
+impl Driver {
+    /// When to refresh `token` (a function's, with an `exp`): `refresh_ahead`
+    /// before it expires, at least a second from now.
+    fn refresh_deadline(&self, token: &str) -> Option<Instant> {
+        if !self.options.token.as_ref().is_some_and(|t| t.refreshes()) {
+            return None;
+        }
+        let exp_ms = super::token_expiry(token)?.saturating_mul(1000);
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let ahead_ms = self.options.refresh_ahead.as_millis() as u64;
+        let delay = exp_ms.saturating_sub(now_ms).saturating_sub(ahead_ms).max(1000);
+        Some(Instant::now() + std::time::Duration::from_millis(delay))
     }
 }
 

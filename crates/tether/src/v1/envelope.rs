@@ -30,7 +30,14 @@ pub enum ClientMessage {
     /// `{"type":"refresh","token":"..."}`: new credentials for a live
     /// connection whose token is about to expire.
     Refresh { token: String, id: Option<Value> },
+    /// `{"type":"rpc","method":"M","data"?:...,"id":I}`: a request the
+    /// application's backend answers (the server's RPC hook), with an
+    /// `rpc_result` or an `error` carrying the same `id`.
+    Rpc { method: String, data: Box<RawValue>, id: Value },
 }
+
+/// Longest RPC method name accepted.
+pub const MAX_METHOD_LEN: usize = 100;
 
 /// Longest token accepted in an `auth` or `refresh` request.
 pub const MAX_TOKEN_LEN: usize = 8192;
@@ -59,6 +66,8 @@ struct Raw<'a> {
     key: Option<Value>,
     delta: Option<Value>,
     token: Option<Value>,
+    method: Option<Value>,
+    data: Option<Box<RawValue>>,
 }
 
 /// Longest topic name accepted.
@@ -183,7 +192,19 @@ pub fn parse(text: &str) -> Result<ClientMessage, EnvelopeError> {
             };
             Ok(if kind == "refresh" { ClientMessage::Refresh { token, id } } else { ClientMessage::Auth { token, id } })
         }
-        other => Err(err("unknown_type", format!("unknown message type {other:?} (expected chat, publish, subscribe, unsubscribe, ping, auth or refresh)"), id)),
+        "rpc" => {
+            let method = match &raw.method {
+                Some(Value::String(m)) if !m.is_empty() && m.len() <= MAX_METHOD_LEN && !m.chars().any(char::is_control) => m.clone(),
+                None => return Err(err("missing_field", "\"rpc\" needs a \"method\"".into(), id)),
+                Some(_) => return Err(err("invalid_field", format!("\"method\" must be a non-empty string of at most {MAX_METHOD_LEN} bytes without control characters"), id)),
+            };
+            let Some(request_id) = id else {
+                return Err(err("missing_field", "\"rpc\" needs an \"id\" (its answer carries it)".into(), None));
+            };
+            let data = raw.data.unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"));
+            Ok(ClientMessage::Rpc { method, data, id: request_id })
+        }
+        other => Err(err("unknown_type", format!("unknown message type {other:?} (expected chat, publish, subscribe, unsubscribe, ping, auth, refresh or rpc)"), id)),
     }
 }
 
@@ -274,9 +295,24 @@ pub fn authenticated(user: &str, expires_at: Option<u64>, id: Option<&Value>) ->
     format!(r#"{{"type":"authenticated","user":{},"expires_at":{exp},"id":{id}}}"#, quote(user))
 }
 
+/// `{"type":"rpc_result","id":I,"data":D}`: the backend's answer to an
+/// `rpc` request; `data_json` must be valid JSON.
+pub fn rpc_result(id: &Value, data_json: &str) -> String {
+    format!(r#"{{"type":"rpc_result","id":{id},"data":{data_json}}}"#)
+}
+
 /// `{"type":"presence",...}`.
 pub fn presence(topic: &str, event: &str, session: &str, count: usize) -> String {
     format!(r#"{{"type":"presence","topic":{},"event":{},"session":{},"count":{count}}}"#, quote(topic), quote(event), quote(session))
+}
+
+/// `{"type":"presence",...,"user":U}`: with the user (a token's `sub`) of
+/// an authenticated session.
+pub fn presence_of(topic: &str, event: &str, session: &str, user: Option<&str>, count: usize) -> String {
+    match user {
+        None => presence(topic, event, session, count),
+        Some(u) => format!(r#"{{"type":"presence","topic":{},"event":{},"session":{},"user":{},"count":{count}}}"#, quote(topic), quote(event), quote(session), quote(u)),
+    }
 }
 
 /// A request a client sends; [`Request::to_json`] gives its text, which
@@ -315,6 +351,25 @@ pub enum Request<'a> {
     },
     /// `{"type":"ping"}`.
     Ping,
+    /// `{"type":"auth","token":"..."}`: the first message of a connection
+    /// that sends its token in a message.
+    Auth {
+        /// The token.
+        token: &'a str,
+    },
+    /// `{"type":"refresh","token":"..."}`: a new token for a live connection.
+    Refresh {
+        /// The token.
+        token: &'a str,
+    },
+    /// `{"type":"rpc","method":"M","data":...}`: answered by the
+    /// application's backend ([`Answer::RpcResult`] or an error).
+    Rpc {
+        /// The method name (at most [`MAX_METHOD_LEN`] bytes).
+        method: &'a str,
+        /// Any JSON.
+        data: &'a Value,
+    },
 }
 
 impl Request<'_> {
@@ -326,6 +381,9 @@ impl Request<'_> {
             Request::Subscribe { .. } => "subscribe",
             Request::Unsubscribe { .. } => "unsubscribe",
             Request::Ping => "ping",
+            Request::Rpc { .. } => "rpc",
+            Request::Auth { .. } => "auth",
+            Request::Refresh { .. } => "refresh",
         }
     }
 
@@ -354,6 +412,8 @@ impl Request<'_> {
             }
             Request::Unsubscribe { topic } => out.push_str(&format!(r#","topic":{}"#, quote(topic))),
             Request::Ping => {}
+            Request::Rpc { method, data } => out.push_str(&format!(r#","method":{},"data":{data}"#, quote(method))),
+            Request::Auth { token } | Request::Refresh { token } => out.push_str(&format!(r#","token":{}"#, quote(token))),
         }
         if let Some(id) = id {
             out.push_str(&format!(r#","id":{}"#, quote(id)));
@@ -385,6 +445,13 @@ pub enum Answer {
         /// What was wrong.
         message: String,
     },
+    /// `{"type":"rpc_result",...}`: the backend's answer to an `rpc`.
+    RpcResult {
+        /// The request's id.
+        id: String,
+        /// What the backend answered.
+        data: Value,
+    },
 }
 
 /// Read `text` from a server as an [`Answer`]; `None` for anything else
@@ -399,6 +466,7 @@ pub fn parse_answer(text: &str) -> Option<Answer> {
     match v.get("type").and_then(Value::as_str)? {
         "ack" => Some(Answer::Ack { id, topic: s("topic"), seq: v.get("seq").and_then(Value::as_u64) }),
         "error" => Some(Answer::Error { id, code: s("code").unwrap_or_default(), message: s("message").unwrap_or_default() }),
+        "rpc_result" => Some(Answer::RpcResult { id, data: v.get("data").cloned().unwrap_or(Value::Null) }),
         _ => None,
     }
 }
@@ -438,6 +506,11 @@ mod tests {
         assert_eq!(code(r#"{"type":"publish","topic":"t","content":1,"key":5}"#), "invalid_field");
         assert_eq!(code(r#"{"type":"publish","topic":"t","content":1,"key":""}"#), "invalid_field");
         assert_eq!(code(r#"{"type":"publish","topic":"t","content":1,"key":"a\u0000b"}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"rpc","method":"m"}"#), "missing_field");
+        assert_eq!(code(r#"{"type":"rpc","id":1}"#), "missing_field");
+        assert_eq!(code(r#"{"type":"rpc","method":"","id":1}"#), "invalid_field");
+        assert_eq!(code(&format!(r#"{{"type":"rpc","method":"{}","id":1}}"#, "m".repeat(101))), "invalid_field");
+        assert!(matches!(parse(r#"{"type":"rpc","method":"m","id":1}"#), Ok(ClientMessage::Rpc { ref data, .. }) if data.get() == "null"));
         let e = parse(r#"{"type":"dance","id":42}"#).unwrap_err();
         assert_eq!(e.id, Some(serde_json::json!(42)));
     }
@@ -468,6 +541,9 @@ mod tests {
             (Request::Subscribe { topic: "news", since: Some(3), epoch: Some("e1"), delta: true }, "subscribe"),
             (Request::Unsubscribe { topic: "news" }, "unsubscribe"),
             (Request::Ping, "ping"),
+            (Request::Rpc { method: "cart.add", data: &content }, "rpc"),
+            (Request::Auth { token: "a.b.c" }, "auth"),
+            (Request::Refresh { token: "a.b.c" }, "refresh"),
         ];
         for (request, kind) in kinds {
             let text = request.to_json(Some("r1"));
@@ -489,6 +565,8 @@ mod tests {
         assert_eq!(parse_answer(&error("invalid_field", "no", Some(&serde_json::json!("r2")))),
             Some(Answer::Error { id: "r2".into(), code: "invalid_field".into(), message: "no".into() }));
         assert_eq!(parse_answer(&error("bad_json", "no", None)), None);
+        assert_eq!(parse_answer(&rpc_result(&serde_json::json!("r3"), r#"{"total":3}"#)),
+            Some(Answer::RpcResult { id: "r3".into(), data: serde_json::json!({"total": 3}) }));
         assert_eq!(parse_answer(&welcome("s", "r")), None);
     }
 }

@@ -1,0 +1,1 @@
+../../../../web/vendor/editor.bundle.js
