@@ -160,7 +160,7 @@ async fn serve(settings: Settings, driver: crate::driver::DriverArgs, on_hub: Op
     // The API's idempotency keys need one Redis; on a cluster they stay per node.
     let redis_url = settings.broker.starts_with("redis://").then_some(settings.broker.as_str());
     if settings.broker.starts_with("redis-cluster://") {
-        tracing::info!("server API idempotency keys are kept per node (not shared) with redis-cluster://");
+        tracing::warn!("with redis-cluster:// these stay per node (shared only through redis://): server API idempotency keys, Yjs documents, HTTP fallback sessions");
     }
     let api = crate::api::Api::new(hub.clone(), settings.api.clone(), redis_url)?;
     let webhooks = settings.webhook.clone().map(|w| crate::webhook::start(&hub, w));

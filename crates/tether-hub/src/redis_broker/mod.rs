@@ -43,12 +43,13 @@
 
 mod backend;
 mod cluster;
+mod pending;
 mod reader;
 mod scripts;
 mod writer;
 
 use crate::broker::{Broker, BrokerError, BrokerHealth, DeliverySink, HistoryConfig, PresenceChange, Publish, SubscribeRequest};
-use reader::PendingOps;
+use pending::PendingOps;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
