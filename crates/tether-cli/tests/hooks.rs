@@ -185,8 +185,11 @@ async fn a_connection_with_16_requests_waiting_is_not_read_until_they_are_answer
         ws.send(json!({"type": "subscribe", "topic": format!("private:{i}"), "id": format!("s{i}")}).to_string()).await.unwrap();
     }
     ws.send(json!({"type": "ping", "id": "ping"}).to_string()).await.unwrap();
-    // Every request is answered (none hangs), in order: the ping, behind
-    // the 17th subscribe, is read only once the first 16 ended.
+    // Every request is answered (none hangs), the subscribes in order. The ping comes
+    // after 20 subscribes and no request is read while 16 wait, so it is
+    // read (and answered) only once at least 20 - 16 + 1 = 5 have ended:
+    // exactly 16 when the 16 reached the backend together and time out
+    // together, fewer when the server read the subscribes in pieces.
     let mut ids = Vec::new();
     while ids.len() < 21 {
         let v = next(&mut ws).await;
@@ -198,7 +201,7 @@ async fn a_connection_with_16_requests_waiting_is_not_read_until_they_are_answer
         }
     }
     let ping = ids.iter().position(|id| id == "ping").unwrap();
-    assert!(ping >= 16, "the ping came after the first 16 subscribes' answers: {ids:?}");
+    assert!(ping >= 5, "the ping was read while 16 subscribes were waiting: {ids:?}");
     let subscribes: Vec<&String> = ids.iter().filter(|id| id.starts_with('s')).collect();
     assert_eq!(subscribes, (0..20).map(|i| format!("s{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>());
     let seen = backend.until(|got| got.iter().filter(|c| c["hook"] == "subscribe").count() >= 20);
