@@ -12,9 +12,8 @@ import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import WebSocket from "ws";
-import * as Y from "yjs";
-import { WebsocketProvider } from "y-websocket";
 import { freePort, startServer, stopServer } from "../support/tether-server.mjs";
+import { peer as yjsPeer, until } from "./yjs-peer.mjs";
 
 const SECRET = "node-yjs-auth-secret";
 let port, server;
@@ -49,26 +48,9 @@ function handshake(name, token) {
   });
 }
 
+/** Document `name` on the server under test, with `token` as ?token=. */
 function peer(name, token) {
-  const doc = new Y.Doc();
-  const provider = new WebsocketProvider(`ws://127.0.0.1:${port}/yjs`, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true, params: { token } });
-  return { doc, provider, text: doc.getText("t"), close: () => { provider.destroy(); doc.destroy(); } };
-}
-
-function until(pred, what, ms = 15000) {
-  return new Promise((resolve, reject) => {
-    const timer = setInterval(() => {
-      if (pred()) {
-        clearInterval(timer);
-        clearTimeout(deadline);
-        resolve();
-      }
-    }, 50);
-    const deadline = setTimeout(() => {
-      clearInterval(timer);
-      reject(new Error(`not within ${ms} ms: ${what}`));
-    }, ms);
-  });
+  return yjsPeer(`ws://127.0.0.1:${port}/yjs`, name, { params: { token } });
 }
 
 test("the handshake refuses a missing or bad token (401) and a token without the document's subscribe grant (403)", async () => {
@@ -148,11 +130,7 @@ test("the connect hook's grants count as a JWT's: yjs:NAME to read, 403 without 
     assert.equal(await status("?token=reader"), 101);
     assert.ok(asked.every((room) => room === "/yjs/notes"), `the hook was asked about the document: ${asked}`);
     // The reader reads, and its edit is refused; the writer's edit reaches it.
-    const doc = (token) => {
-      const d = new Y.Doc();
-      const provider = new WebsocketProvider(url, "notes", d, { WebSocketPolyfill: WebSocket, disableBc: true, params: { token } });
-      return { d, provider, text: d.getText("t"), close: () => { provider.destroy(); d.destroy(); } };
-    };
+    const doc = (token) => yjsPeer(url, "notes", { params: { token } });
     const writer = doc("writer");
     const reader = doc("reader");
     try {

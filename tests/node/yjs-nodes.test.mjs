@@ -16,10 +16,8 @@ import { mkdtempSync, writeFileSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConnection } from "node:net";
-import WebSocket from "ws";
-import * as Y from "yjs";
-import { WebsocketProvider } from "y-websocket";
 import { freePort, startServer, stopServer } from "../support/tether-server.mjs";
+import { peer, until } from "./yjs-peer.mjs";
 
 const NGINX = ["/usr/sbin/nginx", "/usr/bin/nginx"].find(existsSync);
 const REDIS = (() => {
@@ -105,29 +103,6 @@ after(async () => {
   await Promise.all(children.map((c) => stopServer(c)));
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
-
-/** A Y.Doc synced through `url` under document `name`. */
-function peer(url, name) {
-  const doc = new Y.Doc();
-  const provider = new WebsocketProvider(url, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true });
-  return { doc, provider, text: doc.getText("t"), close: () => { provider.destroy(); doc.destroy(); } };
-}
-
-function until(pred, what, ms = 15000) {
-  return new Promise((resolve, reject) => {
-    const timer = setInterval(() => {
-      if (pred()) {
-        clearInterval(timer);
-        clearTimeout(deadline);
-        resolve();
-      }
-    }, 50);
-    const deadline = setTimeout(() => {
-      clearInterval(timer);
-      reject(new Error(`not within ${ms} ms: ${what}`));
-    }, ms);
-  });
-}
 
 async function metric(port, name) {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();

@@ -12,39 +12,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
-import * as Y from "yjs";
-import { WebsocketProvider } from "y-websocket";
 import { freePort, startServer, stopServer } from "../support/tether-server.mjs";
+import { peer, until } from "./yjs-peer.mjs";
 
 /** A server with its own document directory; `stop()` kills it. */
 async function server(args = [], dir = mkdtempSync(join(tmpdir(), "tether-yjs-"))) {
   const port = await freePort();
   const child = await startServer(port, ["--yjs-dir", dir, ...args]);
   return { port, dir, child, url: `ws://127.0.0.1:${port}/yjs`, stop: () => stopServer(child) };
-}
-
-/** A Y.Doc synced through `url` under document `name`. */
-function peer(url, name, opts = {}) {
-  const doc = new Y.Doc();
-  const provider = new WebsocketProvider(url, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true, ...opts });
-  return { doc, provider, text: doc.getText("t"), close: () => { provider.destroy(); doc.destroy(); } };
-}
-
-/** Resolves once `pred()` holds (checked on every document/awareness change and every 50 ms). */
-function until(pred, what, ms = 15000) {
-  return new Promise((resolve, reject) => {
-    const timer = setInterval(() => {
-      if (pred()) {
-        clearInterval(timer);
-        clearTimeout(deadline);
-        resolve();
-      }
-    }, 50);
-    const deadline = setTimeout(() => {
-      clearInterval(timer);
-      reject(new Error(`not within ${ms} ms: ${what}`));
-    }, ms);
-  });
 }
 
 const synced = (p) => until(() => p.provider.synced, "provider synced");

@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{metric, Server};
+use common::{metric, next_envelope as next, v1_bearer as connect, Server, Ws};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tether::{ClientBuilder, CloseCode, Message, MaybeTlsStream, WebSocket};
+use tether::{ClientBuilder, CloseCode, Message};
 use tokio::time::timeout;
 
 const SECRET: &str = "test-secret-of-tests-auth-rs";
@@ -39,33 +39,6 @@ fn signed(alg: Algorithm, key_file: &str, kid: Option<&str>, claims: &Value) -> 
     encode(&header, claims, &key).unwrap()
 }
 
-type Ws = WebSocket<MaybeTlsStream>;
-
-async fn connect(server: &Server, path: &str, bearer: Option<&str>) -> Result<Ws, tether::Error> {
-    let mut b = ClientBuilder::new(server.url(path)).protocol("tether.v1");
-    if let Some(t) = bearer {
-        b = b.header("Authorization", format!("Bearer {t}"));
-    }
-    let (mut ws, _) = b.connect().await?;
-    assert_eq!(next(&mut ws).await["type"], "welcome");
-    Ok(ws)
-}
-
-/// The next envelope that is not a presence notice.
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        match timeout(Duration::from_secs(20), ws.recv()).await.expect("a message within 20 s") {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] != "presence" {
-                    return v;
-                }
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("expected an envelope, got {other:?}"),
-        }
-    }
-}
 
 async fn send(ws: &mut Ws, v: Value) {
     ws.send(v.to_string()).await.unwrap();

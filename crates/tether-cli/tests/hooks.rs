@@ -8,14 +8,12 @@
 mod common;
 
 use common::backend::Backend;
-use common::Server;
+use common::{next_envelope as next, Server, Ws};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tether::{ClientBuilder, Message, MaybeTlsStream, WebSocket};
-use tokio::time::timeout;
+use tether::ClientBuilder;
 
 const SECRET: &str = "hook-secret";
-type Ws = WebSocket<MaybeTlsStream>;
 
 /// A config file with a hooked `private:` (subscribe) and `chat:` (publish) namespace.
 fn config(name: &str) -> String {
@@ -27,29 +25,7 @@ fn config(name: &str) -> String {
 }
 
 async fn connect(server: &Server, token: Option<&str>) -> Result<Ws, tether::Error> {
-    let mut builder = ClientBuilder::new(server.url("/")).protocol("tether.v1");
-    if let Some(t) = token {
-        builder = builder.header("Authorization", format!("Bearer {t}"));
-    }
-    let (mut ws, _) = builder.connect().await?;
-    assert_eq!(next(&mut ws).await["type"], "welcome");
-    Ok(ws)
-}
-
-/// The next envelope other than presence.
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        match timeout(Duration::from_secs(30), ws.recv()).await.expect("an envelope within 30 s") {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] != "presence" {
-                    return v;
-                }
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("expected an envelope, got {other:?}"),
-        }
-    }
+    common::v1_bearer(server, "/", token).await
 }
 
 /// Send `request` with `id` and wait for the answer carrying that id.

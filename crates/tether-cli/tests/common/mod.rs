@@ -332,6 +332,37 @@ impl Drop for Nginx {
     }
 }
 
+/// A client connection in these tests.
+pub type Ws = tether::WebSocket<tether::MaybeTlsStream>;
+
+/// A `tether.v1` connection to `path` (with `Authorization: Bearer` when
+/// given), past its welcome.
+pub async fn v1_bearer(server: &Server, path: &str, bearer: Option<&str>) -> Result<Ws, tether::Error> {
+    let mut builder = tether::ClientBuilder::new(server.url(path)).protocol("tether.v1");
+    if let Some(t) = bearer {
+        builder = builder.header("Authorization", format!("Bearer {t}"));
+    }
+    let (mut ws, _) = builder.connect().await?;
+    assert_eq!(next_envelope(&mut ws).await["type"], "welcome");
+    Ok(ws)
+}
+
+/// The next envelope that is not a presence notice (within 30 s).
+pub async fn next_envelope(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.recv()).await.expect("an envelope within 30 s") {
+            Some(Ok(tether::Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] != "presence" {
+                    return v;
+                }
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected an envelope, got {other:?}"),
+        }
+    }
+}
+
 /// A `tether.v1` connection whose envelopes arrive on a channel (a task
 /// reads them; `{"type":"_closed"}` marks the end), and its writing half.
 pub async fn v1_split(url: &str, name: &str) -> (tether::split::WsWriter<tether::MaybeTlsStream>, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
