@@ -10,7 +10,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
-import { freePort, startServer, stopServer, chromiumOptions } from "../support/tether-server.mjs";
+import { freePort, startServer, stopServer, chromiumOptions, poll } from "../support/tether-server.mjs";
 
 const SHOTS = process.env.TETHER_SCREENSHOTS || "target/browser-screenshots";
 
@@ -29,17 +29,6 @@ after(async () => {
   await stopServer(server);
 });
 
-/** Poll `fn` until it returns a truthy value; fail after `ms`. */
-async function until(fn, what, ms = 20000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 async function open(path) {
   const page = await browser.newPage();
   const logs = [];
@@ -48,7 +37,7 @@ async function open(path) {
   page.on("pageerror", (e) => logs.push("pageerror: " + e.message));
   page.on("request", (r) => requests.push(r.url()));
   await page.goto(base + path);
-  await until(() => page.evaluate(() => window.editor && window.editor.provider.synced), `${path} in sync`);
+  await poll(() => page.evaluate(() => window.editor && window.editor.provider.synced), `${path} in sync`);
   page.logs = logs;
   page.requests = requests;
   return page;
@@ -68,7 +57,7 @@ test("editor: two pages type at once and converge, remote cursors show, a late p
     b.keyboard.type("beta from bob! ", { delay: 15 }),
   ]);
   const texts = () => Promise.all([a, b].map((p) => p.evaluate(() => window.editor.text())));
-  const [ta, tb] = await until(async () => {
+  const [ta, tb] = await poll(async () => {
     const [x, y] = await texts();
     return x === y && x.length === "alpha from ada. ".length + "beta from bob! ".length ? [x, y] : null;
   }, "both pages to show the same text");
@@ -81,7 +70,7 @@ test("editor: two pages type at once and converge, remote cursors show, a late p
 
   // A remote cursor: page a shows bob's caret with his name, and b shows ada's.
   for (const [p, other] of [[a, "bob"], [b, "ada"]]) {
-    await until(() => p.evaluate((name) => [...document.querySelectorAll(".cm-ySelectionCaret")].some((c) => c.textContent.includes(name)), other), `${other}'s cursor`);
+    await poll(() => p.evaluate((name) => [...document.querySelectorAll(".cm-ySelectionCaret")].some((c) => c.textContent.includes(name)), other), `${other}'s cursor`);
     const peers = await p.evaluate(() => document.getElementById("peers").textContent);
     assert.ok(peers.includes(other), `the peer list shows ${other}: ${peers}`);
   }
@@ -89,11 +78,11 @@ test("editor: two pages type at once and converge, remote cursors show, a late p
 
   // A page opened later gets the whole text from the server.
   const late = await open(`/editor.html?doc=${doc}&name=cy`);
-  await until(async () => (await late.evaluate(() => window.editor.view.state.doc.toString())) === ta, "the late page to show the text");
+  await poll(async () => (await late.evaluate(() => window.editor.view.state.doc.toString())) === ta, "the late page to show the text");
 
   // A page that leaves: its cursor goes from the others.
   await b.close();
-  await until(() => a.evaluate(() => ![...document.querySelectorAll(".cm-ySelectionCaret")].some((c) => c.textContent.includes("bob"))), "bob's cursor gone");
+  await poll(() => a.evaluate(() => ![...document.querySelectorAll(".cm-ySelectionCaret")].some((c) => c.textContent.includes("bob"))), "bob's cursor gone");
 
   // The server integrated the edits (it is not in-page broadcast).
   const metrics = await (await fetch(`${base}/metrics`)).text();

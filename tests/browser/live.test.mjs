@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
-import { BIN, freePort, startTether, stopServer, chromiumOptions } from "../support/tether-server.mjs";
+import { BIN, freePort, startTether, stopServer, chromiumOptions, poll } from "../support/tether-server.mjs";
 
 const SHOTS = process.env.TETHER_SCREENSHOTS || "target/browser-screenshots";
 const UNLIMITED = ["--message-rate", "0", "--subscribe-rate", "0"];
@@ -21,17 +21,6 @@ async function start(args) {
   const child = await startTether([...args, "--listen", `127.0.0.1:${port}`]);
   children.push(child);
   return { child, port, base: `http://127.0.0.1:${port}` };
-}
-
-/** Poll `fn` (in Node) until it returns a truthy value; fail after `ms`. */
-async function until(fn, what, ms = 20000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 async function metrics(base, token) {
@@ -75,7 +64,7 @@ test("ticker: every symbol shows, through deltas, and the index links each demo"
   assert.deepEqual(links, ["/ticker.html", "/dashboard.html", "/multiplayer.html", "/editor.html"]);
   await index.close();
   const page = await open(`${base}/ticker.html`);
-  await until(() => page.evaluate(() => Object.keys(window.ticker.quotes()).length === 12 && window.ticker.updates() > 100), "12 symbols and 100 updates");
+  await poll(() => page.evaluate(() => Object.keys(window.ticker.quotes()).length === 12 && window.ticker.updates() > 100), "12 symbols and 100 updates");
   const m = await metrics(base);
   assert.ok(m.tether_delta_patches_total > 50, `patches were sent: ${m.tether_delta_patches_total}`);
   assert.deepEqual(page.logs.filter((l) => /error/i.test(l)), []);
@@ -88,22 +77,22 @@ test("dashboard: charts move under load, figures match /metrics, the metrics tok
   const { base, port } = await start(["serve", "--metrics-token", token, ...UNLIMITED]);
   // Without the token the system room is refused.
   const refused = await open(`${base}/dashboard.html`);
-  await until(() => refused.evaluate(() => document.getElementById("status").textContent.includes("disconnected")), "a refusal");
+  await poll(() => refused.evaluate(() => document.getElementById("status").textContent.includes("disconnected")), "a refusal");
   await refused.close();
   const page = await open(`${base}/dashboard.html?token=${token}`);
-  await until(() => page.evaluate(() => window.dashboard.received() >= 1), "first stats");
+  await poll(() => page.evaluate(() => window.dashboard.received() >= 1), "first stats");
   // Load: a ticker publishing to this server, read by a ticker page.
   const reader = await open(`${base}/ticker.html`);
   const load = spawn(BIN, ["demo", "ticker", "--url", `ws://127.0.0.1:${port}/load`, "--rate", "300", "--count", "3000"], { stdio: "ignore" });
   children.push(load);
   const canvas = () => page.evaluate(() => [...document.querySelectorAll("#charts canvas")].map((c) => c.toDataURL()).join());
-  await until(() => page.evaluate(() => Object.values(window.dashboard.latest()).some((s) => s.messages_in_per_s > 50 && s.messages_out_per_s > 50)), "the load on the charts");
+  await poll(() => page.evaluate(() => Object.values(window.dashboard.latest()).some((s) => s.messages_in_per_s > 50 && s.messages_out_per_s > 50)), "the load on the charts");
   const before = await canvas();
-  await until(async () => (await canvas()) !== before, "the charts to move");
+  await poll(async () => (await canvas()) !== before, "the charts to move");
   await page.screenshot({ path: `${SHOTS}/dashboard.png`, fullPage: true });
   await new Promise((resolve) => load.exitCode !== null ? resolve() : load.on("exit", resolve));
   // Idle again: the page's figures catch up with /metrics.
-  await until(async () => {
+  await poll(async () => {
     const m = await metrics(base, token);
     const shown = await page.evaluate(() => Object.values(window.dashboard.latest())[0]);
     return shown && shown.messages_in_total === m.tether_messages_in_total && shown.connections === m.tether_connections
@@ -119,7 +108,7 @@ test("multiplayer: two pages see each other, one frame per tick", async () => {
   const { base } = await start(["serve", "--tick-rate", "10"]);
   const a = await open(`${base}/multiplayer.html?room=t`);
   const b = await open(`${base}/multiplayer.html?room=t`);
-  for (const p of [a, b]) await until(() => p.evaluate(() => window.multiplayer.client.session !== null), "a session");
+  for (const p of [a, b]) await poll(() => p.evaluate(() => window.multiplayer.client.session !== null), "a session");
   // Positions on the field, as the page computes them (pointer minus the canvas corner).
   const boxA = await (await a.$("canvas")).boundingBox();
   const boxB = await (await b.$("canvas")).boundingBox();
@@ -128,7 +117,7 @@ test("multiplayer: two pages see each other, one frame per tick", async () => {
     await b.mouse.move(boxB.x + 400, boxB.y + 100 + i * 5, { steps: 2 });
   }
   const near = (p, x, y) => Math.abs(p.x - x) <= 1 && Math.abs(p.y - y) <= 1;
-  await until(async () => {
+  await poll(async () => {
     const seen = await b.evaluate(() => Object.values(window.multiplayer.players()));
     return seen.length === 2 && seen.some((p) => near(p, 295, 100)) && seen.some((p) => near(p, 400, 295));
   }, "both players' last positions in page b");
@@ -139,6 +128,6 @@ test("multiplayer: two pages see each other, one frame per tick", async () => {
   await a.screenshot({ path: `${SHOTS}/multiplayer.png` });
   // A player leaves: gone from the other page.
   await a.close();
-  await until(() => b.evaluate(() => Object.keys(window.multiplayer.players()).length === 1), "the leaver removed");
+  await poll(() => b.evaluate(() => Object.keys(window.multiplayer.players()).length === 1), "the leaver removed");
   await b.close();
 });

@@ -80,3 +80,15 @@ export function next(client, event, pred = () => true, ms = 10000) {
     client.on(event, fn);
   });
 }
+
+/** Poll `fn` (sync or async) until it returns a truthy value, and return
+ * it; fail after `ms` naming `what`. */
+export async function poll(fn, what, ms = 20000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
