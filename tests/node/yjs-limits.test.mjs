@@ -9,21 +9,12 @@ import assert from "node:assert/strict";
 import WebSocket from "ws";
 import * as Y from "yjs";
 import { freePort, startServer, stopServer } from "../support/tether-server.mjs";
+import { varuint } from "./yjs-peer.mjs";
 
 async function server(args) {
   const port = await freePort();
   const child = await startServer(port, ["--yjs-dir", "none", ...args]);
   return { port, stop: () => stopServer(child) };
-}
-
-function varuint(n) {
-  const out = [];
-  while (n >= 0x80) {
-    out.push((n & 0x7f) | 0x80);
-    n = Math.floor(n / 128);
-  }
-  out.push(n);
-  return out;
 }
 
 const bytes = (b) => [...varuint(b.length), ...b];

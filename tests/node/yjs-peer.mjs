@@ -28,3 +28,14 @@ export function until(pred, what, ms = 15000) {
     }, ms);
   });
 }
+
+/** lib0's variable-length unsigned integer (the y-websocket framing). */
+export function varuint(n) {
+  const out = [];
+  while (n >= 0x80) {
+    out.push((n & 0x7f) | 0x80);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return out;
+}

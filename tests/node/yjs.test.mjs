@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { freePort, startServer, stopServer } from "../support/tether-server.mjs";
-import { peer, until } from "./yjs-peer.mjs";
+import { peer, until, varuint } from "./yjs-peer.mjs";
 
 /** A server with its own document directory; `stop()` kills it. */
 async function server(args = [], dir = mkdtempSync(join(tmpdir(), "tether-yjs-"))) {
@@ -201,16 +201,6 @@ function rawAwareness(port, name) {
     });
     ws.on("error", reject);
   });
-}
-
-function varuint(n) {
-  const out = [];
-  while (n >= 0x80) {
-    out.push((n & 0x7f) | 0x80);
-    n = Math.floor(n / 128);
-  }
-  out.push(n);
-  return out;
 }
 
 function awarenessMessage(client, clock, json) {
