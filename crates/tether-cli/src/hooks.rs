@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_hub::hooks::{HookAnswer, HookCall, HookFuture, HookRequest, Hooks};
-use tether_hub::{Grants, Identity, TopicPatterns};
+use tether_hub::{Capabilities, Identity};
 use tokio::sync::Semaphore;
 
 /// Largest answer read from the backend.
@@ -206,12 +206,8 @@ pub struct ConnectRequest {
 struct ConnectAnswer {
     allow: bool,
     user: Option<String>,
-    #[serde(default)]
-    subscribe: Vec<String>,
-    #[serde(default)]
-    publish: Vec<String>,
-    #[serde(default)]
-    presence: Vec<String>,
+    #[serde(flatten)]
+    capabilities: Capabilities,
     expires_at: Option<u64>,
     status: Option<u16>,
     reason: Option<String>,
@@ -308,10 +304,9 @@ impl HttpHooks {
             self.metrics.count("connect", "allow");
             return Admission::Admit(req.identity);
         };
-        let patterns = |list: Vec<String>| TopicPatterns::new(list);
-        let grants = match (patterns(answer.subscribe), patterns(answer.publish), patterns(answer.presence)) {
-            (Ok(subscribe), Ok(publish), Ok(presence)) => Grants { user: Arc::from(name.as_str()), subscribe, publish, presence, expires_at: answer.expires_at },
-            _ => return failed(Failed("unavailable", "the connect answer's topic patterns are out of bounds".into()), req.identity),
+        let grants = match answer.capabilities.grant(Arc::from(name.as_str()), answer.expires_at) {
+            Ok(grants) => grants,
+            Err(_) => return failed(Failed("unavailable", "the connect answer's topic patterns are out of bounds".into()), req.identity),
         };
         self.metrics.count("connect", "allow");
         tracing::debug!(user = %grants.user, "admitted by the connect hook");

@@ -127,6 +127,37 @@ pub struct Grants {
     pub expires_at: Option<u64>,
 }
 
+/// The capability lists a credential carries (a JWT's claims, a connect
+/// hook's answer), as JSON: the topic patterns it may subscribe to, publish
+/// to and see presence of. A missing list is empty.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Capabilities {
+    /// Patterns of the topics it may subscribe to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Patterns of the topics it may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Patterns of the topics whose presence it sees.
+    #[serde(default)]
+    pub presence: Vec<String>,
+}
+
+impl Capabilities {
+    /// What `user` may do with these capabilities until `expires_at`; a
+    /// list out of bounds is named (`"subscribe"`, `"publish"`, `"presence"`).
+    pub fn grant(self, user: Arc<str>, expires_at: Option<u64>) -> Result<Grants, (&'static str, BadPatterns)> {
+        let patterns = |list: Vec<String>, what: &'static str| TopicPatterns::new(list).map_err(|e| (what, e));
+        Ok(Grants {
+            user,
+            subscribe: patterns(self.subscribe, "subscribe")?,
+            publish: patterns(self.publish, "publish")?,
+            presence: patterns(self.presence, "presence")?,
+            expires_at,
+        })
+    }
+}
+
 impl Grants {
     /// A user allowed everything, without expiry.
     pub fn everything(user: impl Into<Arc<str>>) -> Grants {

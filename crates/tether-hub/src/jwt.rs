@@ -11,7 +11,7 @@
 //! Claims: `sub` (required: the user), `exp` (refused once past, with
 //! [`JwtConfig::leeway`]), optional `nbf`, `iss` and `aud` (checked when
 //! configured), and the capabilities `subscribe`, `publish`, `presence`:
-//! lists of topic patterns ([`TopicPatterns`]); a missing list allows
+//! lists of topic patterns ([`TopicPatterns`](crate::TopicPatterns)); a missing list allows
 //! nothing.
 //!
 //! ```
@@ -21,7 +21,7 @@
 //! assert_eq!(verifier.authenticate("not.a.jwt").unwrap_err().code, "invalid_token");
 //! ```
 
-use crate::auth::{AuthError, Authenticator, Grants, TopicPatterns};
+use crate::auth::{AuthError, Authenticator, Capabilities, Grants};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::path::PathBuf;
@@ -164,12 +164,8 @@ fn load_jwks(path: &PathBuf) -> Result<Vec<Key>, KeyError> {
 struct Claims {
     sub: String,
     exp: Option<u64>,
-    #[serde(default)]
-    subscribe: Vec<String>,
-    #[serde(default)]
-    publish: Vec<String>,
-    #[serde(default)]
-    presence: Vec<String>,
+    #[serde(flatten)]
+    capabilities: Capabilities,
 }
 
 /// Checks JWTs against the configured keys; an [`Authenticator`].
@@ -269,17 +265,10 @@ impl Authenticator for JwtVerifier {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
                     let c = data.claims;
-                    let patterns = |l: Vec<String>, what: &str| TopicPatterns::new(l).map_err(|e| AuthError::new("invalid_token", format!("{what}: {e}")));
                     if c.sub.is_empty() || c.sub.len() > 200 || c.sub.chars().any(char::is_control) {
                         return Err(AuthError::new("invalid_token", "sub must be 1-200 bytes without control characters"));
                     }
-                    return Ok(Grants {
-                        user: Arc::from(c.sub),
-                        subscribe: patterns(c.subscribe, "subscribe")?,
-                        publish: patterns(c.publish, "publish")?,
-                        presence: patterns(c.presence, "presence")?,
-                        expires_at: c.exp,
-                    });
+                    return c.capabilities.grant(Arc::from(c.sub), c.exp).map_err(|(what, e)| AuthError::new("invalid_token", format!("{what}: {e}")));
                 }
                 // Another key of the family may have signed it.
                 Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => last = Some(e),

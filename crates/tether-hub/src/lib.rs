@@ -82,7 +82,7 @@ pub use memory::MemoryBroker;
 pub use redis_broker::RedisBroker;
 pub use config::{HubConfig, RateLimit, SlowConsumerPolicy};
 pub use session::{ConnInfo, End, Ending, Identity, Outbox, Session};
-pub use auth::{AuthError, Authenticator, Grants, TopicPatterns};
+pub use auth::{AuthError, Authenticator, Capabilities, Grants, TopicPatterns};
 pub use hub::Hub;
 pub use drain::{drain_reason, DRAIN_STEP};
 pub use serve::{accept, serve};
