@@ -27,7 +27,12 @@ const REDIS = (() => {
     return null;
   }
 })();
-const skip = !NGINX || !REDIS ? "needs redis-server and nginx (scripts/deps.sh)" : false;
+// As the Rust cluster tests: missing programs fail the run unless the
+// developer opts out with TETHER_SKIP_CLUSTER=1 (CI sets nothing).
+if ((!NGINX || !REDIS) && process.env.TETHER_SKIP_CLUSTER !== "1") {
+  throw new Error("yjs-nodes needs redis-server and nginx: run scripts/deps.sh (or set TETHER_SKIP_CLUSTER=1 to skip)");
+}
+const skip = !NGINX || !REDIS ? "needs redis-server and nginx (TETHER_SKIP_CLUSTER=1)" : false;
 
 const children = [];
 let dir, redisPort, nodes, proxyPort;
