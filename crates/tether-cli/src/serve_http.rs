@@ -88,15 +88,6 @@ pub(super) async fn serve(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response
         Ok(guard) => guard,
         Err((status, message)) => return refuse(status, message),
     };
-    // The connect hook decides a new stream as it does a WebSocket.
-    let cookie = parts.headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
-    let identity = match app.connect_request(&upgrade, cookie, identity.clone()) {
-        Some(ask) if parts.headers.get("last-event-id").is_none() => match app.connect_hook(ask, path).await {
-            Ok(found) => found,
-            Err((status, message)) => return refuse(status, &message),
-        },
-        _ => identity,
-    };
     // Resume: the header EventSource sends when it reconnects by itself,
     // or the parameter a fresh EventSource (or a page) can set.
     let last = parts.headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| param(query, "last_event_id").map(|c| c.into_owned()));
@@ -115,7 +106,19 @@ pub(super) async fn serve(app: Arc<App>, ctx: ConnCtx, req: Request) -> Response
             // restart, or the session expired).
             Err(e) => return error_response(&e),
         },
+        // A new session (also when the resume id does not parse: a bad
+        // `Last-Event-ID` must not skip the hook). The connect hook decides
+        // it as it does a WebSocket; a resumed session was decided when it
+        // was opened.
         None => {
+            let cookie = parts.headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+            let identity = match app.connect_request(&upgrade, cookie, identity.clone()) {
+                Some(ask) => match app.connect_hook(ask, path).await {
+                    Ok(found) => found,
+                    Err((status, message)) => return refuse(status, &message),
+                },
+                None => identity,
+            };
             let topic = param(query, "topic");
             if let Some(topic) = &topic {
                 if let Err(why) = tether_hub::envelope::check_topic(topic) {

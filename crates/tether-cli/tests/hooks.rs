@@ -96,6 +96,18 @@ async fn the_backends_answers_decide_connect_subscribe_publish_and_rpc() {
     assert!(common::metric(server.port, "tether_hook_calls_total{hook=\"connect\",outcome=\"deny\"}").await >= 2.0);
 }
 
+/// The status of an HTTP-transport stream request (`GET /` for
+/// `text/event-stream`, bearer alice) with `extra` headers.
+async fn sse_status(port: u16, extra: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET /?protocol=tether.v1 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer user:alice\r\n{extra}Connection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut head)).await.expect("no answer in 10 s").unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_backend_fails_closed_by_default_and_open_when_asked() {
     // Nothing listens there: every call is refused at once.
@@ -103,6 +115,11 @@ async fn a_down_backend_fails_closed_by_default_and_open_when_asked() {
     let config = config("down");
     let closed = Server::start(&["--config", &config, "--hook-url", &down, "--hook-connect", "closed"]);
     assert_eq!(connect(&closed, Some("user:alice")).await.err().and_then(|e| e.http_status()), Some(503));
+    // The HTTP transport's stream is asked about too, also when it brings a
+    // resume id that names no session (a bad Last-Event-ID once skipped the hook).
+    assert_eq!(sse_status(closed.port, "").await, 503);
+    assert_eq!(sse_status(closed.port, "Last-Event-ID: garbage\r\n").await, 503);
+    assert_eq!(sse_status(closed.port, "Last-Event-ID: nope-1.0:5\r\n").await, 404, "a well-formed unknown session");
     let open = Server::start(&["--config", &config, "--hook-url", &down, "--hook-connect", "open", "--hook-subscribe-failure", "open", "--hook-rpc"]);
     let mut ws = connect(&open, Some("user:alice")).await.expect("admitted: the connect hook fails open");
     assert_eq!(ask(&mut ws, json!({"type": "subscribe", "topic": "private:x"}), "s").await["type"], "ack", "subscribe fails open");
