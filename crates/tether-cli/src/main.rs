@@ -74,7 +74,34 @@ enum Command {
     },
 }
 
+/// glibc's malloc gives the top of a thread's heap back to the kernel
+/// (`madvise`) as soon as more than 128 KiB of it is free. An event loop
+/// that frees a turn's buffers at the end of each turn then pays a
+/// `madvise` per turn and page faults to get the memory back in the next:
+/// at 16 KiB echo x 200 connections that was about a quarter of the
+/// server's CPU per message (BENCHMARKS.md, #16). Keep up to 32 MiB per
+/// heap instead. `GLIBC_TUNABLES=glibc.malloc.trim_threshold=N` still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn keep_freed_heap() {
+    extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("trim_threshold")) {
+        return;
+    }
+    // SAFETY: mallopt only sets a malloc parameter; called before any thread starts.
+    unsafe {
+        mallopt(M_TRIM_THRESHOLD, 32 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_heap() {}
+
 fn main() -> ExitCode {
+    keep_freed_heap();
     let cli = Cli::parse();
     logging::init(cli.log_json);
     let result = match cli.command {
