@@ -78,7 +78,7 @@ enum Command {
 /// (`madvise`) as soon as more than 128 KiB of it is free. An event loop
 /// that frees a turn's buffers at the end of each turn then pays a
 /// `madvise` per turn and page faults to get the memory back in the next:
-/// at 16 KiB echo x 200 connections that was about a quarter of the
+/// at 16 KiB echo x 200 connections that was about half of the
 /// server's CPU per message (BENCHMARKS.md, #16). Keep up to 32 MiB per
 /// heap instead. `GLIBC_TUNABLES=glibc.malloc.trim_threshold=N` still wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
