@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Redis-side costs of the Redis broker (docs/scaling.md, "Figures measured
-# here"): the broker's own publish script driven by redis-benchmark with
+# here"): the broker's own publish script (one topic, one message per
+# call) driven by redis-benchmark with
 # and without history, plain PUBLISH, Redis memory per topic and per kept
 # message, and the same script on one Redis vs a 3-master Redis Cluster
 # (scripts/redis-cluster.sh; the script's PUBLISH becomes SPUBLISH there).
@@ -18,7 +19,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 python3 - "$TMP" <<'EOF'
 import re, sys
 src = open('crates/tether-hub/src/redis_broker/scripts.rs').read()
-lua = re.search(r'pub const PUBLISH: &str = r#"(.*?)"#;', src, re.S).group(1)
+lua = re.search(r'pub const PUBLISH_BATCH: &str = r#"(.*?)"#;', src, re.S).group(1)
 open(sys.argv[1] + '/publish.lua', 'w').write(lua)
 open(sys.argv[1] + '/spublish.lua', 'w').write(lua.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
 EOF
@@ -33,7 +34,7 @@ for _ in $(seq 100); do redis-cli -p "$P" ping >/dev/null 2>&1 && break; sleep 0
 SHA=$(redis-cli -p "$P" script load "$(cat "$TMP/publish.lua")")
 script() { # history-size topics
   rate -p "$P" -n "$N" -r "$2" -P 64 -c 4 -q EVALSHA "$SHA" 2 'tether:{t__rand_int__}:seq' 'tether:{t__rand_int__}:log' \
-    ep "$1" 300000 86400000 'tether:{t}:ch' s-1 1700000000000 t "$BODY" 4194304
+    ep 86400000 'tether:{t}:ch' "$1" 300000 4194304 1 s-1 1700000000000 t "$BODY"
 }
 echo "load average at start: $(load)"
 echo "one redis, publish script, history 1000, 10000 topics: $(script 1000 10000) publishes/s (load $(load))"
@@ -43,9 +44,9 @@ echo "one redis, plain PUBLISH, no subscriber: $(rate -p "$P" -n $((N * 2)) -r 1
 
 redis-cli -p "$P" flushall >/dev/null; m0=$(used "$P")
 redis-cli -p "$P" config set save '' >/dev/null
-for i in $(seq 0 19999); do echo "EVALSHA $SHA 2 tether:{u$i}:seq tether:{u$i}:log ep 1000 300000 86400000 tether:{u$i}:ch s-1 1700000000000 t $BODY 4194304"; done | redis-cli -p "$P" >/dev/null
+for i in $(seq 0 19999); do echo "EVALSHA $SHA 2 tether:{u$i}:seq tether:{u$i}:log ep 86400000 tether:{u$i}:ch 1000 300000 4194304 1 s-1 1700000000000 t $BODY"; done | redis-cli -p "$P" >/dev/null
 m1=$(used "$P")
-for i in $(seq 0 1999); do for _ in $(seq 99); do echo "EVALSHA $SHA 2 tether:{u$i}:seq tether:{u$i}:log ep 1000 300000 86400000 tether:{u$i}:ch s-1 1700000000000 t $BODY 4194304"; done; done | redis-cli -p "$P" --pipe >/dev/null
+for i in $(seq 0 1999); do for _ in $(seq 99); do echo "EVALSHA $SHA 2 tether:{u$i}:seq tether:{u$i}:log ep 86400000 tether:{u$i}:ch 1000 300000 4194304 1 s-1 1700000000000 t $BODY"; done; done | redis-cli -p "$P" --pipe >/dev/null
 m2=$(used "$P")
 echo "memory: a topic with history, first message: $(( (m1 - m0) / 20000 )) B; each further 64-byte message: $(( (m2 - m1) / 198000 )) B"
 redis-cli -p "$P" flushall >/dev/null; m0=$(used "$P")
@@ -59,7 +60,7 @@ SSHA=$(redis-cli -p "$P" script load "$(cat "$TMP/spublish.lua")")
 sharded() { # port, extra args
   local port=$1; shift
   rate -p "$port" "$@" -n "$N" -r 100000 -P 64 -c 12 -q EVALSHA "$SSHA" 2 'tether:{tag}t__rand_int__:seq' 'tether:{tag}t__rand_int__:log' \
-    ep 100 300000 86400000 'tether:{tag}:ch' s-1 1700000000000 t "$BODY" 4194304
+    ep 86400000 'tether:{tag}:ch' 100 300000 4194304 1 s-1 1700000000000 t "$BODY"
 }
 one=$(sharded "$P")
 echo "one redis, script with SPUBLISH, history 100: $one publishes/s (load $(load))"
@@ -69,7 +70,7 @@ scripts/redis-cluster.sh -- bash -c '
   for addr in ${REDIS_CLUSTER//,/ }; do redis-cli -p "${addr##*:}" script load "$(cat '"$TMP"'/spublish.lua)" >/dev/null; done
   first=${REDIS_CLUSTER%%,*}
   redis-benchmark -p "${first##*:}" --cluster -n '"$N"' -r 100000 -P 64 -c 12 -q EVALSHA '"$SSHA"' 2 "tether:{tag}t__rand_int__:seq" "tether:{tag}t__rand_int__:log" \
-    ep 100 300000 86400000 "tether:{tag}:ch" s-1 1700000000000 t '"$BODY"' 4194304 2>&1 | tr "\r" "\n" | grep "requests per second" | sed "s/.*: \([0-9.]*\) requests per second.*/\1/" >'"$TMP"'/cluster
+    ep 86400000 "tether:{tag}:ch" 100 300000 4194304 1 s-1 1700000000000 t '"$BODY"' 2>&1 | tr "\r" "\n" | grep "requests per second" | sed "s/.*: \([0-9.]*\) requests per second.*/\1/" >'"$TMP"'/cluster
 ' 2>/dev/null
 three=$(cat "$TMP/cluster")
 echo "3-master cluster (each with a replica), same script: $three publishes/s (load $(load)); ratio $(python3 -c "print(f'{$three/$one:.2f}x')")"

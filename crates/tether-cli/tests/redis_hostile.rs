@@ -326,3 +326,87 @@ async fn subscribe_then_publish_on_one_connection_receives_the_message() {
         assert_eq!(client.seen[sub_ack]["seq"].as_u64().unwrap() + 1, m["seq"].as_u64().unwrap(), "{topic}");
     }
 }
+
+/// Issue #17: publishes go to Redis in one script call per batch, grouped
+/// by topic. A flood over many topics, without waiting for acks, so that
+/// batches carry several messages of several topics: each topic's acks and
+/// deliveries are 1..=n in order, its stream keeps exactly the newest
+/// `--history-size` entries with the byte total matching what the stream
+/// holds, and a topic whose key is of the wrong type (planted with
+/// redis-cli) is refused alone, with `unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_many_topics_keeps_every_topic_exact_and_refuses_a_broken_one_alone() {
+    const TOPICS: usize = 20;
+    const EACH: usize = 60;
+    const KEPT: usize = 25;
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &["--history-size", &KEPT.to_string(), "--message-rate", "0"]);
+    wait_health(a.port, true).await;
+    redis_cli(&redis, &["SET", "tether:{broken}:seq", "not a hash"]);
+    let mut reader = Client::connect(&a.url("/"), "reader").await;
+    for t in 0..TOPICS {
+        reader.request(json!({"type": "subscribe", "topic": format!("t{t}")}), &format!("s{t}")).await;
+    }
+    let mut publisher = Client::connect(&a.url("/"), "publisher").await;
+    for i in 0..EACH {
+        for t in 0..TOPICS {
+            publisher.send(json!({"type": "publish", "topic": format!("t{t}"), "content": format!("{i}-{}", "z".repeat(i * 7)), "id": format!("p{t}-{i}")})).await;
+        }
+        publisher.send(json!({"type": "publish", "topic": "broken", "content": i, "id": format!("b{i}")})).await;
+    }
+    // Every answer: an ack per good publish, an error per broken one.
+    let (mut acks, mut refused) = (std::collections::HashMap::<String, Vec<u64>>::new(), 0);
+    while acks.values().map(Vec::len).sum::<usize>() < TOPICS * EACH || refused < EACH {
+        let v = publisher.next().await;
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        match v["type"].as_str() {
+            Some("ack") => {
+                assert!(id.starts_with('p'), "{v}");
+                let topic = id[1..].split('-').next().unwrap().to_string();
+                acks.entry(topic).or_default().push(v["seq"].as_u64().unwrap());
+            }
+            Some("error") => {
+                assert!(id.starts_with('b'), "a good topic's publish was refused: {v}");
+                assert_eq!(v["code"], "unavailable", "{v}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    for t in 0..TOPICS {
+        assert_eq!(acks[&t.to_string()], (1..=EACH as u64).collect::<Vec<_>>(), "t{t}: acks");
+    }
+    for t in 0..TOPICS {
+        let topic = format!("t{t}");
+        while reader.positions(&topic).len() < EACH {
+            reader.next().await;
+        }
+        let seqs: Vec<u64> = reader.positions(&topic).iter().map(|(_, s)| *s).collect();
+        assert_eq!(seqs, (1..=EACH as u64).collect::<Vec<_>>(), "{topic}: deliveries");
+        // In Redis: the newest entries, KEPT plus at most a sixteenth
+        // (trimming waits for that slack), and `bytes` is what they hold.
+        let log = format!("tether:{{{topic}}}:log");
+        let entries = redis_cli(&redis, &["XRANGE", &log, "-", "+"]);
+        let lines: Vec<&str> = entries.lines().collect();
+        // redis-cli prints per entry: id, then s, seq, f, sender, t, ts, k, kind, b, body.
+        let kept = lines.len() / 11;
+        assert!(lines.len() % 11 == 0 && (KEPT..=KEPT + KEPT / 16).contains(&kept), "{topic}: {kept} kept: {entries}");
+        let mut bytes = 0;
+        for (n, entry) in lines.chunks(11).enumerate() {
+            assert_eq!(entry[2], (EACH - kept + n + 1).to_string(), "{topic}: kept seq");
+            bytes += 64 + entry[4].len() + entry[10].len();
+        }
+        let total: usize = redis_cli(&redis, &["HGET", &format!("tether:{{{topic}}}:seq"), "bytes"]).parse().unwrap();
+        assert_eq!(total, bytes, "{topic}: the byte total");
+        let ttl: i64 = redis_cli(&redis, &["PTTL", &log]).parse().unwrap();
+        assert!(ttl > 0, "{topic}: the stream has no expiry ({ttl})");
+    }
+    // A resume from the start gets the newest KEPT (not the slack), after a notice.
+    let mut late = Client::connect(&a.url("/"), "late").await;
+    let ack = late.request(json!({"type": "subscribe", "topic": "t0", "since": 0}), "r").await;
+    assert_eq!(ack["seq"], EACH);
+    let got: Vec<u64> = late.positions("t0").iter().map(|(_, s)| *s).collect();
+    assert_eq!(got, ((EACH - KEPT + 1) as u64..=EACH as u64).collect::<Vec<_>>());
+    assert_eq!(late.gaps("t0").len(), 1, "{:?}", late.gaps("t0"));
+    assert_eq!(redis_cli(&redis, &["GET", "tether:{broken}:seq"]), "not a hash");
+}

@@ -1,7 +1,8 @@
 //! The publishing side of the broker on Redis Cluster: the same script as
-//! on one Redis ([`scripts::PUBLISH`](super::scripts::PUBLISH) with
-//! `SPUBLISH`), batched into one pipeline per master (the slot map is read
-//! with `CLUSTER SLOTS`; a topic's keys all share its slot), with at most
+//! on one Redis ([`scripts::PUBLISH_BATCH`](super::scripts::PUBLISH_BATCH)
+//! with `SPUBLISH`), one call per topic (a topic's keys all share its
+//! slot; a call may carry several of its messages), batched into one
+//! pipeline per master (the slot map is read with `CLUSTER SLOTS`), with at most
 //! one pipeline in flight per master so that every topic keeps its order,
 //! and every master independent of the others: a shard that stops
 //! answering holds up only its own slots. A redirection (`MOVED`, `ASK`,
@@ -30,7 +31,7 @@
 //!   broker's byte cap until they are acknowledged or refused.
 
 use super::backend::{Backend, Con, WAIT_MS};
-use super::writer::{add_publish, announce, beat, resync_overflowed, resync_presence, Scripts};
+use super::writer::{add_batch, announce, beat, by_topic, resync_overflowed, resync_presence, settle, Scripts};
 use super::{publish_bytes, report_down, Backoff, Shared, NODE_BEAT};
 use crate::broker::{new_epoch, BrokerError, PresenceChange, Publish};
 use crate::slots::topic_slot;
@@ -116,7 +117,8 @@ struct Done {
     node: Arc<str>,
     /// Replicas the pipeline's `WAIT` asked for (0: no `WAIT`).
     waited: u32,
-    msgs: Vec<Publish>,
+    /// The pipeline's messages, one group (one script call) per topic.
+    groups: Vec<Vec<Publish>>,
     bytes: usize,
     replies: RedisResult<Vec<Value>>,
 }
@@ -288,11 +290,12 @@ fn start(shared: &Arc<Shared>, sha: &str, replicas: u32, con: &Con, nodes: &mut 
         }
     };
     let candidate = new_epoch();
+    let groups = by_topic(msgs);
     let mut pipe = redis::pipe();
-    for p in &msgs {
-        add_publish(&mut pipe, shared, sha, &candidate, p);
+    for group in &groups {
+        add_batch(&mut pipe, shared, sha, &candidate, std::slice::from_ref(group));
     }
-    let count = msgs.len() + usize::from(replicas > 0);
+    let count = groups.len() + usize::from(replicas > 0);
     if replicas > 0 {
         pipe.cmd("WAIT").arg(replicas).arg(WAIT_MS);
     }
@@ -300,7 +303,7 @@ fn start(shared: &Arc<Shared>, sha: &str, replicas: u32, con: &Con, nodes: &mut 
     let mut con = con.clone();
     in_flight.push(Box::pin(async move {
         let replies = con.pipeline_to(&node, &pipe, count).await;
-        Done { node, waited: replicas, msgs, bytes, replies }
+        Done { node, waited: replicas, groups, bytes, replies }
     }));
 }
 
@@ -308,7 +311,7 @@ fn start(shared: &Arc<Shared>, sha: &str, replicas: u32, con: &Con, nodes: &mut 
 /// found fewer replicas than asked for, and whether the slot map looks
 /// out of date (a failure or a redirection).
 async fn answer(shared: &Shared, scripts: &Scripts, con: &mut Con, nodes: &mut Nodes, done: Done) -> (bool, bool) {
-    let Done { node, waited, msgs, bytes, replies } = done;
+    let Done { node, waited, groups, bytes, replies } = done;
     shared.release(bytes);
     let sink = shared.sink();
     let replies = match replies {
@@ -316,7 +319,7 @@ async fn answer(shared: &Shared, scripts: &Scripts, con: &mut Con, nodes: &mut N
         // The cluster client reports the pipeline's first error for all of
         // it: `NOSCRIPT` means that none ran (a promoted replica).
         Err(e) if e.kind() == ErrorKind::NoScriptError && !nodes.reloaded.contains(&node) => {
-            let result = reload(shared, scripts, con, nodes, &node, msgs).await;
+            let result = reload(shared, scripts, con, nodes, &node, groups.into_iter().flatten().collect()).await;
             return (false, result);
         }
         Err(e) => {
@@ -324,7 +327,7 @@ async fn answer(shared: &Shared, scripts: &Scripts, con: &mut Con, nodes: &mut N
             nodes.down.insert(node.clone(), Instant::now() + DOWN_FOR);
             let refused = shard_down();
             let waiting = nodes.waiting.remove(&node).unwrap_or_default();
-            for p in msgs.iter().chain(waiting.iter()) {
+            for p in groups.iter().flatten().chain(waiting.iter()) {
                 sink.reject(&p.origin, &p.topic, &refused);
             }
             shared.release(waiting.iter().map(publish_bytes).sum());
@@ -332,21 +335,24 @@ async fn answer(shared: &Shared, scripts: &Scripts, con: &mut Con, nodes: &mut N
         }
     };
     nodes.down.remove(&node);
-    let short = waited > 0 && replies.get(msgs.len()).and_then(|v| redis::from_redis_value::<u32>(v).ok()).is_some_and(|n| n < waited);
+    let short = waited > 0 && replies.get(groups.len()).and_then(|v| redis::from_redis_value::<u32>(v).ok()).is_some_and(|n| n < waited);
     let mut redirected = false;
     let mut again = Vec::new();
-    for (p, reply) in msgs.into_iter().zip(replies) {
-        match reply.extract_error().and_then(redis::from_owned_redis_value::<(u64, String)>) {
-            Ok((seq, epoch)) => sink.ack(&p.origin, &p.topic, &epoch, seq),
+    for (group, reply) in groups.into_iter().zip(replies) {
+        match reply.extract_error() {
+            Ok(reply) => settle(shared, vec![group], reply),
             // A promoted replica without the script: load it, send again (first).
-            Err(e) if e.kind() == ErrorKind::NoScriptError && !nodes.reloaded.contains(&node) => again.push(p),
+            Err(e) if e.kind() == ErrorKind::NoScriptError && !nodes.reloaded.contains(&node) => again.extend(group),
             Err(e) => {
                 // The slot moved (or the cluster is failing over): refused,
                 // and the map is read again for the next ones.
-                redirected |= matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask | ErrorKind::TryAgain | ErrorKind::ClusterDown);
-                tracing::debug!(redis = %shared.target, topic = %p.topic, error = %e, "redis broker: redis refused a message");
-                let error = if redirected { shard_down() } else { BrokerError::Unavailable("redis refused the message".into()) };
-                sink.reject(&p.origin, &p.topic, &error);
+                let moved = matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask | ErrorKind::TryAgain | ErrorKind::ClusterDown);
+                redirected |= moved;
+                tracing::debug!(redis = %shared.target, topic = %group[0].topic, error = %e, "redis broker: redis refused a topic's messages");
+                let error = if moved { shard_down() } else { BrokerError::Unavailable("redis refused the message".into()) };
+                for p in &group {
+                    sink.reject(&p.origin, &p.topic, &error);
+                }
             }
         }
     }

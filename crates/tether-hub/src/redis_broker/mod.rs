@@ -1,8 +1,9 @@
 //! [`RedisBroker`]: several `tether serve` nodes behind a load balancer
 //! share topics through one Redis.
 //!
-//! - **Sequence, history, fan-out in one step.** A publish runs one Lua
-//!   script (`scripts::PUBLISH`): the topic's `seq` hash gives the next
+//! - **Sequence, history, fan-out in one step.** Publishes run in one Lua
+//!   script per batch (`scripts::PUBLISH_BATCH`, grouped by topic; one call
+//!   per topic on Redis Cluster): the topic's `seq` hash gives the next
 //!   sequence number (and the epoch, created when missing), the message goes
 //!   into the topic's stream (trimmed by count, age and bytes), and it is
 //!   published on the topic's channel. Redis runs scripts one at a time, so

@@ -15,71 +15,141 @@ use crate::broker::{Body, Published};
 use redis::Value;
 use std::sync::Arc;
 
-/// Assign the next seq (creating the epoch if the topic has none), keep the
-/// message in the stream, trim the stream to its limits (count, age and
-/// bytes, oldest first), refresh expiries, and fan the message out on the
-/// topic's channel, all in one atomic step.
+/// Publish a batch of messages, grouped by topic, in one atomic step: per
+/// topic, assign the next seqs (creating the epoch if the topic has none),
+/// keep the messages in the stream, trim the stream to its limits (count,
+/// age and bytes, oldest first), refresh expiries, and fan each message out
+/// on the topic's channel.
 ///
-/// The seq hash's `bytes` field is the running total of what the stream
-/// holds (body + sender + 64 bytes per entry for its ID and field names); entries are removed
-/// one by one (`XDEL`, oldest first) so the total stays exact. A message
-/// larger than the cap is delivered but not kept (a resume past it is told
-/// of the gap). Each entry is added and removed once, so the trimming work
-/// per publish is constant on average.
+/// Redis's own work per message is one `XADD` and one `PUBLISH`; the rest
+/// is per topic and per batch: one `TIME` per call; per topic one `HMGET`,
+/// one `XLEN`, one `HSET`, and now and then a trim: one `XRANGE` of the
+/// oldest entries and one `XTRIM MINID` of those that go.
 ///
-/// KEYS: seq, log. ARGV: epoch candidate, max messages, max age ms, seq-key
-/// expiry ms, channel, sender, ts, kind, body, max bytes. Returns {seq, epoch}.
-pub const PUBLISH: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
-end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local max = tonumber(ARGV[2])
-if max > 0 then
-  local cap = tonumber(ARGV[10])
-  local overhead = 64
-  local count = redis.call('XLEN', KEYS[2])
-  local bytes = 0
-  if count > 0 then bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0') end
-  local size = #ARGV[6] + #ARGV[9] + overhead
-  if size <= cap then
-    redis.call('XADD', KEYS[2], '*', 's', seq, 'f', ARGV[6], 't', ARGV[7], 'k', ARGV[8], 'b', ARGV[9])
-    bytes = bytes + size
-    count = count + 1
+/// Trimming waits for slack: until the stream holds a sixteenth more
+/// entries than its count limit, or its oldest entry is a sixteenth of the
+/// age limit past it; then the stream is trimmed exactly to its limits,
+/// oldest first, in one sweep. (Trimming one entry per publish is what
+/// costs: each trim leaves a deleted entry at the head of the stream's
+/// first node, and every later read of the head walks past all of them.)
+/// Clients never see the slack: a replay is at most the count limit, and
+/// never older than the age limit. The byte cap has no slack.
+///
+/// The seq hash keeps, besides `epoch` and `seq`:
+///
+/// - `bytes`: the running total of what the stream holds (body + sender +
+///   64 bytes per entry for its ID and field names), exact: the trim reads
+///   what it removes. A message larger than the cap is delivered but not
+///   kept (a resume past it is told of the gap). Each entry is added and
+///   removed once, so the trimming work per publish is constant on
+///   average.
+/// - `old`: a lower bound of the oldest entry's time (ms), so that a
+///   stream under its limits is only read when its oldest entry may have
+///   aged out. (Stream IDs only grow, so the bound holds whoever else
+///   appends.)
+/// - `exp`: when the keys' expiries were last refreshed. They are set to
+///   their time to live plus a sixteenth of it, and refreshed once that
+///   sixteenth has passed (or when the stream was empty), not on every
+///   publish: a topic's keys still outlive its last message by at least
+///   their time to live.
+///
+/// A topic whose keys cannot be read (a key of the wrong type) is refused
+/// alone: its reply is `{-1, error}`, the other topics are published.
+///
+/// KEYS: per topic, seq and log. ARGV: epoch candidate, seq-key expiry ms,
+/// then per topic: channel, max messages, max age ms, max bytes, message
+/// count n, then n times sender, ts, kind, body. Returns per topic
+/// {first seq, epoch}.
+pub const PUBLISH_BATCH: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local candidate, seq_ttl = ARGV[1], tonumber(ARGV[2])
+local overhead = 64
+local function int(n) return string.format('%d', n) end
+local function ms_of(id) return tonumber(string.match(id, '^%d+')) end
+local out = {}
+local a = 3
+for g = 1, #KEYS / 2 do
+  local seqk, logk = KEYS[2 * g - 1], KEYS[2 * g]
+  local channel, max, age, cap, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local first = a + 5
+  a = first + 4 * n
+  local h = redis.pcall('HMGET', seqk, 'epoch', 'seq', 'bytes', 'old', 'exp')
+  local count = 0
+  if not h.err and max > 0 then
+    count = redis.pcall('XLEN', logk)
+    if type(count) == 'table' then h = count end
   end
-  local function drop(entry)
-    local fields = entry[2]
-    local n = overhead
-    for i = 1, #fields, 2 do
-      if fields[i] == 'f' or fields[i] == 'b' then n = n + #fields[i + 1] end
+  if h.err then
+    out[g] = {-1, h.err}
+  else
+    local epoch, seq = h[1], tonumber(h[2] or '0')
+    if not epoch then epoch, seq = candidate, 0 end
+    local bytes, old, exp = 0, tonumber(h[4] or '0'), tonumber(h[5] or '0')
+    if count > 0 then bytes = tonumber(h[3] or '0') end
+    local refresh = max > 0 and count == 0
+    local start = seq + 1
+    for i = first, a - 1, 4 do
+      seq = seq + 1
+      local s = int(seq)
+      if max > 0 then
+        local size = #ARGV[i] + #ARGV[i + 3] + overhead
+        if size <= cap then
+          local id = redis.call('XADD', logk, '*', 's', s, 'f', ARGV[i], 't', ARGV[i + 1], 'k', ARGV[i + 2], 'b', ARGV[i + 3])
+          if count == 0 then old = ms_of(id) end
+          bytes = bytes + size
+          count = count + 1
+        end
+      end
+      redis.call('PUBLISH', channel, 'm\n' .. epoch .. '\n' .. s .. '\n' .. ARGV[i] .. '\n' .. ARGV[i + 1] .. '\n' .. ARGV[i + 2] .. '\n' .. ARGV[i + 3])
     end
-    redis.call('XDEL', KEYS[2], entry[1])
-    bytes = bytes - n
-    count = count - 1
+    local fields = {'epoch', epoch, 'seq', int(seq)}
+    if max > 0 then
+      local cutoff = now - age
+      if count > 0 and (count > max + math.floor(max / 16) or bytes > cap or old < cutoff - math.floor(age / 16)) then
+        local from, survivor, dropped = '-', nil, 0
+        while count > 0 and not survivor do
+          local page = count - max
+          if page < 1 then page = 1 elseif page > 100 then page = 100 end
+          local entries = redis.call('XRANGE', logk, from, '+', 'COUNT', page + 1)
+          for _, e in ipairs(entries) do
+            local ms = ms_of(e[1])
+            if count > max or bytes > cap or ms < cutoff then
+              local f, size = e[2], overhead
+              for j = 1, #f, 2 do
+                if f[j] == 'f' or f[j] == 'b' then size = size + #f[j + 1] end
+              end
+              bytes, count, dropped, from = bytes - size, count - 1, dropped + 1, '(' .. e[1]
+            else
+              survivor, old = e[1], ms
+              break
+            end
+          end
+          if not survivor and #entries <= page then count = 0 end
+        end
+        if dropped > 0 then
+          if survivor then redis.call('XTRIM', logk, 'MINID', survivor) else redis.call('XTRIM', logk, 'MAXLEN', 0) end
+        end
+      end
+      if count <= 0 or bytes < 0 then bytes = 0 end
+      fields[5], fields[6], fields[7], fields[8] = 'bytes', int(bytes), 'old', int(old)
+    end
+    local every = math.floor(seq_ttl / 16)
+    if max > 0 and age < seq_ttl then every = math.floor(age / 16) end
+    refresh = refresh or now - exp >= every or now < exp
+    if refresh then
+      fields[#fields + 1] = 'exp'
+      fields[#fields + 1] = int(now)
+    end
+    redis.call('HSET', seqk, unpack(fields))
+    if refresh then
+      redis.call('PEXPIRE', seqk, seq_ttl + every)
+      if max > 0 then redis.call('PEXPIRE', logk, age + every) end
+    end
+    out[g] = {start, epoch}
   end
-  local t = redis.call('TIME')
-  local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[3])
-  if cutoff > 0 then
-    local older = string.format('%d', cutoff - 1)
-    repeat
-      local old = redis.call('XRANGE', KEYS[2], '-', older, 'COUNT', 16)
-      for _, entry in ipairs(old) do drop(entry) end
-    until #old < 16
-  end
-  while count > 0 and (count > max or bytes > cap) do
-    local old = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-    if #old == 0 then break end
-    drop(old[1])
-  end
-  if count <= 0 or bytes < 0 then bytes = 0 end
-  redis.call('HSET', KEYS[1], 'bytes', bytes)
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-redis.call('PUBLISH', ARGV[5], 'm\n' .. epoch .. '\n' .. seq .. '\n' .. ARGV[6] .. '\n' .. ARGV[7] .. '\n' .. ARGV[8] .. '\n' .. ARGV[9])
-return {seq, epoch}
+return out
 "#;
 
 /// Where a topic stands, and the first page of kept messages (newest

@@ -1,6 +1,6 @@
 //! The publishing side of the Redis broker: batches publishes into one
-//! pipeline of script calls per round trip (order kept: one pipeline in
-//! flight), sends presence changes, beats the node's heartbeat key and reaps
+//! call of the batch script per round trip (grouped by topic; order kept:
+//! one call in flight), sends presence changes, beats the node's heartbeat key and reaps
 //! dead nodes. Reconnects with backoff; while down, publishes are refused.
 //!
 //! The heartbeat comes first: between two batches the loop looks at the
@@ -14,8 +14,8 @@ use super::scripts::{self, encode_body, node_key, node_topics, NODES};
 use super::{publish_bytes, report_down, unreachable, Backoff, Shared, NODE_BEAT, NODE_TTL};
 use crate::broker::{new_epoch, BrokerError, PresenceChange, Publish};
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, RedisError, RedisResult, Script};
-use std::collections::BTreeSet;
+use redis::{ErrorKind, RedisError, RedisResult, Script, Value};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -37,7 +37,7 @@ impl Scripts {
     pub(super) fn new(shared: &Shared) -> Scripts {
         let b = &shared.backend;
         Scripts {
-            publish: b.script(scripts::PUBLISH),
+            publish: b.script(scripts::PUBLISH_BATCH),
             presence: b.script(scripts::PRESENCE),
             resync: b.script(scripts::RESYNC),
             reap: b.script(if b.is_cluster() { scripts::REAP_TOPIC } else { scripts::REAP }),
@@ -149,69 +149,119 @@ async fn session(
     }
 }
 
-/// Add `p` to `pipe`: the publish script (`sha`), with `candidate` as the
-/// epoch if the topic has none. Shared by one Redis and Redis Cluster.
-pub(super) fn add_publish(pipe: &mut redis::Pipeline, shared: &Shared, sha: &str, candidate: &str, p: &Publish) {
-    let (kind, body) = encode_body(&p.body, p.key.as_deref());
-    let (max_messages, age_ms) = shared.retention(&p.topic);
-    pipe.cmd("EVALSHA")
-        .arg(sha)
-        .arg(2)
-        .arg(shared.key(&p.topic, "seq"))
-        .arg(shared.key(&p.topic, "log"))
-        .arg(candidate)
-        .arg(max_messages)
-        .arg(age_ms)
-        .arg(shared.seq_ttl_ms())
-        .arg(shared.key(&p.topic, "ch"))
-        .arg(&*p.sender)
-        .arg(p.timestamp_ms)
-        .arg(&*kind)
-        .arg(body)
-        .arg(shared.history.max_topic_bytes);
+/// A batch's messages grouped by topic, in order of each topic's first
+/// message, each group in publish order: the unit of
+/// [`scripts::PUBLISH_BATCH`]. (Order across topics is not kept, and need
+/// not be: sequence numbers are per topic.)
+pub(super) fn by_topic(msgs: Vec<Publish>) -> Vec<Vec<Publish>> {
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut groups: Vec<Vec<Publish>> = Vec::new();
+    for p in msgs {
+        match index.get(&p.topic) {
+            Some(&g) => groups[g].push(p),
+            None => {
+                index.insert(p.topic.clone(), groups.len());
+                groups.push(vec![p]);
+            }
+        }
+    }
+    groups
 }
 
-/// Publish a batch in one pipeline; ack or reject every message.
-async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut Con, batch: &mut Vec<Publish>) -> RedisResult<()> {
-    let candidate = new_epoch();
-    let build = |msgs: &[Publish]| {
-        let mut pipe = redis::pipe();
-        for p in msgs {
-            add_publish(&mut pipe, shared, sha, &candidate, p);
+/// Add one call of the batch script (`sha`) publishing `groups` (see
+/// [`by_topic`]) to `pipe`, with `candidate` as the epoch of a topic that
+/// has none. Shared by one Redis (one call per batch) and Redis Cluster
+/// (one call per topic, each in its own slot).
+pub(super) fn add_batch(pipe: &mut redis::Pipeline, shared: &Shared, sha: &str, candidate: &str, groups: &[Vec<Publish>]) {
+    let cmd = pipe.cmd("EVALSHA").arg(sha).arg(2 * groups.len());
+    for group in groups {
+        cmd.arg(shared.key(&group[0].topic, "seq")).arg(shared.key(&group[0].topic, "log"));
+    }
+    cmd.arg(candidate).arg(shared.seq_ttl_ms());
+    for group in groups {
+        let topic = &group[0].topic;
+        let (max_messages, age_ms) = shared.retention(topic);
+        cmd.arg(shared.key(topic, "ch")).arg(max_messages).arg(age_ms).arg(shared.history.max_topic_bytes).arg(group.len());
+        for p in group {
+            let (kind, body) = encode_body(&p.body, p.key.as_deref());
+            cmd.arg(&*p.sender).arg(p.timestamp_ms).arg(&*kind).arg(body);
         }
-        pipe
-    };
+    }
+}
+
+/// Ack or refuse every message of `groups` from the batch script's reply
+/// (`{first seq, epoch}` per group, `{-1, error}` for a refused topic).
+pub(super) fn settle(shared: &Shared, groups: Vec<Vec<Publish>>, reply: Value) {
     let sink = shared.sink();
-    let mut retry = Vec::new();
-    for round in 0..2 {
-        let msgs: Vec<Publish> = if round == 0 { std::mem::take(batch) } else { std::mem::take(&mut retry) };
-        if msgs.is_empty() {
-            break;
+    let results = match redis::from_owned_redis_value::<Vec<(i64, String)>>(reply) {
+        Ok(r) if r.len() == groups.len() => r,
+        other => {
+            let error = match other {
+                Ok(r) => format!("{} results for {} topics", r.len(), groups.len()),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(redis = %shared.target, %error, "redis broker: unexpected reply to the publish script");
+            for p in groups.iter().flatten() {
+                sink.reject(&p.origin, &p.topic, &BrokerError::Unavailable("redis refused the message".into()));
+            }
+            return;
         }
-        let pipe = build(&msgs);
-        let replies = match con.req_packed_commands(&pipe, 0, msgs.len()).await {
-            Ok(r) => r,
-            Err(e) => {
-                let refused = unreachable();
-                for p in &msgs {
-                    sink.reject(&p.origin, &p.topic, &refused);
+    };
+    for (group, (first, epoch)) in groups.into_iter().zip(results) {
+        if first < 1 {
+            tracing::warn!(redis = %shared.target, topic = %group[0].topic, error = %epoch, "redis broker: redis refused a topic's messages");
+            for p in &group {
+                sink.reject(&p.origin, &p.topic, &BrokerError::Unavailable("redis refused the message".into()));
+            }
+            continue;
+        }
+        for (i, p) in group.iter().enumerate() {
+            sink.ack(&p.origin, &p.topic, &epoch, first as u64 + i as u64);
+        }
+    }
+}
+
+/// Publish a batch in one call of the batch script; ack or refuse every
+/// message. Err only when Redis is unreachable (the batch is refused, and
+/// the caller reconnects); a reply that is an error refuses the batch.
+async fn publish_batch(shared: &Shared, sha: &str, scripts: &Scripts, con: &mut Con, batch: &mut Vec<Publish>) -> RedisResult<()> {
+    let groups = by_topic(std::mem::take(batch));
+    let candidate = new_epoch();
+    let refuse = |groups: &[Vec<Publish>], error: &BrokerError| {
+        let sink = shared.sink();
+        for p in groups.iter().flatten() {
+            sink.reject(&p.origin, &p.topic, error);
+        }
+    };
+    for round in 0..2 {
+        let mut pipe = redis::pipe();
+        add_batch(&mut pipe, shared, sha, &candidate, &groups);
+        let reply = match con.req_packed_commands(&pipe, 0, 1).await {
+            Ok(mut replies) => replies.pop().ok_or_else(|| RedisError::from((ErrorKind::ResponseError, "no reply"))).and_then(|r| r.extract_error()),
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(reply) => {
+                settle(shared, groups, reply);
+                return Ok(());
+            }
+            // Scripts were flushed (SCRIPT FLUSH): load again and retry.
+            Err(e) if e.kind() == ErrorKind::NoScriptError && round == 0 => {
+                if let Err(e) = scripts.publish.prepare_invoke().load_async(con).await {
+                    refuse(&groups, &unreachable());
+                    return Err(e);
                 }
+            }
+            // Redis answered with an error (out of memory, busy): refused.
+            Err(e) if e.code().is_some() => {
+                tracing::warn!(redis = %shared.target, error = %e, "redis broker: redis refused a batch of messages");
+                refuse(&groups, &BrokerError::Unavailable("redis refused the message".into()));
+                return Ok(());
+            }
+            Err(e) => {
+                refuse(&groups, &unreachable());
                 return Err(e);
             }
-        };
-        for (p, reply) in msgs.into_iter().zip(replies) {
-            match reply.extract_error().and_then(redis::from_owned_redis_value::<(u64, String)>) {
-                Ok((seq, epoch)) => sink.ack(&p.origin, &p.topic, &epoch, seq),
-                // Scripts were flushed (SCRIPT FLUSH): load again and retry, in order.
-                Err(e) if e.kind() == ErrorKind::NoScriptError && round == 0 => retry.push(p),
-                Err(e) => {
-                    tracing::warn!(redis = %shared.target, topic = %p.topic, error = %e, "redis broker: redis refused a message");
-                    sink.reject(&p.origin, &p.topic, &BrokerError::Unavailable("redis refused the message".into()));
-                }
-            }
-        }
-        if !retry.is_empty() {
-            scripts.publish.prepare_invoke().load_async(con).await?;
         }
     }
     Ok(())
