@@ -409,4 +409,21 @@ async fn a_batch_over_many_topics_keeps_every_topic_exact_and_refuses_a_broken_o
     assert_eq!(got, ((EACH - KEPT + 1) as u64..=EACH as u64).collect::<Vec<_>>());
     assert_eq!(late.gaps("t0").len(), 1, "{:?}", late.gaps("t0"));
     assert_eq!(redis_cli(&redis, &["GET", "tether:{broken}:seq"]), "not a hash");
+
+    // The stream's length is kept in the seq hash: a stream that expired
+    // (deleted here) under it starts again from one entry...
+    redis_cli(&redis, &["DEL", "tether:{t1}:log"]);
+    let ack = publisher.request(json!({"type": "publish", "topic": "t1", "content": "after"}), "again").await;
+    assert_eq!(ack["seq"], EACH + 1);
+    assert_eq!(redis_cli(&redis, &["XLEN", "tether:{t1}:log"]), "1");
+    assert_eq!(redis_cli(&redis, &["HGET", "tether:{t1}:seq", "count"]), "1");
+    let sender = redis_cli(&redis, &["XRANGE", "tether:{t1}:log", "-", "+"]).lines().nth(4).unwrap().len();
+    assert_eq!(redis_cli(&redis, &["HGET", "tether:{t1}:seq", "bytes"]), (64 + sender + "\"after\"".len()).to_string());
+    // ...and a stream replaced by a key of another type refuses its topic
+    // with nothing written.
+    redis_cli(&redis, &["SET", "tether:{t2}:log", "not a stream"]);
+    publisher.send(json!({"type": "publish", "topic": "t2", "content": "x", "id": "wrong"})).await;
+    let error = publisher.until("the refusal", |v| v["id"] == "wrong").await;
+    assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("error"), Some("unavailable")), "{error}");
+    assert_eq!(redis_cli(&redis, &["HGET", "tether:{t2}:seq", "seq"]), EACH.to_string());
 }

@@ -22,9 +22,11 @@ use std::sync::Arc;
 /// on the topic's channel.
 ///
 /// Redis's own work per message is one `XADD` and one `PUBLISH`; the rest
-/// is per topic and per batch: one `TIME` per call; per topic one `HMGET`,
-/// one `XLEN`, one `HSET`, and now and then a trim: one `XRANGE` of the
-/// oldest entries and one `XTRIM MINID` of those that go.
+/// is per topic and per batch: one `TIME` per call; per topic one `HMGET`
+/// and one `HSET` of the seq hash, and now and then a trim: one `XLEN`,
+/// one `XRANGE` of the oldest entries and one `XTRIM MINID` of those that
+/// go. A topic's messages are appended first, then published, so a topic
+/// refused at its first append has nothing written.
 ///
 /// Trimming waits for slack: until the stream holds a sixteenth more
 /// entries than its count limit, or its oldest entry is a sixteenth of the
@@ -47,6 +49,10 @@ use std::sync::Arc;
 ///   stream under its limits is only read when its oldest entry may have
 ///   aged out. (Stream IDs only grow, so the bound holds whoever else
 ///   appends.)
+/// - `count`: the stream's length, so that it is not asked for each time.
+///   The topic's first append of a call checks it (`XADD NOMKSTREAM`: a
+///   stream that expired is started again from 0), and a trim starts from
+///   the stream's own `XLEN`.
 /// - `exp`: when the keys' expiries were last refreshed. They are set to
 ///   their time to live plus a sixteenth of it, and refreshed once that
 ///   sixteenth has passed (or when the stream was empty), not on every
@@ -74,39 +80,68 @@ for g = 1, #KEYS / 2 do
   local channel, max, age, cap, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local first = a + 5
   a = first + 4 * n
-  local h = redis.pcall('HMGET', seqk, 'epoch', 'seq', 'bytes', 'old', 'exp')
-  local count = 0
-  if not h.err and max > 0 then
-    count = redis.pcall('XLEN', logk)
-    if type(count) == 'table' then h = count end
-  end
-  if h.err then
-    out[g] = {-1, h.err}
-  else
-    local epoch, seq = h[1], tonumber(h[2] or '0')
-    if not epoch then epoch, seq = candidate, 0 end
-    local bytes, old, exp = 0, tonumber(h[4] or '0'), tonumber(h[5] or '0')
-    if count > 0 then bytes = tonumber(h[3] or '0') end
-    local refresh = max > 0 and count == 0
-    local start = seq + 1
-    for i = first, a - 1, 4 do
-      seq = seq + 1
-      local s = int(seq)
-      if max > 0 then
-        local size = #ARGV[i] + #ARGV[i + 3] + overhead
-        if size <= cap then
-          local id = redis.call('XADD', logk, '*', 's', s, 'f', ARGV[i], 't', ARGV[i + 1], 'k', ARGV[i + 2], 'b', ARGV[i + 3])
-          if count == 0 then old = ms_of(id) end
-          bytes = bytes + size
-          count = count + 1
-        end
-      end
-      redis.call('PUBLISH', channel, 'm\n' .. epoch .. '\n' .. s .. '\n' .. ARGV[i] .. '\n' .. ARGV[i + 1] .. '\n' .. ARGV[i + 2] .. '\n' .. ARGV[i + 3])
+  local h = redis.pcall('HMGET', seqk, 'epoch', 'seq', 'bytes', 'old', 'exp', 'count')
+  local err, count = h.err, 0
+  if not err and max > 0 then
+    if h[1] and h[6] then
+      count = tonumber(h[6])
+    else
+      count = redis.pcall('XLEN', logk)
+      if type(count) == 'table' then err, count = count.err, 0 end
     end
+  end
+  local epoch, seq, bytes, old, exp = candidate, 0, 0, 0, 0
+  if not err then
+    if h[1] then epoch, seq = h[1], tonumber(h[2] or '0') end
+    old, exp = tonumber(h[4] or '0'), tonumber(h[5] or '0')
+    if count > 0 then bytes = tonumber(h[3] or '0') end
+  end
+  local refresh = max > 0 and count == 0
+  local start = seq + 1
+  -- First what is kept: the first append checks the stream (its type, and
+  -- that it did not expire under a count kept in the hash), before
+  -- anything of the topic is written.
+  local checked = max == 0
+  for i = first, a - 1, 4 do
+    if err then break end
+    local size = #ARGV[i] + #ARGV[i + 3] + overhead
+    if max > 0 and size <= cap then
+      local s = int(start + (i - first) / 4)
+      local id
+      if checked then
+        id = redis.call('XADD', logk, '*', 's', s, 'f', ARGV[i], 't', ARGV[i + 1], 'k', ARGV[i + 2], 'b', ARGV[i + 3])
+      else
+        checked = true
+        if count > 0 then
+          id = redis.pcall('XADD', logk, 'NOMKSTREAM', '*', 's', s, 'f', ARGV[i], 't', ARGV[i + 1], 'k', ARGV[i + 2], 'b', ARGV[i + 3])
+          if not id then count, bytes, refresh = 0, 0, true end
+        end
+        if not id then
+          id = redis.pcall('XADD', logk, '*', 's', s, 'f', ARGV[i], 't', ARGV[i + 1], 'k', ARGV[i + 2], 'b', ARGV[i + 3])
+        end
+        if type(id) == 'table' then err = id.err end
+      end
+      if not err then
+        if count == 0 then old = ms_of(id) end
+        bytes = bytes + size
+        count = count + 1
+      end
+    end
+  end
+  if err then
+    out[g] = {-1, err}
+  else
+    for i = first, a - 1, 4 do
+      redis.call('PUBLISH', channel, 'm\n' .. epoch .. '\n' .. int(start + (i - first) / 4) .. '\n' .. ARGV[i] .. '\n' .. ARGV[i + 1] .. '\n' .. ARGV[i + 2] .. '\n' .. ARGV[i + 3])
+    end
+    seq = start + n - 1
     local fields = {'epoch', epoch, 'seq', int(seq)}
     if max > 0 then
       local cutoff = now - age
       if count > 0 and (count > max + math.floor(max / 16) or bytes > cap or old < cutoff - math.floor(age / 16)) then
+        -- The count kept in the hash may be off (another version of this
+        -- script appended): trimming starts from the stream's own.
+        count = redis.call('XLEN', logk)
         local from, survivor, dropped = '-', nil, 0
         while count > 0 and not survivor do
           local page = count - max
@@ -132,7 +167,7 @@ for g = 1, #KEYS / 2 do
         end
       end
       if count <= 0 or bytes < 0 then bytes = 0 end
-      fields[5], fields[6], fields[7], fields[8] = 'bytes', int(bytes), 'old', int(old)
+      fields[5], fields[6], fields[7], fields[8], fields[9], fields[10] = 'bytes', int(bytes), 'old', int(old), 'count', int(count)
     end
     local every = math.floor(seq_ttl / 16)
     if max > 0 and age < seq_ttl then every = math.floor(age / 16) end

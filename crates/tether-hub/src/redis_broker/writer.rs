@@ -20,8 +20,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Most publishes sent in one pipeline...
-const BATCH: usize = 256;
+/// Most publishes sent in one script call (Redis runs it in about 11 ms
+/// at 200 topics on this machine's cores, 10-11 us each: other clients of
+/// Redis wait that long at most)...
+const BATCH: usize = 1024;
 /// ...and most bytes (past this the batch ends after the message that
 /// crossed it).
 const BATCH_BYTES: usize = 1 << 20;
