@@ -133,6 +133,8 @@ struct Nodes {
     busy: HashSet<Arc<str>>,
     down: HashMap<Arc<str>, Instant>,
     wait_off: HashMap<Arc<str>, Instant>,
+    /// Masters whose last `WAIT` came back short (warned once).
+    short: HashSet<Arc<str>>,
     reloaded: HashSet<Arc<str>>,
 }
 
@@ -193,13 +195,17 @@ pub(super) async fn run(shared: Arc<Shared>, mut publishes: mpsc::Receiver<Publi
                 } else {
                     failing_since.get_or_insert_with(Instant::now);
                 }
+                let waited = done.waited > 0 && done.replies.is_ok();
                 let (short, redirected) = answer(&shared, &scripts, &mut con, &mut nodes, done).await;
                 stale_map |= redirected;
                 if short {
-                    if !nodes.wait_off.contains_key(&node) {
-                        tracing::warn!(redis = %shared.target, %node, replicas, "redis broker: a master has fewer replicas than asked for; its acks stop waiting for replicas for a while");
+                    // Said once, not at every retry: until a WAIT finds the replicas again.
+                    if nodes.short.insert(node.clone()) {
+                        tracing::warn!(redis = %shared.target, %node, replicas, "redis broker: a master has fewer replicas than asked for; its acks stop waiting for replicas until it has them again");
                     }
                     nodes.wait_off.insert(node.clone(), Instant::now() + WAIT_OFF);
+                } else if waited && nodes.short.remove(&node) {
+                    tracing::info!(redis = %shared.target, %node, replicas, "redis broker: a master has its replicas again; its acks wait for them");
                 }
                 start(&shared, &sha, replicas, &con, &mut nodes, &mut in_flight, node);
             }
