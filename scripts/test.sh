@@ -19,7 +19,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 step "dependencies (python websockets, chromium, playwright-core)"
 scripts/deps.sh
 
-step "MSRV: no dependency needs a newer Rust than rust-version (scripts/msrv.sh)"
+step "MSRV: each crate builds with the Rust its rust-version declares (scripts/msrv.sh; rustup installs it)"
 scripts/msrv.sh
 
 step "cargo package (every crate, as crates.io would get it; --no-verify: verifying rebuilds each crate from scratch)"
