@@ -130,6 +130,12 @@ async fn keys_errors_and_limits() {
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."), "an OpenAPI 3 document");
     assert!(doc["paths"]["/api/publish"]["post"].is_object());
+    // /api/info takes no body or `{}`; JSON whitespace is no body, a form
+    // feed is not JSON (schemathesis sent one).
+    let (status, v) = http(p, "POST", "/api/info", Some(KEY), " \r\n\t").await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = http(p, "POST", "/api/info", Some(KEY), "\x0c").await;
+    assert_eq!(status, 400, "{v}");
     // Wrong keys are throttled per address, like WebSocket tokens: the
     // wrong key above and these two make the 3 allowed per minute.
     for _ in 0..2 {
