@@ -91,6 +91,13 @@ pub(crate) trait Service: Send + Sync + 'static {
     fn on_shutdown(&self, _state: &mut Self::State) -> Option<Ending> {
         None
     }
+    /// The loops exist (none runs yet): `wakers[i]` wakes loop `i`, which
+    /// then calls [`on_wake`](Self::on_wake) on its thread.
+    fn loops_started(&self, _wakers: Vec<Arc<dyn Fn() + Send + Sync>>) {}
+    /// Loop `index` starts running on this thread.
+    fn enter_loop(&self, _index: usize) {}
+    /// Loop `index` was woken (before it runs the connections woken meanwhile).
+    fn on_wake(&self, _index: usize) {}
 }
 
 /// The shared read buffer of a loop: one per loop, not per connection.
@@ -243,14 +250,20 @@ impl<S: Service> Driver<S> {
     pub fn start(service: Arc<S>, threads: usize, high_water: usize) -> std::io::Result<Self> {
         let live = Arc::new(AtomicUsize::new(0));
         let mut loops = Vec::new();
-        for i in 0..threads.max(1) {
+        let mut made = Vec::new();
+        for _ in 0..threads.max(1) {
             let poll = Poll::new()?;
             let waker = mio::Waker::new(poll.registry(), WAKER)?;
             let (index, notify) = register_loop(Notify { waker, notified: AtomicBool::new(false), woken: Mutex::new(Vec::new()) })?;
+            made.push((poll, index, notify));
+        }
+        service.loops_started(made.iter().map(|&(_, _, notify)| Arc::new(move || notify.wake()) as Arc<dyn Fn() + Send + Sync>).collect());
+        for (i, (poll, index, notify)) in made.into_iter().enumerate() {
             let shared = Arc::new(Shared { notify, inbox: Mutex::new(Vec::new()), shutdown: AtomicBool::new(false) });
             let mut lp = Loop {
                 poll,
                 index,
+                position: i,
                 slab: Slab::new(),
                 again: Vec::new(),
                 dirty: Vec::new(),
@@ -305,6 +318,8 @@ struct Loop<S: Service> {
     poll: Poll,
     /// This loop's index in [`NOTIFIERS`].
     index: usize,
+    /// Its place among its driver's loops (for the service).
+    position: usize,
     slab: Slab<Entry<S::State>>,
     /// Read next turn: the last read filled the buffer, or reading resumed.
     again: Vec<usize>,
@@ -330,6 +345,7 @@ struct Loop<S: Service> {
 
 impl<S: Service> Loop<S> {
     fn run(&mut self) {
+        self.service.enter_loop(self.position);
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         let mut next_sweep = Instant::now() + SWEEP;
@@ -409,6 +425,9 @@ impl<S: Service> Loop<S> {
             self.insert(a);
         }
         self.spare_inbox = adopted;
+        // Work the service was handed for this loop (the hub's fan-out),
+        // which wakes connections: they are in the list taken next.
+        self.service.on_wake(self.position);
         let mut woken = std::mem::take(&mut self.spare_woken);
         std::mem::swap(&mut woken, &mut *self.shared.notify.woken.lock().unwrap_or_else(|p| p.into_inner()));
         for t in woken.drain(..) {

@@ -109,6 +109,18 @@ impl<G: Send + 'static> Service for HubService<G> {
         }
     }
 
+    fn loops_started(&self, wakers: Vec<Arc<dyn Fn() + Send + Sync>>) {
+        self.hub.attach_loops(wakers);
+    }
+
+    fn enter_loop(&self, index: usize) {
+        self.hub.enter_loop(index);
+    }
+
+    fn on_wake(&self, index: usize) {
+        self.hub.run_loop(index);
+    }
+
     fn reading_paused(&self, st: &HubConn<G>) -> bool {
         st.session.as_ref().is_some_and(Session::reading_paused)
     }

@@ -34,31 +34,113 @@ struct Sub {
     presence: bool,
 }
 
-/// One topic's local subscribers, behind its own lock: delivery to one
-/// topic never waits on another, and no hub-wide lock is held while frames
-/// are encoded or pushed. With delta subscribers, the previous content of
-/// each stream (to patch against) is kept here too.
+/// The part of a connection run by no event loop (tokio tasks, HTTP
+/// sessions): the last part of every topic.
+pub(crate) const NO_LOOP: u16 = u16::MAX;
+
+thread_local! {
+    /// The event loop this thread runs ([`Hub::enter_loop`]), if any.
+    static LOOP_PART: std::cell::Cell<u16> = const { std::cell::Cell::new(NO_LOOP) };
+}
+
+/// Subscribers of one topic on one event loop (or on no loop).
+type Part = HashMap<u64, Sub>;
+
+/// One topic's local subscribers, split by the event loop that runs them.
+/// Delivery to one topic never waits on another, and no hub-wide lock is
+/// held while frames are encoded or pushed. `meta` orders the topic's
+/// messages and holds what is made once per message (delta patches); each
+/// loop then fans a message out to its own part under that part's lock
+/// alone ([`Hub::run_loop`]), so loops do not contend per delivery. The last
+/// part holds the connections of other drivers, delivered to at once.
+/// Lock order: the hub's topic map, `meta`, one part.
+struct TopicEntry {
+    meta: Mutex<Meta>,
+    parts: Box<[Mutex<Part>]>,
+}
+
 #[derive(Default)]
-struct Subs {
-    subs: HashMap<u64, Sub>,
+struct Meta {
     delta_subs: usize,
     deltas: DeltaCache,
+    /// Subscribers in all parts, and in each.
+    len: usize,
+    part_len: Box<[u32]>,
 }
 
-impl std::ops::Deref for Subs {
-    type Target = HashMap<u64, Sub>;
-    fn deref(&self) -> &Self::Target {
-        &self.subs
+impl TopicEntry {
+    fn new(loops: usize) -> TopicEntry {
+        TopicEntry {
+            meta: Mutex::new(Meta { part_len: vec![0; loops + 1].into_boxed_slice(), ..Meta::default() }),
+            parts: (0..=loops).map(|_| Mutex::new(Part::new())).collect(),
+        }
+    }
+
+    /// The index of `conn`'s part.
+    fn part_of(&self, conn: &ConnShared) -> usize {
+        usize::from(conn.part).min(self.parts.len() - 1)
+    }
+
+    /// Call `f` with every subscriber, one part locked at a time.
+    fn each(&self, mut f: impl FnMut(&Sub)) {
+        for part in self.parts.iter() {
+            for sub in lock(part).values() {
+                f(sub);
+            }
+        }
+    }
+
+    fn contains(&self, conn: u64) -> bool {
+        self.parts.iter().any(|p| lock(p).contains_key(&conn))
     }
 }
 
-impl std::ops::DerefMut for Subs {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.subs
-    }
+type TopicSubs = Arc<TopicEntry>;
+
+/// What a loop's inbox holds: work for its part of a topic, in the topic's order.
+enum Fanout {
+    Message { topic: TopicSubs, msg: Arc<Published>, keyed: Option<Arc<KeyedMessage>> },
+    Resync { topic: TopicSubs, name: Arc<str>, epoch: Arc<str>, last_seq: u64 },
 }
 
-type TopicSubs = Arc<Mutex<Subs>>;
+/// Messages an event loop's inbox holds before the thread that delivers
+/// the next one fans the inbox out itself ([`Hub::deliver`]).
+pub(crate) const MAX_INBOX_MESSAGES: usize = 4096;
+/// Bytes of message bodies an inbox holds before the same.
+pub(crate) const MAX_INBOX_BYTES: usize = 16 << 20;
+
+/// One event loop as the hub sees it.
+struct LoopInbox {
+    queue: Mutex<Inbox>,
+    /// Held while the inbox is fanned out (by its loop, or by a publisher
+    /// when it is full): batches go out one after the other, in order.
+    draining: Mutex<()>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    items: Vec<Fanout>,
+    bytes: usize,
+}
+
+impl LoopInbox {
+    /// Queue `item`, of `bytes`; the loop is woken when its inbox was
+    /// empty (it takes the whole inbox each time it wakes). True if the
+    /// inbox is past its bounds.
+    fn push(&self, item: Fanout, bytes: usize) -> bool {
+        let (first, full) = {
+            let mut queue = lock(&self.queue);
+            queue.items.push(item);
+            queue.bytes += bytes;
+            (queue.items.len() == 1, queue.items.len() >= MAX_INBOX_MESSAGES || queue.bytes >= MAX_INBOX_BYTES)
+        };
+        if first {
+            (self.wake)();
+        }
+        full
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -78,6 +160,8 @@ pub struct Hub {
     /// `Arc` and locks the topic alone. A broker may call in holding its own
     /// lock (broker, then hub); the hub never calls a broker holding one.
     topics: Mutex<HashMap<Arc<str>, TopicSubs>>,
+    /// The event loops that run sessions, if any ([`Hub::attach_loops`]).
+    loops: std::sync::OnceLock<Box<[LoopInbox]>>,
     /// The clock of rate limits (nanoseconds since this instant; tokio's,
     /// so tests with paused time control it).
     started: tokio::time::Instant,
@@ -149,10 +233,12 @@ impl DeliverySink for Sink {
         if let Some(hub) = self.0.upgrade() {
             let (session, user) = crate::presence::split_member(session);
             let frame = EncodedFrame::text(&envelope::presence_of(topic, if joined { "join" } else { "leave" }, session, user, count as usize));
-            if let Some(subs) = hub.topic(topic) {
-                for sub in lock(&subs).values().filter(|s| s.conn.json && s.presence) {
-                    hub.notify(&sub.conn, frame.clone());
-                }
+            if let Some(entry) = hub.topic(topic) {
+                entry.each(|sub| {
+                    if sub.conn.json && sub.presence {
+                        hub.notify(&sub.conn, frame.clone());
+                    }
+                });
             }
         }
     }
@@ -176,6 +262,7 @@ impl Hub {
             broker,
             conns: Mutex::new(HashMap::new()),
             topics: Mutex::new(HashMap::new()),
+            loops: std::sync::OnceLock::new(),
             started: tokio::time::Instant::now(),
             ping_token: AtomicU64::new(0),
             stall_rounds,
@@ -238,6 +325,69 @@ impl Hub {
         lock(&self.conns).len()
     }
 
+    /// Run the hub's sessions on event loops that fan messages out to their
+    /// own connections: `wakers[i]` wakes loop `i`, which then calls
+    /// [`Hub::run_loop`]`(i)`; each loop's thread calls
+    /// [`Hub::enter_loop`] first, and the sessions it opens are its own.
+    /// Call once, before any session is opened on a loop; false if loops
+    /// were attached already.
+    ///
+    /// Without it (or for sessions opened on other threads) the thread that
+    /// delivers a message pushes it into every subscriber's queue itself:
+    /// with several loops, their threads would then contend on every
+    /// queue of every message.
+    pub fn attach_loops(&self, wakers: Vec<Arc<dyn Fn() + Send + Sync>>) -> bool {
+        let loops: Box<[LoopInbox]> = wakers.into_iter().map(|wake| LoopInbox { queue: Mutex::new(Inbox::default()), draining: Mutex::new(()), wake }).collect();
+        if loops.len() >= usize::from(NO_LOOP) {
+            return false;
+        }
+        self.loops.set(loops).is_ok()
+    }
+
+    /// This thread is event loop `index` of [`Hub::attach_loops`].
+    pub fn enter_loop(&self, index: usize) {
+        if self.loops.get().is_some_and(|l| index < l.len()) {
+            LOOP_PART.with(|p| p.set(index as u16));
+        }
+    }
+
+    /// Fan out what waits in loop `index`'s inbox to its connections (on
+    /// that loop's thread): each message to the subscribers of its topic
+    /// that this loop runs, in the order the topic's messages came.
+    pub fn run_loop(&self, index: usize) {
+        if let Some(inbox) = self.loops.get().and_then(|l| l.get(index)) {
+            self.drain_inbox(inbox, index);
+        }
+    }
+
+    /// Fan out what waits in `inbox` (loop `index`'s) to that loop's part of each topic.
+    fn drain_inbox(&self, inbox: &LoopInbox, index: usize) {
+        let _draining = lock(&inbox.draining);
+        let mut items = {
+            let mut queue = lock(&inbox.queue);
+            queue.bytes = 0;
+            std::mem::take(&mut queue.items)
+        };
+        for item in items.drain(..) {
+            match item {
+                Fanout::Message { topic, msg, keyed } => {
+                    let Some(part) = topic.parts.get(index) else { continue };
+                    self.deliver_part(&mut lock(part), &msg, keyed.as_ref());
+                }
+                Fanout::Resync { topic, name, epoch, last_seq } => {
+                    let Some(part) = topic.parts.get(index) else { continue };
+                    self.resync_part(&mut lock(part), &name, &epoch, last_seq);
+                }
+            }
+        }
+        // The buffer goes back if the inbox is still empty: a steady flow
+        // does not allocate one per wake-up.
+        let mut queue = lock(&inbox.queue);
+        if queue.items.is_empty() && queue.items.capacity() < items.capacity() && items.capacity() <= MAX_INBOX_MESSAGES {
+            queue.items = items;
+        }
+    }
+
     /// Topics with at least one local subscriber.
     pub fn topic_count(&self) -> usize {
         lock(&self.topics).len()
@@ -245,7 +395,7 @@ impl Hub {
 
     /// Whether connection `conn` subscribes to `topic` here.
     pub(crate) fn is_subscribed(&self, conn: u64, topic: &str) -> bool {
-        self.topic(topic).is_some_and(|subs| lock(&subs).contains_key(&conn))
+        self.topic(topic).is_some_and(|entry| entry.contains(conn))
     }
 
     /// A topic's subscribers, if it has any here.
@@ -269,13 +419,17 @@ impl Hub {
 
     /// The sessions subscribed to `topic` on this node.
     pub(crate) fn local_subscribers(&self, topic: &str) -> Vec<String> {
-        self.topic(topic).map_or_else(Vec::new, |subs| lock(&subs).values().map(|s| self.presence_member(&s.conn)).collect())
+        let mut members = Vec::new();
+        if let Some(entry) = self.topic(topic) {
+            entry.each(|s| members.push(self.presence_member(&s.conn)));
+        }
+        members
     }
 
     /// Topics with local subscribers and their local subscriber counts.
     pub fn topic_counts(&self) -> Vec<(Arc<str>, usize)> {
         let topics: Vec<(Arc<str>, TopicSubs)> = lock(&self.topics).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        topics.into_iter().map(|(k, v)| (k, lock(&v).len())).collect()
+        topics.into_iter().map(|(k, v)| (k, lock(&v.meta).len)).collect()
     }
 
     fn topic(&self, name: &str) -> Option<TopicSubs> {
@@ -298,7 +452,8 @@ impl Hub {
         // Process-wide, so sessions stay unique even with several hubs in one process.
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(ConnShared::new(id, json));
+        let part = if self.loops.get().is_some() { LOOP_PART.with(|p| p.get()) } else { NO_LOOP };
+        let conn = Arc::new(ConnShared::on_loop(id, json, part));
         lock(&self.conns).insert(id, conn.clone());
         self.metrics.connections.fetch_add(1, Ordering::Relaxed);
         Metrics::add(&self.metrics.connections_total, 1);
@@ -333,15 +488,23 @@ impl Hub {
         let occupied = {
             let mut topics = lock(&self.topics);
             let occupied = !topics.contains_key(topic);
-            let mut subs = lock(topics.entry(topic.clone()).or_default());
+            let loops = self.loops.get().map_or(0, |l| l.len());
+            let entry = topics.entry(topic.clone()).or_insert_with(|| Arc::new(TopicEntry::new(loops)));
+            let mut meta = lock(&entry.meta);
             let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta, presence };
-            subs.delta_subs += usize::from(delta);
-            subs.insert(conn.id, sub);
+            let part = entry.part_of(conn);
+            if lock(&entry.parts[part]).insert(conn.id, sub).is_none() {
+                meta.len += 1;
+                meta.part_len[part] += 1;
+            }
+            meta.delta_subs += usize::from(delta);
             if !self.shares_presence {
-                let frame = EncodedFrame::text(&envelope::presence_of(topic, "join", &conn.session(), user.as_deref(), subs.len()));
-                for sub in subs.values().filter(|s| s.conn.json && s.presence) {
-                    self.notify(&sub.conn, frame.clone());
-                }
+                let frame = EncodedFrame::text(&envelope::presence_of(topic, "join", &conn.session(), user.as_deref(), meta.len));
+                entry.each(|sub| {
+                    if sub.conn.json && sub.presence {
+                        self.notify(&sub.conn, frame.clone());
+                    }
+                });
             }
             occupied
         };
@@ -364,23 +527,28 @@ impl Hub {
         let (announced, count) = {
             let mut topics = lock(&self.topics);
             let Some(entry) = topics.get(topic).cloned() else { return false };
-            let mut subs = lock(&entry);
-            let Some(sub) = subs.remove(&conn.id) else { return false };
+            let mut meta = lock(&entry.meta);
+            let part = entry.part_of(conn);
+            let Some(sub) = lock(&entry.parts[part]).remove(&conn.id) else { return false };
+            meta.len -= 1;
+            meta.part_len[part] -= 1;
             if sub.delta {
-                subs.delta_subs -= 1;
+                meta.delta_subs -= 1;
                 conn.forget_topic(topic);
-                if subs.delta_subs == 0 {
-                    subs.deltas.clear(&self.delta_bytes);
+                if meta.delta_subs == 0 {
+                    meta.deltas.clear(&self.delta_bytes);
                 }
             }
-            let count = subs.len();
+            let count = meta.len;
             if count == 0 {
                 topics.remove(topic);
             } else if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence_of(topic, "leave", &conn.session(), user.as_deref(), count));
-                for sub in subs.values().filter(|s| s.conn.json && s.presence) {
-                    self.notify(&sub.conn, frame.clone());
-                }
+                entry.each(|sub| {
+                    if sub.conn.json && sub.presence {
+                        self.notify(&sub.conn, frame.clone());
+                    }
+                });
             }
             (sub.announced, count)
         };
@@ -433,13 +601,43 @@ impl Hub {
 
     /// Deliver a published message to this node's subscribers: each format
     /// (plain text, JSON envelope) is encoded at most once and shared.
+    ///
+    /// Each event loop with subscribers of the topic gets the message once
+    /// in its inbox and fans it out to them on its own thread; subscribers
+    /// of other drivers get it here.
     pub(crate) fn deliver(&self, msg: &Published) {
+        let Some(topic) = self.topic(&msg.topic) else { return };
+        let mut meta = lock(&topic.meta);
+        let keyed = self.keyed(&mut meta, msg);
+        if let Some(loops) = self.loops.get() {
+            let mut shared: Option<Arc<Published>> = None;
+            for (i, (inbox, &n)) in loops.iter().zip(meta.part_len.iter()).enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let msg = shared.get_or_insert_with(|| Arc::new(msg.clone())).clone();
+                let bytes = msg.body.len();
+                if inbox.push(Fanout::Message { topic: topic.clone(), msg, keyed: keyed.clone() }, bytes) {
+                    // The loop is behind its publishers: this thread fans
+                    // its inbox out (after the batch the loop has taken,
+                    // if any), so an inbox stays bounded and publishing
+                    // slows down to what the loops deliver.
+                    Metrics::add(&self.metrics.inbox_overflows, 1);
+                    self.drain_inbox(inbox, i);
+                }
+            }
+        }
+        let last = topic.parts.len() - 1;
+        if meta.part_len[last] > 0 {
+            self.deliver_part(&mut lock(&topic.parts[last]), msg, keyed.as_ref());
+        }
+    }
+
+    /// Deliver `msg` to the subscribers of one part of its topic.
+    fn deliver_part(&self, part: &mut Part, msg: &Published, keyed: Option<&Arc<KeyedMessage>>) {
         let mut frames = Frames::default();
         let (mut delivered, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
-        let Some(topic) = self.topic(&msg.topic) else { return };
-        let mut subs = lock(&topic);
-        let keyed = self.keyed(&mut subs, msg);
-        for sub in subs.subs.values_mut() {
+        for sub in part.values_mut() {
             if let Some(held) = &mut sub.pending {
                 if held.len() >= self.config.queue_max_messages {
                     held.pop_front();
@@ -449,10 +647,9 @@ impl Hub {
                 held.push_back(msg.clone());
                 continue;
             }
-            let (n, b, d) = self.deliver_to(sub, msg, &mut frames, keyed.as_ref());
+            let (n, b, d) = self.deliver_to(sub, msg, &mut frames, keyed);
             (delivered, bytes, dropped) = (delivered + n, bytes + b, dropped + d);
         }
-        drop(subs);
         Metrics::add(&self.metrics.messages_out, delivered);
         Metrics::add(&self.metrics.bytes_out, bytes);
         Metrics::add(&self.metrics.dropped_messages, dropped);
@@ -461,7 +658,7 @@ impl Hub {
     /// What the queues need to know of a message with a key (conflation,
     /// delta patches), made once per message; `None` for a plain message on
     /// a topic without delta subscribers.
-    fn keyed(&self, subs: &mut Subs, msg: &Published) -> Option<Arc<KeyedMessage>> {
+    fn keyed(&self, subs: &mut Meta, msg: &Published) -> Option<Arc<KeyedMessage>> {
         let conflate = msg.key.is_some() || keyed::conflated_topic(&self.config.conflate_prefixes, &msg.topic);
         if !conflate && subs.delta_subs == 0 {
             return None;
@@ -529,7 +726,7 @@ impl Hub {
     /// Nothing here changes the topic for anyone else.
     fn subscribed(&self, request: SubscribeRequest, history: History) {
         let Some(topic) = self.topic(&request.topic) else { return };
-        let Some(conn) = lock(&topic).get(&request.conn).filter(|s| s.pending.is_some()).map(|s| s.conn.clone()) else { return };
+        let Some(conn) = topic.parts.iter().find_map(|p| lock(p).get(&request.conn).filter(|s| s.pending.is_some()).map(|s| s.conn.clone())) else { return };
         let (replay, gap) = match &request.resume {
             Some(resume) if resume.epoch.as_deref() == Some(crate::namespace::LATEST) => {
                 let newest = history.messages.last().and_then(|m| if conn.json { json_frame(m) } else { plain_frame(m) }.map(|f| (m.seq, f)));
@@ -540,9 +737,9 @@ impl Hub {
         };
         let mut frames = Frames::default();
         let announce = {
-            let mut subs = lock(&topic);
-            let count = subs.len();
-            let Some(sub) = subs.get_mut(&request.conn) else { return };
+            let count = lock(&topic.meta).len;
+            let mut part = lock(&topic.parts[topic.part_of(&conn)]);
+            let Some(sub) = part.get_mut(&request.conn) else { return };
             let Some(held) = sub.pending.take() else { return };
             if let Some((first, why)) = gap {
                 self.tell_gap(&conn, &request.topic, &history.epoch, first, why, request.id.as_ref());
@@ -615,10 +812,23 @@ impl Hub {
     /// The broker could not deliver some messages of `topic` here before
     /// `(epoch, last_seq)`: tell the subscribers that are behind.
     fn resync(&self, topic: &str, epoch: &str, last_seq: u64) {
-        let Some(topic_subs) = self.topic(topic) else { return };
-        let mut subs = lock(&topic_subs);
+        let Some(entry) = self.topic(topic) else { return };
+        let meta = lock(&entry.meta);
         let epoch: Arc<str> = Arc::from(epoch);
-        for sub in subs.values_mut().filter(|s| s.pending.is_none()) {
+        // In the topic's order: after the messages the loops have yet to fan out.
+        if let Some(loops) = self.loops.get() {
+            for (i, (inbox, &n)) in loops.iter().zip(meta.part_len.iter()).enumerate() {
+                if n > 0 && inbox.push(Fanout::Resync { topic: entry.clone(), name: Arc::from(topic), epoch: epoch.clone(), last_seq }, 0) {
+                    self.drain_inbox(inbox, i);
+                }
+            }
+        }
+        let last = entry.parts.len() - 1;
+        self.resync_part(&mut lock(&entry.parts[last]), topic, &epoch, last_seq);
+    }
+
+    fn resync_part(&self, part: &mut Part, topic: &str, epoch: &Arc<str>, last_seq: u64) {
+        for sub in part.values_mut().filter(|s| s.pending.is_none()) {
             let same = sub.epoch.as_deref() == Some(&*epoch);
             if same && sub.last >= last_seq {
                 continue;
@@ -699,3 +909,71 @@ async fn heartbeat(hub: Weak<Hub>, interval: Duration) {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{Publish, Origin};
+    use crate::MemoryBroker;
+
+    fn publish(hub: &Hub, topic: &Arc<str>, i: usize) {
+        let body = Body::Text(Arc::from(format!("m{i}")));
+        let msg = Publish { topic: topic.clone(), sender: Arc::from("test"), timestamp_ms: 0, body, key: None, origin: Origin { conn: 0, id: None } };
+        hub.broker.publish(msg).unwrap();
+    }
+
+    /// Loop 0 never runs (its waker does nothing): its inbox is fanned out
+    /// by the publishing thread whenever it is full, so it never holds more
+    /// than its bound, and its subscriber still gets every message once and
+    /// in order. Loop 1's subscriber is served by loop 1's own fan-out.
+    #[tokio::test]
+    async fn a_loop_that_falls_behind_has_a_bounded_inbox_and_loses_nothing() {
+        let config = HubConfig { queue_max_messages: 1 << 20, queue_max_bytes: 1 << 30, ..HubConfig::default() };
+        let hub = Hub::new(config, Arc::new(MemoryBroker::new()));
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let counted = wakes.clone();
+        assert!(hub.attach_loops(vec![Arc::new(|| {}), Arc::new(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        })]));
+        assert!(!hub.attach_loops(Vec::new()), "attached once");
+        let topic: Arc<str> = Arc::from("t");
+        let on_loop = |index: usize| {
+            let hub = hub.clone();
+            let topic = topic.clone();
+            std::thread::spawn(move || {
+                hub.enter_loop(index);
+                let conn = hub.register(false);
+                hub.subscribe_granted(&conn, &topic, None, None, false, None);
+                conn
+            })
+            .join()
+            .unwrap()
+        };
+        let (a, b) = (on_loop(0), on_loop(1));
+        assert_eq!((a.part, b.part), (0, 1));
+        let n = 3 * MAX_INBOX_MESSAGES + 10;
+        let inbox_len = |i: usize| lock(&hub.loops.get().unwrap()[i].queue).items.len();
+        for i in 0..n {
+            publish(&hub, &topic, i);
+            assert!(inbox_len(0) < MAX_INBOX_MESSAGES, "loop 0's inbox stays under its bound");
+            if i % 100 == 99 {
+                hub.run_loop(1);
+            }
+        }
+        assert_eq!(hub.metrics.inbox_overflows.load(Ordering::Relaxed), 3, "fanned out by the publisher at each bound");
+        assert_eq!(inbox_len(0), n - 3 * MAX_INBOX_MESSAGES);
+        assert!(wakes.load(Ordering::Relaxed) >= n / 100, "loop 1 woken when its inbox had news");
+        // Nothing reached the queues of loop 0 that its fan-out has not done.
+        hub.run_loop(0);
+        hub.run_loop(1);
+        for conn in [&a, &b] {
+            let mut got = Vec::new();
+            while let Some(frame) = conn.pop() {
+                got.push(String::from_utf8_lossy(&frame.as_bytes()[2..]).into_owned());
+            }
+            let want: Vec<String> = (0..n).map(|i| format!("[test] m{i}")).collect();
+            assert!(got == want, "every message once and in order, to the subscriber of each loop ({} of {n})", got.len());
+        }
+        assert_eq!(hub.metrics.dropped_messages.load(Ordering::Relaxed), 0);
+    }
+}

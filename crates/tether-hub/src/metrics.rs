@@ -47,6 +47,8 @@ pub struct Metrics {
     /// Queued messages replaced by a newer one with the same topic and key
     /// before they were sent (conflation).
     pub conflated_messages: AtomicU64,
+    /// Times an event loop's inbox was full and a publisher fanned it out.
+    pub inbox_overflows: AtomicU64,
     /// Delta patches made (once per published message, shared by every
     /// delta subscriber that has the message it patches).
     pub delta_patches: AtomicU64,
@@ -192,6 +194,7 @@ impl Metrics {
             ("tether_rate_limited_total", "counter", "Messages and subscription requests refused by a rate limit.", g(&self.rate_limited)),
             ("tether_rate_limit_closes_total", "counter", "Connections closed (1008) for sustained abuse of a rate limit.", g(&self.rate_limit_closes)),
             ("tether_conflated_messages_total", "counter", "Queued messages replaced by a newer one with the same topic and key.", g(&self.conflated_messages)),
+            ("tether_loop_inbox_overflows_total", "counter", "Times an event loop's inbox of messages to fan out was full, so the delivering thread fanned it out itself.", g(&self.inbox_overflows)),
             ("tether_api_disconnects_total", "counter", "Connections closed by the server API.", g(&self.api_disconnects)),
             ("tether_delta_patches_total", "counter", "Delta (JSON Merge Patch) messages made for delta subscriptions.", g(&self.delta_patches)),
         ];

@@ -158,6 +158,9 @@ pub(crate) struct ConnShared {
     replies_over: AtomicBool,
     /// Messages dropped and not yet reported to the client.
     pub dropped_unreported: AtomicU64,
+    /// The event loop that runs this connection (its part of each topic's
+    /// subscribers), or [`crate::hub::NO_LOOP`] for any other driver.
+    pub part: u16,
 }
 
 /// What happened to a pushed frame.
@@ -176,8 +179,15 @@ pub(crate) enum Pushed {
 }
 
 impl ConnShared {
+    #[cfg(test)]
     pub fn new(id: u64, json: bool) -> Self {
+        Self::on_loop(id, json, crate::hub::NO_LOOP)
+    }
+
+    /// A connection run by event loop `part` (see [`crate::Hub::attach_loops`]).
+    pub fn on_loop(id: u64, json: bool, part: u16) -> Self {
         ConnShared {
+            part,
             id,
             json,
             queue: Mutex::new(Frames::default()),
@@ -222,8 +232,17 @@ impl ConnShared {
     /// conflatable, an unsent older message with the same topic and key is
     /// removed first (the newer one goes last, so sequence numbers stay in
     /// order); `true` with it marks a delta subscription.
+    ///
+    /// Only a push into an empty queue wakes the connection's driver: a
+    /// driver that stops taking frames while some are queued does so because
+    /// its output is full, and takes more when the output drains (every
+    /// driver does: the event loop after a write, the tokio task when its
+    /// socket is writable, the HTTP session when the stream takes events).
+    /// A connection that fell behind then costs its queue one append per
+    /// message, not a wake-up and a pump of its driver each.
     pub fn push_keyed(&self, frame: EncodedFrame, keyed: Option<(Arc<KeyedMessage>, bool)>, max_messages: usize, max_bytes: usize, policy: SlowConsumerPolicy) -> Pushed {
         let mut result = Pushed::Queued;
+        let was_empty;
         {
             let mut q = self.lock();
             if self.has(flag::SLOW_CLOSE) {
@@ -255,9 +274,12 @@ impl ConnShared {
                     }
                 }
             }
+            was_empty = q.items.is_empty();
             q.push(frame, false, keyed);
         }
-        self.waker.wake();
+        if was_empty {
+            self.waker.wake();
+        }
         result
     }
 
@@ -267,6 +289,7 @@ impl ConnShared {
     /// close policy. Returns how many broadcasts were dropped for it.
     pub fn push_reply(&self, frame: EncodedFrame, max_messages: usize, max_bytes: usize, policy: SlowConsumerPolicy) -> u64 {
         let mut dropped = 0;
+        let wake;
         {
             let mut q = self.lock();
             if q.over(max_messages, max_bytes, frame.len()) {
@@ -282,11 +305,15 @@ impl ConnShared {
                     }
                 }
             }
+            wake = q.items.is_empty() || self.has(flag::SLOW_CLOSE);
             q.push(frame, true, None);
             q.reply_limit = ((max_messages / 2).max(1), max_bytes / 2);
             self.replies_over.store(q.replies_over(), Ordering::Release);
         }
-        self.waker.wake();
+        // As for a broadcast (see push_keyed), and for the close policy's flag.
+        if wake {
+            self.waker.wake();
+        }
         dropped
     }
 
@@ -373,6 +400,50 @@ mod tests {
         assert_eq!(c.queued().0, 4);
         assert_eq!(c.dropped_unreported.load(Ordering::Relaxed), 6);
         assert_eq!(c.pop().unwrap(), EncodedFrame::text("6"));
+    }
+
+    /// Counts its wake-ups (as a driver's waker would schedule the connection).
+    struct Counter(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn only_a_push_into_an_empty_queue_wakes_the_driver() {
+        let c = ConnShared::new(1, false);
+        let count = Arc::new(Counter(Default::default()));
+        let waker = std::task::Waker::from(count.clone());
+        let woken = || count.0.load(Ordering::Relaxed);
+        let policy = SlowConsumerPolicy::DropOldest;
+        // A driver registers its waker, then takes frames (as Session::pump does).
+        c.waker.register(&waker);
+        for i in 0..100 {
+            c.push(EncodedFrame::text(&format!("{i}")), 1000, 1 << 20, policy);
+        }
+        assert_eq!(woken(), 1, "one wake-up for 100 frames: the driver takes them all");
+        // It took some and stopped (its output was full): no wake-up per
+        // frame pushed meanwhile; its output draining brings it back.
+        c.waker.register(&waker);
+        for _ in 0..50 {
+            c.pop();
+        }
+        c.push(EncodedFrame::text("more"), 1000, 1 << 20, policy);
+        c.push_reply(EncodedFrame::text("ack"), 1000, 1 << 20, policy);
+        assert_eq!(woken(), 1);
+        // It took everything: the next frame wakes it, a reply as a broadcast.
+        while c.pop().is_some() {}
+        c.push_reply(EncodedFrame::text("ack"), 1000, 1 << 20, policy);
+        assert_eq!(woken(), 2);
+        c.waker.register(&waker);
+        while c.pop().is_some() {}
+        c.push(EncodedFrame::text("next"), 1000, 1 << 20, policy);
+        assert_eq!(woken(), 3);
+        // A flag always wakes it.
+        c.waker.register(&waker);
+        c.set(flag::PING_DUE);
+        assert_eq!(woken(), 4);
     }
 
     #[test]
