@@ -28,6 +28,9 @@ cargo package --workspace --allow-dirty --no-verify --locked
 step "cargo test (workspace, all features)"
 cargo test --workspace --all-features --locked
 
+step "cargo clippy (workspace, all features and targets; a warning fails)"
+cargo clippy --workspace --all-features --all-targets --locked -- -D warnings
+
 step "rustdoc (every crate, all features; a broken intra-doc link or a warning fails)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features --locked
 

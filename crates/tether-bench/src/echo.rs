@@ -105,7 +105,7 @@ impl EchoLoad {
         } else {
             0
         };
-        if seq_len == 0 || seq % self.verify_every == 0 {
+        if seq_len == 0 || seq.is_multiple_of(self.verify_every) {
             if let Some(at) = reply[seq_len..].iter().zip(&self.payload[seq_len..]).position(|(a, b)| a != b) {
                 return Err(format!("echo differs from message {seq} at byte {}", at + seq_len));
             }

@@ -61,7 +61,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 /// unit that divides it), so that it parses back to the same number.
 pub fn format_size(bytes: usize) -> String {
     for (unit, factor) in [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= factor && bytes % factor == 0 {
+        if bytes >= factor && bytes.is_multiple_of(factor) {
             return format!("{}{unit}", bytes / factor);
         }
     }

@@ -391,7 +391,7 @@ fn parse_input(line: &str) -> Input {
 /// Hexadecimal bytes, in upper or lower case; spaces between them are ignored.
 fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("{} hex digits: give two per byte (e.g. /binary 00ff10)", digits.len()));
     }
     digits

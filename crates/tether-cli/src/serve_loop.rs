@@ -59,6 +59,7 @@ pub(crate) struct Handshaken<G> {
 
 /// A 101 response, inline (see [`Handshaken`]); a longer one (many extra
 /// headers) on the heap.
+#[allow(clippy::large_enum_variant)] // inline on purpose: no heap block per handshake
 enum Head {
     Inline { len: u16, bytes: [u8; HEAD_INLINE] },
     Heap(Vec<u8>),
@@ -173,6 +174,7 @@ impl<S> MaybeTcp for tokio_rustls::server::TlsStream<S> {
 /// (its session, queue and subscriptions) is allocated on the loop's
 /// thread, not among the handshake's short-lived buffers on tokio's
 /// threads, where the gaps they leave when freed would stay in the RSS.
+#[allow(clippy::result_large_err)] // `Err` hands the connection back to the caller, once
 pub(crate) fn hand_off<S: MaybeTcp + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, G: Send + 'static>(
     hub: &Hub,
     loops: &Driver<HubService<G>>,

@@ -112,7 +112,7 @@ async fn http_sessions_route_between_nodes_behind_round_robin() {
     wait_relays(&redis, 2).await;
 
     // This proxy refuses upgrades.
-    let refused = tether::ClientBuilder::new(&nginx.url("/mixed")).protocol("tether.v1").connect().await;
+    let refused = tether::ClientBuilder::new(nginx.url("/mixed")).protocol("tether.v1").connect().await;
     assert!(refused.is_err(), "a WebSocket through nginx-no-websocket.conf");
 
     // A WebSocket client straight on node A.

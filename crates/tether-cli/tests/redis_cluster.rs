@@ -376,7 +376,7 @@ async fn cluster_delivers_once_in_order_through_failover_and_resume() {
     answered(&mut publisher, 2..3).await;
     let survivor = *cluster.nodes.keys().next().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.master_of(survivor, slot).map_or(true, |m| m == victim) {
+    while cluster.master_of(survivor, slot).is_none_or(|m| m == victim) {
         assert!(Instant::now() < deadline, "no replica took over slot {slot}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

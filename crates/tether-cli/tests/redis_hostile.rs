@@ -390,7 +390,7 @@ async fn a_batch_over_many_topics_keeps_every_topic_exact_and_refuses_a_broken_o
         let lines: Vec<&str> = entries.lines().collect();
         // redis-cli prints per entry: id, then s, seq, f, sender, t, ts, k, kind, b, body.
         let kept = lines.len() / 11;
-        assert!(lines.len() % 11 == 0 && (KEPT..=KEPT + KEPT / 16).contains(&kept), "{topic}: {kept} kept: {entries}");
+        assert!(lines.len().is_multiple_of(11) && (KEPT..=KEPT + KEPT / 16).contains(&kept), "{topic}: {kept} kept: {entries}");
         let mut bytes = 0;
         for (n, entry) in lines.chunks(11).enumerate() {
             assert_eq!(entry[2], (EACH - kept + n + 1).to_string(), "{topic}: kept seq");

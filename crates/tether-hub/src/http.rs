@@ -499,9 +499,9 @@ impl EventStream {
             if out.len() >= CHUNK {
                 break;
             }
-            let _ = write!(out, "id: {key}:{id}\n");
+            let _ = writeln!(out, "id: {key}:{id}");
             for line in text.split('\n') {
-                let _ = write!(out, "data: {}\n", line.trim_end_matches('\r'));
+                let _ = writeln!(out, "data: {}", line.trim_end_matches('\r'));
             }
             out.push('\n');
             self.cursor = *id;

@@ -777,7 +777,7 @@ impl Hub {
     /// sequence numbers, oldest first, within the room left in its queue)
     /// and the gap to report first, if any.
     fn plan_replay(&self, conn: &ConnShared, resume: &Resume, history: &History) -> (Vec<(u64, EncodedFrame)>, Option<(u64, &'static str)>) {
-        let same_epoch = resume.epoch.as_deref().map_or(true, |e| e == &*history.epoch);
+        let same_epoch = resume.epoch.as_deref().is_none_or(|e| e == &*history.epoch);
         // A different epoch replays the whole window; `since` 0 asked for everything anyway.
         let after = if same_epoch { resume.since } else { 0 };
         let expected = after.saturating_add(1);
@@ -829,12 +829,12 @@ impl Hub {
 
     fn resync_part(&self, part: &mut Part, topic: &str, epoch: &Arc<str>, last_seq: u64) {
         for sub in part.values_mut().filter(|s| s.pending.is_none()) {
-            let same = sub.epoch.as_deref() == Some(&*epoch);
+            let same = sub.epoch.as_deref() == Some(epoch);
             if same && sub.last >= last_seq {
                 continue;
             }
             let why = if same { "messages could not be delivered (broker outage)" } else { "the topic's history was reset (new epoch)" };
-            self.tell_gap(&sub.conn, topic, &epoch, last_seq + 1, why, None);
+            self.tell_gap(&sub.conn, topic, epoch, last_seq + 1, why, None);
             sub.epoch = Some(epoch.clone());
             sub.last = last_seq;
         }

@@ -209,7 +209,7 @@ impl Broker for MemoryBroker {
         let freed = topic.expire(now, retention);
         let mut history = History { epoch: topic.epoch.clone(), last_seq: topic.seq, messages: Vec::new() };
         if let Some(resume) = &request.resume {
-            let same_epoch = resume.epoch.as_deref().map_or(true, |e| e == &*topic.epoch);
+            let same_epoch = resume.epoch.as_deref().is_none_or(|e| e == &*topic.epoch);
             let after = if same_epoch { resume.since } else { 0 };
             history.messages = topic.kept.iter().filter(|(_, m)| m.seq > after).map(|(_, m)| m.clone()).collect();
         }

@@ -57,7 +57,7 @@ pub struct Namespaces(Vec<Namespace>);
 impl Namespaces {
     /// From a list (order does not matter).
     pub fn new(mut list: Vec<Namespace>) -> Namespaces {
-        list.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        list.sort_by_key(|n| std::cmp::Reverse(n.prefix.len()));
         Namespaces(list)
     }
 

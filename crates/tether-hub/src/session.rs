@@ -88,6 +88,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Where a session puts frames: the sending side of a socket.
+#[allow(clippy::result_unit_err)] // `()` is all a closing socket has to say
 pub trait Outbox {
     /// Bytes queued and not yet written.
     fn pending_len(&self) -> usize;

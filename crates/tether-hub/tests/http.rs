@@ -83,7 +83,7 @@ async fn resume_replays_within_the_window_and_says_history_gap_beyond() {
         http.post(&key, seq, vec![chat(&format!("m{seq}"), seq)]).unwrap();
     }
     let text = read_until(&mut stream, "\"m30\"").await;
-    let last_id = text.lines().filter_map(|l| l.strip_prefix("id: ")).last().unwrap().to_string();
+    let last_id = text.lines().filter_map(|l| l.strip_prefix("id: ")).next_back().unwrap().to_string();
     let (k, last) = parse_event_id(&last_id).unwrap();
     assert_eq!(k, key);
     drop(stream);

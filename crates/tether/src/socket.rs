@@ -305,12 +305,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             // can destroy the close frame that says what was wrong (1009,
             // 1002...) before the peer reads it. Read and discard until the
             // peer closes, until the connection's deadline.
-            while !self.conn.timed_out() {
-                if self.poll_deadline(cx).is_ready() {
-                    break;
-                }
+            if !self.conn.timed_out() && self.poll_deadline(cx).is_pending() {
                 ready!(crate::io::poll_discard_until_eof(&mut self.io, cx));
-                break;
             }
         }
         self.finished = true;

@@ -217,7 +217,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut publishes: mpsc::Receiver<Publi
                 while let Some(p) = next.take() {
                     let now = Instant::now();
                     match map.node_of(topic_slot(&p.topic)) {
-                        Some(node) if !nodes.down.get(node).is_some_and(|until| now < *until) => {
+                        Some(node) if nodes.down.get(node).is_none_or(|until| now >= *until) => {
                             nodes.waiting.entry(node.clone()).or_default().push_back(p);
                             if !touched.contains(node) {
                                 touched.push(node.clone());

@@ -417,7 +417,7 @@ fn report_down(link: &Link, what: &str, target: &str, error: &redis::RedisError,
     link.set(false, format!("reconnecting ({})", describe(error)));
     if was_up || attempts == 1 {
         tracing::warn!(redis = %target, %error, "redis broker: {what} connection lost; reconnecting with backoff");
-    } else if attempts % 20 == 0 {
+    } else if attempts.is_multiple_of(20) {
         tracing::warn!(redis = %target, %error, attempts, "redis broker: {what} still cannot reach redis");
     } else {
         tracing::debug!(redis = %target, %error, attempts, "redis broker: {what} reconnect failed");

@@ -232,10 +232,8 @@ impl Driver {
                 _ = tokio::time::sleep_until(heartbeat.as_ref().map_or_else(Instant::now, Heartbeat::next_wake)), if heartbeat.is_some() => {
                     let Some(hb) = heartbeat.as_mut() else { continue };
                     match hb.poll(Instant::now()) {
-                        Some(Action::SendPing) => {
-                            if !(reading && ws.start_send(Message::Ping(Bytes::from_static(HEARTBEAT))).is_ok()) {
-                                hb.ping_not_sent();
-                            }
+                        Some(Action::SendPing) if !(reading && ws.start_send(Message::Ping(Bytes::from_static(HEARTBEAT))).is_ok()) => {
+                            hb.ping_not_sent();
                         }
                         Some(Action::PeerDead) => {
                             // Nothing received since the ping: the server, or the
@@ -246,7 +244,7 @@ impl Driver {
                             emit(&events, &mut permit, Event::Close { was_clean: false, code: CloseCode::ABNORMAL, reason: String::new() }).await;
                             return ended(close_wanted, &ws);
                         }
-                        None => {}
+                        Some(Action::SendPing) | None => {}
                     }
                 }
                 _ = tokio::time::sleep_until(refresh_at.unwrap_or_else(Instant::now)), if refresh_at.is_some() && !fetching => {
