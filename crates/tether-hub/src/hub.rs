@@ -53,7 +53,10 @@ type Part = HashMap<u64, Sub>;
 /// loop then fans a message out to its own part under that part's lock
 /// alone ([`Hub::run_loop`]), so loops do not contend per delivery. The last
 /// part holds the connections of other drivers, delivered to at once.
-/// Lock order: the hub's topic map, `meta`, one part.
+/// Lock order: the hub's topic map, `meta`, then one part (of this topic, or,
+/// when a full inbox is fanned out by the delivering thread, a loop's
+/// inbox-draining lock and then parts of any topic, one at a time; that
+/// path takes no `meta`).
 struct TopicEntry {
     meta: Mutex<Meta>,
     parts: Box<[Mutex<Part>]>,
@@ -63,9 +66,15 @@ struct TopicEntry {
 struct Meta {
     delta_subs: usize,
     deltas: DeltaCache,
-    /// Subscribers in all parts, and in each.
-    len: usize,
+    /// Subscribers in each part (read without locking the parts).
     part_len: Box<[u32]>,
+}
+
+impl Meta {
+    /// Subscribers in all parts.
+    fn len(&self) -> usize {
+        self.part_len.iter().map(|&n| n as usize).sum()
+    }
 }
 
 impl TopicEntry {
@@ -234,11 +243,7 @@ impl DeliverySink for Sink {
             let (session, user) = crate::presence::split_member(session);
             let frame = EncodedFrame::text(&envelope::presence_of(topic, if joined { "join" } else { "leave" }, session, user, count as usize));
             if let Some(entry) = hub.topic(topic) {
-                entry.each(|sub| {
-                    if sub.conn.json && sub.presence {
-                        hub.notify(&sub.conn, frame.clone());
-                    }
-                });
+                hub.notify_presence(&entry, &frame);
             }
         }
     }
@@ -360,6 +365,17 @@ impl Hub {
         }
     }
 
+    /// Put `item` (of `bytes`) in loop `index`'s inbox. If that fills it,
+    /// the loop is behind its publishers: this thread fans the inbox out
+    /// (after the batch the loop has taken, if any), so an inbox stays
+    /// bounded and publishing slows down to what the loops deliver.
+    fn hand_to_loop(&self, inbox: &LoopInbox, index: usize, item: Fanout, bytes: usize) {
+        if inbox.push(item, bytes) {
+            Metrics::add(&self.metrics.inbox_overflows, 1);
+            self.drain_inbox(inbox, index);
+        }
+    }
+
     /// Fan out what waits in `inbox` (loop `index`'s) to that loop's part of each topic.
     fn drain_inbox(&self, inbox: &LoopInbox, index: usize) {
         let _draining = lock(&inbox.draining);
@@ -429,7 +445,7 @@ impl Hub {
     /// Topics with local subscribers and their local subscriber counts.
     pub fn topic_counts(&self) -> Vec<(Arc<str>, usize)> {
         let topics: Vec<(Arc<str>, TopicSubs)> = lock(&self.topics).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        topics.into_iter().map(|(k, v)| (k, lock(&v.meta).len)).collect()
+        topics.into_iter().map(|(k, v)| (k, lock(&v.meta).len())).collect()
     }
 
     fn topic(&self, name: &str) -> Option<TopicSubs> {
@@ -494,17 +510,12 @@ impl Hub {
             let sub = Sub { conn: conn.clone(), pending: Some(Box::default()), epoch: None, last: 0, announced: false, delta, presence };
             let part = entry.part_of(conn);
             if lock(&entry.parts[part]).insert(conn.id, sub).is_none() {
-                meta.len += 1;
                 meta.part_len[part] += 1;
             }
             meta.delta_subs += usize::from(delta);
             if !self.shares_presence {
-                let frame = EncodedFrame::text(&envelope::presence_of(topic, "join", &conn.session(), user.as_deref(), meta.len));
-                entry.each(|sub| {
-                    if sub.conn.json && sub.presence {
-                        self.notify(&sub.conn, frame.clone());
-                    }
-                });
+                let frame = EncodedFrame::text(&envelope::presence_of(topic, "join", &conn.session(), user.as_deref(), meta.len()));
+                self.notify_presence(entry, &frame);
             }
             occupied
         };
@@ -530,7 +541,6 @@ impl Hub {
             let mut meta = lock(&entry.meta);
             let part = entry.part_of(conn);
             let Some(sub) = lock(&entry.parts[part]).remove(&conn.id) else { return false };
-            meta.len -= 1;
             meta.part_len[part] -= 1;
             if sub.delta {
                 meta.delta_subs -= 1;
@@ -539,16 +549,12 @@ impl Hub {
                     meta.deltas.clear(&self.delta_bytes);
                 }
             }
-            let count = meta.len;
+            let count = meta.len();
             if count == 0 {
                 topics.remove(topic);
             } else if !self.shares_presence {
                 let frame = EncodedFrame::text(&envelope::presence_of(topic, "leave", &conn.session(), user.as_deref(), count));
-                entry.each(|sub| {
-                    if sub.conn.json && sub.presence {
-                        self.notify(&sub.conn, frame.clone());
-                    }
-                });
+                self.notify_presence(&entry, &frame);
             }
             (sub.announced, count)
         };
@@ -571,6 +577,15 @@ impl Hub {
     pub(crate) fn reply(&self, conn: &ConnShared, frame: EncodedFrame) {
         let dropped = conn.push_reply(frame, self.config.queue_max_messages, self.config.queue_max_bytes, self.config.slow_consumer);
         Metrics::add(&self.metrics.dropped_messages, dropped);
+    }
+
+    /// Queue a presence event to the subscribers of `entry` that receive them.
+    fn notify_presence(&self, entry: &TopicEntry, frame: &EncodedFrame) {
+        entry.each(|sub| {
+            if sub.conn.json && sub.presence {
+                self.notify(&sub.conn, frame.clone());
+            }
+        });
     }
 
     /// Queue a notice (presence) to `conn`: a broadcast, dropped like one.
@@ -617,14 +632,7 @@ impl Hub {
                 }
                 let msg = shared.get_or_insert_with(|| Arc::new(msg.clone())).clone();
                 let bytes = msg.body.len();
-                if inbox.push(Fanout::Message { topic: topic.clone(), msg, keyed: keyed.clone() }, bytes) {
-                    // The loop is behind its publishers: this thread fans
-                    // its inbox out (after the batch the loop has taken,
-                    // if any), so an inbox stays bounded and publishing
-                    // slows down to what the loops deliver.
-                    Metrics::add(&self.metrics.inbox_overflows, 1);
-                    self.drain_inbox(inbox, i);
-                }
+                self.hand_to_loop(inbox, i, Fanout::Message { topic: topic.clone(), msg, keyed: keyed.clone() }, bytes);
             }
         }
         let last = topic.parts.len() - 1;
@@ -737,7 +745,7 @@ impl Hub {
         };
         let mut frames = Frames::default();
         let announce = {
-            let count = lock(&topic.meta).len;
+            let count = lock(&topic.meta).len();
             let mut part = lock(&topic.parts[topic.part_of(&conn)]);
             let Some(sub) = part.get_mut(&request.conn) else { return };
             let Some(held) = sub.pending.take() else { return };
@@ -818,8 +826,8 @@ impl Hub {
         // In the topic's order: after the messages the loops have yet to fan out.
         if let Some(loops) = self.loops.get() {
             for (i, (inbox, &n)) in loops.iter().zip(meta.part_len.iter()).enumerate() {
-                if n > 0 && inbox.push(Fanout::Resync { topic: entry.clone(), name: Arc::from(topic), epoch: epoch.clone(), last_seq }, 0) {
-                    self.drain_inbox(inbox, i);
+                if n > 0 {
+                    self.hand_to_loop(inbox, i, Fanout::Resync { topic: entry.clone(), name: Arc::from(topic), epoch: epoch.clone(), last_seq }, 0);
                 }
             }
         }
